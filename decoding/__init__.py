@@ -1,0 +1,13 @@
+"""pairdecode: a small and a large language model decoding together, inside transformers' ``generate``.
+
+>>> import decoding
+>>> decoding.enable(model)
+>>> model.generate(input_ids, strategy=decoding.SpeculativeDecoding(draft, num_draft_tokens=4))
+"""
+
+from .api import enable
+from .speculative import AcceptanceStats, SpeculativeDecoding
+from .strategy import Strategy
+
+__all__ = ["AcceptanceStats", "SpeculativeDecoding", "Strategy", "enable"]
+__version__ = "0.1.0"

@@ -1,0 +1,104 @@
+"""Logits processing and stopping for ragged rows, on top of transformers' own processors and criteria.
+
+transformers builds the ``LogitsProcessorList`` (temperature, top-k, top-p, min-p, repetition penalty,
+min-new-tokens, bad words, ...) and the ``StoppingCriteriaList`` (max length, EOS, stop strings, max time)
+from the generation config; strategies reuse them unchanged. Processors that read only the scores run once
+over every row and position at once; any other processor makes each call go through per-length groups of
+row views (see :mod:`decoding.sequences`), so a row at any draft position sees what transformers' own loop
+would show it there.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.generation import logits_process as lp
+from transformers.generation import stopping_criteria as sc
+
+from .sequences import Sequences, apply_per_view
+
+# Processors whose output depends on the scores alone, never on input_ids (tests/test_processing.py checks it).
+SCORE_ONLY_PROCESSORS = (
+    lp.TemperatureLogitsWarper,
+    lp.TopKLogitsWarper,
+    lp.TopPLogitsWarper,
+    lp.MinPLogitsWarper,
+    lp.TypicalLogitsWarper,
+    lp.EpsilonLogitsWarper,
+    lp.EtaLogitsWarper,
+    lp.SuppressTokensLogitsProcessor,
+    lp.InfNanRemoveLogitsProcessor,
+    lp.LogitNormalization,
+)
+
+# Processors that cannot be applied row by row here, with the reason given to the user.
+UNSUPPORTED_PROCESSORS = {
+    lp.PrefixConstrainedLogitsProcessor: "prefix_allowed_tokens_fn needs batch ids that ragged rows do not keep",
+    lp.UnbatchedClassifierFreeGuidanceLogitsProcessor: "classifier-free guidance runs the model a second time",
+}
+
+SIMPLE_STOPPING = (sc.MaxLengthCriteria, sc.EosTokenCriteria)
+
+
+class LogitsProcessing:
+    """Apply a ``LogitsProcessorList`` to ``logits  # [b, n, V]`` of ragged rows; returns float32 scores."""
+
+    def __init__(self, processors):
+        for processor in processors:
+            for kind, reason in UNSUPPORTED_PROCESSORS.items():
+                if isinstance(processor, kind):
+                    raise ValueError(f"{type(processor).__name__} is not supported with a strategy: {reason}.")
+        self.processors = processors
+        self.score_only = all(isinstance(p, SCORE_ONLY_PROCESSORS) for p in processors)
+
+    def __call__(self, sequences: Sequences, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
+        """Position ``i`` of row ``r`` is processed with view ``offset + i`` of that row."""
+        scores = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32, copy=True)
+        if not self.processors:
+            return scores
+        batch, n, vocab = scores.shape
+        if self.score_only:
+            no_ids = torch.empty(batch * n, 0, dtype=torch.int64, device=scores.device)
+            return self.processors(no_ids, scores.reshape(batch * n, vocab)).reshape(batch, n, vocab)
+        columns = [apply_per_view(self.processors, sequences, rows, scores[:, i], offset + i) for i in range(n)]
+        return torch.stack(columns, dim=1)
+
+
+class Stopping:
+    """Apply a ``StoppingCriteriaList`` to the tokens rows emit in one step, token by token."""
+
+    def __init__(self, criteria, eos_token_ids: torch.Tensor | None):
+        self.criteria = criteria
+        self.eos_token_ids = eos_token_ids
+        self.simple = all(isinstance(c, SIMPLE_STOPPING) for c in criteria)
+
+    def __call__(self, sequences: Sequences, rows: torch.Tensor, emitted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens to keep and whether each row finished, for ``emitted  # [b]`` new tokens written after the
+        committed ones. A row keeps the token that stops it (an EOS is kept, as transformers does)."""
+        budget = sequences.max_length - sequences.lengths[rows]  # [b]
+        kept = torch.minimum(emitted, budget)
+        finished = emitted >= budget
+        if self.simple:
+            return self._first_eos(sequences, rows, kept, finished)
+        for offset in range(int(kept.max())):
+            live = ((offset < kept) & ~finished).nonzero().squeeze(1)
+            if live.numel() == 0:
+                break
+            done = apply_per_view(self._done, sequences, rows[live], live, offset + 1)
+            stop = live[done]
+            kept[stop] = offset + 1
+            finished[stop] = True
+        return kept, finished
+
+    def _done(self, input_ids: torch.Tensor, _members: torch.Tensor) -> torch.Tensor:
+        return self.criteria(input_ids, None).to(torch.bool)
+
+    def _first_eos(self, sequences, rows, kept, finished):
+        if self.eos_token_ids is None or kept.max() == 0:
+            return kept, finished
+        width = int(kept.max())
+        columns = sequences.lengths[rows, None] + torch.arange(width, device=rows.device)  # [b, width]
+        new = sequences.tokens[rows[:, None], columns]
+        is_eos = torch.isin(new, self.eos_token_ids) & (torch.arange(width, device=rows.device) < kept[:, None])
+        has_eos = is_eos.any(dim=1)
+        first = is_eos.to(torch.int8).argmax(dim=1)
+        return torch.where(has_eos, first + 1, kept), finished | has_eos

@@ -1,0 +1,99 @@
+"""One model's KV cache shared by ragged rows: attention-mask holes, explicit positions, crop and compaction.
+
+Rows of a batch accept different numbers of draft tokens per step, yet their keys and values live in one
+rectangular ``DynamicCache`` of ``T`` slots. Each slot is valid (mask 1) or a hole (mask 0): a left pad of the
+prompt, a rejected draft token, or a slot fed only to keep the batch rectangular. Positions are explicit,
+``position = number of valid slots before it``, so a row decodes exactly as if its valid slots were contiguous.
+After a step, slots that are invalid in every row at the right end are cropped (at batch size 1 this is a plain
+crop and no hole ever remains); the rest stay as holes until :meth:`RaggedCache.compact` moves each row's valid
+slots to the right end. See docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class RaggedCache:
+    """A model, its ``DynamicCache`` and the validity mask of every cached slot.
+
+    Attributes:
+        mask: ``# [b, T]`` int64, 1 where the slot holds a token of the row, 0 for a hole.
+        num_valid: ``# [b]`` int64, valid slots per row (the next token's position).
+    """
+
+    def __init__(self, model, batch_size: int, device: torch.device):
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+        self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
+        self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self._check_layers()
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+        """Append ``tokens  # [b, n]`` (``valid  # [b, n]`` marks real ones) and return the last logits.
+
+        Returns ``# [b, logits_to_keep, V]`` raw logits of the model, on the device of ``tokens``.
+        """
+        valid = valid.to(torch.int64)
+        positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
+        mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        self.mask = mask
+        self.num_valid = self.num_valid + valid.sum(dim=1)
+        return out.logits.to(tokens.device)
+
+    def keep_last(self, keep: torch.Tensor) -> None:
+        """Turn the last ``n`` slots into holes where ``keep  # [b, n]`` is False, then crop shared holes."""
+        n = keep.shape[1]
+        if n == 0:
+            return
+        tail = self.mask[:, -n:] * keep.to(torch.int64)  # [b, n]
+        self.num_valid = self.num_valid - (self.mask[:, -n:] - tail).sum(dim=1)
+        self.mask = torch.cat([self.mask[:, :-n], tail], dim=1)
+        column_used = self.mask[:, -n:].any(dim=0)  # [n]
+        used = int(column_used.nonzero().max()) + 1 if bool(column_used.any()) else 0
+        if used < n:
+            self.cache.crop(used - n)
+            self.mask = self.mask[:, : self.mask.shape[1] - (n - used)]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows  # [b']`` of the batch (finished rows leave the batch)."""
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+        self.num_valid = self.num_valid[rows]
+
+    def holes(self) -> int:
+        """Slots that compaction would free: ``T`` minus the longest row's valid count."""
+        return self.mask.shape[1] - int(self.num_valid.max()) if self.mask.shape[0] else 0
+
+    def compact(self) -> None:
+        """Move every row's valid slots, in order, to the right end; what is left of them becomes left padding."""
+        width = int(self.num_valid.max())
+        # A stable sort of the 0/1 mask puts holes first and keeps valid slots in order.
+        order = torch.sort(self.mask, dim=1, stable=True).indices[:, self.mask.shape[1] - width :]  # [b, width]
+        self.mask = self.mask.gather(1, order)
+        for layer in self.cache.layers:
+            if layer.is_initialized and layer.keys.numel():
+                index = order[:, None, :, None].to(layer.keys.device)
+                layer.keys = layer.keys.gather(2, index.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3]))
+                layer.values = layer.values.gather(
+                    2, index.expand(-1, layer.values.shape[1], -1, layer.values.shape[3])
+                )
+
+    def _check_layers(self) -> None:
+        for layer in self.cache.layers:
+            if type(layer) is not DynamicLayer:
+                raise ValueError(
+                    f"{type(self.model).__name__} uses a {type(layer).__name__} cache layer; speculative and "
+                    "contrastive strategies need full-attention DynamicLayer caches, whose slots can be rolled "
+                    "back. Sliding-window, linear-attention and quantized caches are not supported."
+                )

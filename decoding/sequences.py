@@ -1,0 +1,79 @@
+"""Per-row token buffer of a generation: the padded prompt, each row's committed tokens, room for drafts.
+
+Row ``r`` has committed ``lengths[r]`` tokens (prompt padding included, as in transformers' own ``input_ids``);
+draft tokens are written right after them while a step is verified and cleared again if rejected. The
+*view* of row ``r`` at offset ``i`` is ``tokens[r, :lengths[r] + i]``: exactly the ``input_ids`` row that
+transformers' own decoding loop passes to logits processors and stopping criteria at that point. Rows whose
+views have the same length are handed to processors together, so every processor sees true per-row lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+
+class Sequences:
+    """Token buffer ``tokens  # [B, max_length + slack]`` and committed ``lengths  # [B]``.
+
+    ``rows  # [b]`` always names the active rows (original batch indices) an operation applies to.
+    """
+
+    def __init__(self, prompt: torch.Tensor, max_length: int, slack: int, pad_token_id: int):
+        batch, prompt_length = prompt.shape
+        self.prompt_length = prompt_length
+        self.max_length = max_length
+        self.pad_token_id = pad_token_id
+        self.tokens = prompt.new_full((batch, max(max_length, prompt_length) + slack), pad_token_id)
+        self.tokens[:, :prompt_length] = prompt
+        self.lengths = torch.full((batch,), prompt_length, dtype=torch.int64, device=prompt.device)
+
+    def window(self, rows: torch.Tensor, width: int) -> torch.Tensor:
+        """The last ``width`` committed tokens of each row, ``# [b, width]``."""
+        columns = self.lengths[rows, None] - width + torch.arange(width, device=rows.device)  # [b, width]
+        return self.tokens[rows[:, None], columns]
+
+    def write(self, rows: torch.Tensor, offset: int, ids: torch.Tensor) -> None:
+        """Write ``ids  # [b, n]`` at columns ``lengths + offset ...`` of each row (ids < 0 are skipped)."""
+        columns = self.lengths[rows, None] + offset + torch.arange(ids.shape[1], device=rows.device)  # [b, n]
+        current = self.tokens[rows[:, None], columns]
+        self.tokens[rows[:, None], columns] = torch.where(ids >= 0, ids, current)
+
+    def commit(self, rows: torch.Tensor, counts: torch.Tensor, written: int) -> None:
+        """Advance rows by ``counts  # [b]`` and clear the rest of the ``written`` tentative columns."""
+        columns = self.lengths[rows, None] + torch.arange(written, device=rows.device)  # [b, written]
+        keep = torch.arange(written, device=rows.device) < counts[:, None]
+        current = self.tokens[rows[:, None], columns]
+        self.tokens[rows[:, None], columns] = torch.where(keep, current, self.pad_token_id)
+        self.lengths[rows] += counts
+
+    def views(self, rows: torch.Tensor, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(members, input_ids)`` per group of rows with equal view length at ``offset``.
+
+        ``members  # [m]`` index into ``rows``; ``input_ids  # [m, length]`` are those rows' views.
+        """
+        lengths = self.lengths[rows] + offset
+        for length in torch.unique(lengths).tolist():
+            members = (lengths == length).nonzero().squeeze(1)
+            yield members, self.tokens[rows[members], :length]
+
+    def output(self) -> torch.Tensor:
+        """Sequences as transformers returns them: ``# [B, prompt + longest generation]``, padded."""
+        return self.tokens[:, : int(self.lengths.max())].clone()
+
+
+def apply_per_view(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sequences: Sequences,
+    rows: torch.Tensor,
+    values: torch.Tensor,
+    offset: int,
+) -> torch.Tensor:
+    """Call ``fn(input_ids, values[members])`` per group of equal-length views; stitch results by row."""
+    out = None
+    for members, input_ids in sequences.views(rows, offset):
+        result = fn(input_ids, values[members])
+        out = result.new_empty((len(rows),) + result.shape[1:]) if out is None else out
+        out[members] = result
+    return out

@@ -1,0 +1,162 @@
+"""Speculative decoding: the draft proposes ``g`` tokens per row, the target verifies them in one forward pass.
+
+Both models keep their KV caches across steps (:class:`~decoding.ragged_cache.RaggedCache`); rejected
+positions become holes or are cropped, the prompt is never re-encoded. Terms (draft, accepted, recovered,
+bonus and emitted tokens) are defined in :mod:`decoding.kernels.reference`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import kernels
+from .ragged_cache import RaggedCache
+from .strategy import Run, Strategy
+from .vocab import check_vocab_compatibility, to_vocab
+
+
+@dataclass
+class AcceptanceStats:
+    """Acceptance statistics of the last ``generate`` call, counted over (row, step) pairs.
+
+    ``mean_accepted_length`` counts the recovered or bonus token: it is the mean number of tokens a row
+    emits per verification step (1.0 for plain decoding), vLLM's and Spec-Bench's tau.
+    """
+
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    position_steps: list = field(default_factory=list)  # row-steps that drafted position i
+    position_accepted: list = field(default_factory=list)  # row-steps that accepted position i
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        return 1.0 + self.accepted / self.steps if self.steps else 0.0
+
+    @property
+    def per_position_acceptance(self) -> list[float]:
+        return [a / s if s else 0.0 for a, s in zip(self.position_accepted, self.position_steps)]
+
+    def record(self, num_accepted: torch.Tensor, g: int) -> None:
+        """Count one step: ``num_accepted  # [b]`` of ``g`` drafts per active row."""
+        b = num_accepted.shape[0]
+        grow = g - len(self.position_steps)
+        self.position_steps += [0] * max(grow, 0)
+        self.position_accepted += [0] * max(grow, 0)
+        per_position = (num_accepted[:, None] > torch.arange(g, device=num_accepted.device)).sum(dim=0)
+        for i, count in enumerate(per_position.tolist()):
+            self.position_steps[i] += b
+            self.position_accepted[i] += count
+        self.steps += b
+        self.drafted += b * g
+        self.accepted += int(num_accepted.sum())
+
+
+class SpeculativeDecoding(Strategy):
+    """Lossless speculative decoding with a draft model, for any batch size.
+
+    Args:
+        draft_model: a decoder-only transformers model on the target's device, sharing its tokenizer
+            (vocabularies may differ by embedding padding).
+        num_draft_tokens: ``g``, tokens drafted per step (>= 1).
+        tokenizers: optional ``(target_tokenizer, draft_tokenizer)``, to prove vocabularies compatible.
+        compact_threshold: compact a cache when holes exceed this fraction of its slots (batch > 1 only).
+    """
+
+    def __init__(self, draft_model, num_draft_tokens: int = 4, *, tokenizers=None, compact_threshold: float = 0.25):
+        if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
+            raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+        if not 0 <= compact_threshold:
+            raise ValueError(f"compact_threshold must be >= 0, got {compact_threshold}")
+        self.draft_model = draft_model
+        self.num_draft_tokens = num_draft_tokens
+        self.tokenizers = tokenizers
+        self.compact_threshold = compact_threshold
+        self.stats = AcceptanceStats()
+
+    def models(self) -> dict:
+        return {"draft": self.draft_model}
+
+    def validate(self, model, generation_config) -> None:
+        check_vocab_compatibility(model, self.draft_model, self.tokenizers)
+
+    def decode(self, run: Run) -> None:
+        """The speculative loop: draft, verify in one target pass, commit, roll back the caches."""
+        self.stats = AcceptanceStats()
+        batch, device = run.prompt_mask.shape[0], run.prompt_mask.device
+        vocab = run.model.config.get_text_config().vocab_size
+        target = RaggedCache(run.model, batch, device)
+        draft = RaggedCache(self.draft_model, batch, device)
+        target_in = draft_in = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)
+        draft_missing = torch.ones(batch, dtype=torch.int64, device=device)
+        while True:
+            g = min(self.num_draft_tokens, run.remaining() - 1)
+            draft_ids, draft_probs = self._propose(run, draft, *draft_in, g, vocab)  # [b, g], [b, g, V]
+            tokens = torch.cat([target_in[0], draft_ids], dim=1)
+            valid = torch.cat([target_in[1], torch.ones_like(draft_ids)], dim=1)
+            logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
+            scores = run.process(logits, offset=0)  # [b, g+1, V]
+            output_ids, num_accepted = self._verify(run, scores, draft_ids, draft_probs)  # [b, g+1], [b]
+            self.stats.record(num_accepted, g)
+            finished = run.commit(output_ids, scores, logits)
+            drafted = torch.arange(g, device=device) < num_accepted[:, None]  # [b, g]
+            target.keep_last(drafted)
+            draft.keep_last(drafted[:, :-1])
+            # The draft never saw the bonus position's input: after a full acceptance it misses d_g as well.
+            draft_missing = 1 + (num_accepted == g).to(torch.int64) if g else draft_missing + 1
+            keep = run.drop(finished)
+            if keep.numel() == 0:
+                break
+            if keep.numel() < finished.numel():
+                target.select_rows(keep)
+                draft.select_rows(keep)
+                draft_missing = draft_missing[keep]
+            self._maybe_compact(target)
+            self._maybe_compact(draft)
+            target_in = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])
+            draft_in = self._window(run, draft_missing)
+
+    def _propose(self, run, draft, tokens, valid, g, vocab):
+        """Draft ``g`` tokens per row: ``ids  # [b, g]`` and, when sampling, ``probs  # [b, g, V]``."""
+        ids, probs = [], []
+        for j in range(g):
+            logits = to_vocab(draft.forward(tokens, valid, logits_to_keep=1), vocab)  # [b, 1, V]
+            scores = run.process(logits, offset=j)[:, 0]  # [b, V]
+            if run.do_sample:
+                probs.append(kernels.probabilities(scores))
+                token = kernels.sample(probs[-1], torch.rand(scores.shape[0], device=scores.device))
+            else:
+                token = kernels.greedy(scores)
+            ids.append(token)
+            run.sequences.write(run.rows, j, token[:, None])
+            tokens, valid = token[:, None], torch.ones_like(token)[:, None]
+        empty = torch.empty(run.rows.numel(), 0, dtype=torch.int64, device=run.rows.device)
+        draft_ids = torch.stack(ids, dim=1) if ids else empty
+        return draft_ids, (torch.stack(probs, dim=1) if probs else None)
+
+    def _verify(self, run, scores, draft_ids, draft_probs):
+        if not run.do_sample:
+            return kernels.verify_greedy(scores, draft_ids)
+        b, g = draft_ids.shape
+        target_probs = kernels.probabilities(scores)
+        if draft_probs is None:
+            draft_probs = target_probs.new_zeros(b, 0, scores.shape[-1])
+        accept_u = torch.rand(b, g, device=scores.device)
+        sample_u = torch.rand(b, device=scores.device)
+        return kernels.verify_sampling(target_probs, draft_probs, draft_ids, accept_u, sample_u)
+
+    @staticmethod
+    def _window(run, missing):
+        width = int(missing.max())
+        valid = torch.arange(width, device=missing.device) >= (width - missing)[:, None]  # [b, width]
+        return run.sequences.window(run.rows, width), valid.to(torch.int64)
+
+    def _maybe_compact(self, cache: RaggedCache) -> None:
+        if cache.mask.shape[0] and cache.holes() > self.compact_threshold * cache.mask.shape[1]:
+            cache.compact()

@@ -1,0 +1,209 @@
+"""The base of every strategy: what turns a strategy object into transformers' ``custom_generate`` callable.
+
+transformers' ``generate`` does the setup (generation config merging, attention mask, special tokens, logits
+processors, stopping criteria, ``num_return_sequences`` expansion) and then calls the strategy with
+``(model, input_ids, logits_processor=, stopping_criteria=, generation_config=, **model_kwargs)``. This module
+validates that call, builds the per-call state a decoding loop needs (:class:`Run`) and turns the loop's
+result into what transformers returns: a LongTensor ``[batch, prompt + new]`` padded with ``pad_token_id``, or
+a ``GenerateDecoderOnlyOutput``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from .processing import LogitsProcessing, Stopping
+from .sequences import Sequences
+
+# Model inputs the strategies know how to feed; anything else is refused rather than silently dropped.
+ACCEPTED_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep", "past_key_values"}
+
+
+@dataclass
+class Run:
+    """State of one ``generate`` call that every decoding loop shares."""
+
+    model: object
+    sequences: Sequences
+    prompt_mask: torch.Tensor  # [B, P] int64
+    processing: LogitsProcessing
+    stopping: Stopping
+    do_sample: bool
+    streamer: object | None
+    keep_scores: bool
+    keep_logits: bool
+    rows: torch.Tensor = field(init=False)  # [b] original indices of the rows still generating
+    scores: list = field(default_factory=list)  # (rows [b], counts [b], scores [b, n, V]) per step
+    logits: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.rows = torch.arange(self.prompt_mask.shape[0], device=self.prompt_mask.device)
+
+    def process(self, logits: torch.Tensor, offset: int) -> torch.Tensor:
+        """Processed float scores ``# [b, n, V]`` for raw ``logits  # [b, n, V]`` of the active rows."""
+        return self.processing(self.sequences, self.rows, logits, offset)
+
+    def remaining(self) -> int:
+        """Most tokens any active row may still emit."""
+        return int((self.sequences.max_length - self.sequences.lengths[self.rows]).max())
+
+    def commit(self, output_ids: torch.Tensor, scores=None, logits=None) -> torch.Tensor:
+        """Emit ``output_ids  # [b, n]`` (-1 padded), apply stopping, stream; returns ``finished  # [b]``."""
+        emitted = (output_ids >= 0).sum(dim=1)  # [b]
+        self.sequences.write(self.rows, 0, output_ids)
+        kept, finished = self.stopping(self.sequences, self.rows, emitted)
+        if self.keep_scores:
+            self.scores.append((self.rows, kept, scores))
+        if self.keep_logits:
+            self.logits.append((self.rows, kept, logits))
+        if self.streamer is not None:
+            self._stream(kept)
+        self.sequences.commit(self.rows, kept, output_ids.shape[1])
+        return finished
+
+    def _stream(self, kept: torch.Tensor) -> None:
+        columns = self.sequences.lengths[self.rows, None] + torch.arange(int(kept.max()), device=kept.device)
+        new = self.sequences.tokens[self.rows[:, None], columns]
+        pad = self.sequences.pad_token_id
+        self.streamer.put(torch.where(columns < (self.sequences.lengths[self.rows] + kept)[:, None], new, pad).cpu())
+
+    def drop(self, finished: torch.Tensor) -> torch.Tensor:
+        """Remove finished rows; returns ``keep  # [b']``, the surviving positions within the old batch."""
+        keep = (~finished).nonzero().squeeze(1)
+        self.rows = self.rows[keep]
+        return keep
+
+
+class Strategy:
+    """Base class: subclasses implement ``decode(run)`` and define ``stats``."""
+
+    def decode(self, run: Run) -> None:
+        raise NotImplementedError
+
+    def models(self) -> dict:
+        """Extra models this strategy runs beside the target, by role (for validation)."""
+        return {}
+
+    def validate(self, model, generation_config) -> None:
+        """Strategy-specific checks, run before any forward pass."""
+
+    def __call__(
+        self,
+        model,
+        input_ids: torch.LongTensor,
+        logits_processor=None,
+        stopping_criteria=None,
+        generation_config=None,
+        decoding_streamer=None,
+        **model_kwargs,
+    ):
+        if decoding_streamer is not None:
+            streamer = decoding_streamer
+            streamer.put(input_ids.cpu())
+        else:
+            # transformers streams the prompt but does not hand `streamer` to custom_generate callables.
+            streamer = _caller_streamer()
+        attention_mask = _prompt_mask(input_ids, model_kwargs)
+        _validate(self, model, input_ids, attention_mask, generation_config, model_kwargs)
+        self.validate(model, generation_config)
+        run = _make_run(self, model, input_ids, attention_mask, logits_processor, stopping_criteria,
+                        generation_config, streamer)
+        self.decode(run)
+        if streamer is not None:
+            streamer.end()
+        return _outputs(run, generation_config)
+
+
+def _caller_streamer():
+    frame = sys._getframe(2)
+    if frame.f_code.co_name == "generate" and "streamer" in frame.f_locals:
+        return frame.f_locals["streamer"]
+    return None
+
+
+def _prompt_mask(input_ids, model_kwargs) -> torch.Tensor:
+    mask = model_kwargs.get("attention_mask")
+    return torch.ones_like(input_ids) if mask is None else mask.to(device=input_ids.device, dtype=torch.int64)
+
+
+def _validate(strategy, model, input_ids, attention_mask, config, model_kwargs) -> None:
+    if config.num_beams > 1:
+        raise ValueError(
+            f"num_beams={config.num_beams}: beam search cannot be combined with a decoding strategy; "
+            "use num_beams=1 (greedy or sampling)."
+        )
+    unknown = sorted(k for k, v in model_kwargs.items() if v is not None and k not in ACCEPTED_MODEL_KWARGS)
+    if unknown:
+        raise ValueError(f"{type(strategy).__name__} cannot feed model inputs {unknown}; pass input_ids and attention_mask only.")
+    cache = model_kwargs.get("past_key_values")
+    if cache is not None and cache.get_seq_length() > 0:
+        raise ValueError("a prefilled past_key_values cannot be reused by a strategy; pass the full prompt instead.")
+    for name in ("output_attentions", "output_hidden_states"):
+        if getattr(config, name, False):
+            raise ValueError(f"{name}=True is not supported with a decoding strategy.")
+    if input_ids.shape[1] == 0 or bool((attention_mask.sum(dim=1) == 0).any()):
+        raise ValueError("empty prompt: every row needs at least one token (a BOS token will do).")
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ValueError("the prompt is right-padded; pad on the left (tokenizer.padding_side = 'left').")
+    if input_ids.shape[0] > 1 and config._pad_token_tensor is None:
+        raise ValueError(
+            "batch size > 1 needs a pad token to fill finished rows: set generation_config.pad_token_id "
+            "(or tokenizer.pad_token = tokenizer.eos_token)."
+        )
+    for role, other in {"target": model, **strategy.models()}.items():
+        if getattr(other.config, "is_encoder_decoder", False):
+            raise ValueError(f"the {role} model is an encoder-decoder model; strategies need decoder-only models.")
+        if other.device != model.device:
+            raise ValueError(
+                f"the {role} model is on {other.device} but the target is on {model.device}; "
+                f"move it with .to({str(model.device)!r}) first."
+            )
+
+
+def _make_run(strategy, model, input_ids, attention_mask, processors, criteria, config, streamer) -> Run:
+    pad = config._pad_token_tensor
+    pad_id = int(pad) if pad is not None else 0
+    eos = config._eos_token_tensor
+    slack = getattr(strategy, "num_draft_tokens", 0) + 1
+    return Run(
+        model=model,
+        sequences=Sequences(input_ids, config.max_length, slack, pad_id),
+        prompt_mask=attention_mask,
+        processing=LogitsProcessing(processors or []),
+        stopping=Stopping(criteria or [], None if eos is None else eos.to(input_ids.device).reshape(-1)),
+        do_sample=bool(config.do_sample),
+        streamer=streamer,
+        keep_scores=bool(config.return_dict_in_generate and config.output_scores),
+        keep_logits=bool(config.return_dict_in_generate and config.output_logits),
+    )
+
+
+def _per_token(records, sequences: Sequences):
+    """Regroup per-step ``(rows, counts, values [b, n, V])`` into one ``[B, V]`` tensor per new token."""
+    if not records:
+        return None
+    total = int(sequences.lengths.max()) - sequences.prompt_length
+    vocab = records[0][2].shape[-1]
+    out = records[0][2].new_zeros(total, sequences.tokens.shape[0], vocab)
+    done = torch.zeros(sequences.tokens.shape[0], dtype=torch.int64, device=out.device)
+    for rows, counts, values in records:
+        for r, row in enumerate(rows.tolist()):
+            n = int(counts[r])
+            out[done[row] : done[row] + n, row] = values[r, :n]
+            done[row] += n
+    return tuple(out.unbind(0))
+
+
+def _outputs(run: Run, config):
+    sequences = run.sequences.output()
+    if not config.return_dict_in_generate:
+        return sequences
+    return GenerateDecoderOnlyOutput(
+        sequences=sequences,
+        scores=_per_token(run.scores, run.sequences) if run.keep_scores else None,
+        logits=_per_token(run.logits, run.sequences) if run.keep_logits else None,
+    )
