@@ -1,0 +1,45 @@
+"""Shared pytest configuration: hypothesis profiles.
+
+Profiles (registered here, selected with hypothesis' own pytest option):
+
+- ``ci`` (default): few examples, no deadline, derandomized so CI runs are reproducible and never flaky,
+  ``too_slow`` / ``data_too_large`` health checks suppressed (each example runs tiny models).
+- ``thorough``: many examples, randomized, for a long local run:
+  ``pytest --hypothesis-profile=thorough``.
+
+The ``HYPOTHESIS_PROFILE`` environment variable selects the default profile too
+(``HYPOTHESIS_PROFILE=thorough pytest``); ``--hypothesis-profile`` on the command line wins over both.
+
+Helpers for tests live in ``tests/models.py`` (tiny model factories) and ``tests/strategies.py`` (hypothesis
+strategies); import them as ``from tests.models import tiny_pair`` (``tests/__init__.py`` makes that work).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+_SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+
+settings.register_profile(
+    "ci",
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=_SUPPRESSED,
+)
+settings.register_profile(
+    "thorough",
+    max_examples=300,
+    deadline=None,
+    derandomize=False,
+    print_blob=True,
+    suppress_health_check=_SUPPRESSED,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Tiny models: threads only add overhead, and a fixed thread count keeps float reductions reproducible.
+torch.set_num_threads(1)
