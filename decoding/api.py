@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 
+import torch
+from transformers.generation.stopping_criteria import StopStringCriteria, StoppingCriteriaList
+
 from .strategy import Strategy
 
 
@@ -29,9 +32,37 @@ def enable(model):
             raise ValueError("pass either strategy= or custom_generate=, not both")
         if kwargs.get("assistant_model") is not None:
             raise ValueError("pass either strategy= or assistant_model=, not both")
+        _check_before_setup(model, args, kwargs)
         streamer = kwargs.pop("streamer", None)
+        kwargs = _stop_strings_as_criteria(kwargs)
         return original(*args, custom_generate=strategy, decoding_streamer=streamer, **kwargs)
 
     generate._decoding_enabled = True
     model.generate = generate
     return model
+
+
+def _stop_strings_as_criteria(kwargs: dict) -> dict:
+    """Turn ``stop_strings=`` (with ``tokenizer=``) into a ``StopStringCriteria`` among ``stopping_criteria``.
+
+    transformers drops ``tokenizer=`` before it calls a ``custom_generate`` callable, so its own handling of
+    ``stop_strings`` would raise for want of a tokenizer; the criterion built here is the one it would build.
+    """
+    stop_strings, tokenizer = kwargs.get("stop_strings"), kwargs.get("tokenizer")
+    if stop_strings is None or tokenizer is None:
+        return kwargs
+    kwargs = {key: value for key, value in kwargs.items() if key != "stop_strings"}
+    criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
+    criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
+    kwargs["stopping_criteria"] = criteria
+    return kwargs
+
+
+def _check_before_setup(model, args, kwargs) -> None:
+    """Checks that must run before transformers' own setup, which would otherwise run the encoder of an
+    encoder-decoder model or fail on an empty prompt with an IndexError before calling the strategy."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError("the target model is an encoder-decoder model; strategies need decoder-only models.")
+    input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
+        raise ValueError("empty prompt: every row needs at least one token (a BOS token will do).")

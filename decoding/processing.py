@@ -49,6 +49,7 @@ class LogitsProcessing:
                     raise ValueError(f"{type(processor).__name__} is not supported with a strategy: {reason}.")
         self.processors = processors
         self.score_only = all(isinstance(p, SCORE_ONLY_PROCESSORS) for p in processors)
+        self.row_state = [(p, name, value) for p in processors for name, value in _per_row_state(p).items()]
 
     def __call__(self, sequences: Sequences, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
         """Position ``i`` of row ``r`` is processed with view ``offset + i`` of that row."""
@@ -59,8 +60,36 @@ class LogitsProcessing:
         if self.score_only:
             no_ids = torch.empty(batch * n, 0, dtype=torch.int64, device=scores.device)
             return self.processors(no_ids, scores.reshape(batch * n, vocab)).reshape(batch, n, vocab)
-        columns = [apply_per_view(self.processors, sequences, rows, scores[:, i], offset + i) for i in range(n)]
+        columns = [self._per_view(sequences, rows, scores[:, i], offset + i) for i in range(n)]
         return torch.stack(columns, dim=1)
+
+    def _per_view(self, sequences: Sequences, rows: torch.Tensor, scores: torch.Tensor, offset: int) -> torch.Tensor:
+        """Processed ``scores  # [b, V]``, one call per group of equal-length views; processors that hold
+        per-row state for the whole batch see the state of the group's rows only."""
+        out = torch.empty_like(scores)
+        try:
+            for members, input_ids in sequences.views(rows, offset):
+                batch_rows = rows[members]
+                for processor, name, full in self.row_state:
+                    setattr(processor, name, full.to(batch_rows.device)[batch_rows])
+                out[members] = self.processors(input_ids, scores[members])
+        finally:
+            for processor, name, full in self.row_state:
+                setattr(processor, name, full)
+        return out
+
+
+def _per_row_state(processor) -> dict:
+    """Tensors ``# [B, ...]`` a processor holds for every row of the batch, by attribute name.
+
+    transformers' ``generate`` gives ``RepetitionPenaltyLogitsProcessor`` each row's left-padding length
+    (``prompt_ignore_length``, so that pad tokens are not penalised); a group of rows must see its own rows'.
+    """
+    if isinstance(processor, lp.RepetitionPenaltyLogitsProcessor) and isinstance(
+        processor.prompt_ignore_length, torch.Tensor
+    ):
+        return {"prompt_ignore_length": processor.prompt_ignore_length}
+    return {}
 
 
 class Stopping:
@@ -80,7 +109,8 @@ class Stopping:
         if self.simple:
             return self._first_eos(sequences, rows, kept, finished)
         for offset in range(int(kept.max())):
-            live = ((offset < kept) & ~finished).nonzero().squeeze(1)
+            # Rows that reach max_length in this step are checked too: a criterion may stop them earlier.
+            live = (offset < kept).nonzero().squeeze(1)
             if live.numel() == 0:
                 break
             done = apply_per_view(self._done, sequences, rows[live], live, offset + 1)

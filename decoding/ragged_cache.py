@@ -29,6 +29,7 @@ class RaggedCache:
         self.cache = DynamicCache(config=model.config)
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self._slices_logits = model._supports_logits_to_keep()
         self._check_layers()
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
@@ -39,17 +40,18 @@ class RaggedCache:
         valid = valid.to(torch.int64)
         positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
         mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
+        extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
         out = self.model(
             input_ids=tokens,
             attention_mask=mask,
             position_ids=positions,
             past_key_values=self.cache,
             use_cache=True,
-            logits_to_keep=logits_to_keep,
+            **extra,
         )
         self.mask = mask
         self.num_valid = self.num_valid + valid.sum(dim=1)
-        return out.logits.to(tokens.device)
+        return out.logits[:, -logits_to_keep:].to(tokens.device)
 
     def keep_last(self, keep: torch.Tensor) -> None:
         """Turn the last ``n`` slots into holes where ``keep  # [b, n]`` is False, then crop shared holes."""

@@ -14,7 +14,7 @@ import torch
 from . import kernels
 from .ragged_cache import RaggedCache
 from .strategy import Run, Strategy
-from .vocab import check_vocab_compatibility, to_vocab
+from .vocab import check_vocab_compatibility, to_vocab, vocab_size
 
 
 @dataclass
@@ -125,6 +125,9 @@ class SpeculativeDecoding(Strategy):
     def _propose(self, run, draft, tokens, valid, g, vocab):
         """Draft ``g`` tokens per row: ``ids  # [b, g]`` and, when sampling, ``probs  # [b, g, V]``."""
         ids, probs = [], []
+        # The target may emit ids of its embedding padding that a smaller draft has no row for: the draft
+        # reads its last id there instead (any id keeps the output exact; verification is the target's).
+        tokens = tokens.clamp_max(vocab_size(self.draft_model) - 1)
         for j in range(g):
             logits = to_vocab(draft.forward(tokens, valid, logits_to_keep=1), vocab)  # [b, 1, V]
             scores = run.process(logits, offset=j)[:, 0]  # [b, V]

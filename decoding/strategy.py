@@ -131,6 +131,8 @@ def _prompt_mask(input_ids, model_kwargs) -> torch.Tensor:
 
 
 def _validate(strategy, model, input_ids, attention_mask, config, model_kwargs) -> None:
+    if getattr(model.config, "is_encoder_decoder", False):  # before the kwargs check: it gets encoder_outputs
+        raise ValueError("the target model is an encoder-decoder model; strategies need decoder-only models.")
     if config.num_beams > 1:
         raise ValueError(
             f"num_beams={config.num_beams}: beam search cannot be combined with a decoding strategy; "

@@ -1,0 +1,166 @@
+"""Tiny, seeded, float64 causal LMs built from configs (nothing is downloaded), for every test module.
+
+Stable API (other test modules rely on it; extend, do not change):
+
+Constants
+    ``ARCHS = ("llama", "gpt2", "qwen2", "opt", "gpt_neox")`` - the five decoder families the tests cover.
+    ``DRAFT_KINDS = ("independent", "noisy_copy", "self")``.
+    ``PAD_ID = 0``, ``BOS_ID = 1``, ``EOS_ID = 2`` - special ids set in every config (``pad_token_id``,
+    ``bos_token_id``, ``eos_token_id``). The models' ``generation_config`` keeps ``pad_token_id = PAD_ID`` but
+    has ``eos_token_id = None``: generation stops at an EOS only when a test passes ``eos_token_id=``
+    explicitly, so runs without EOS are really without EOS.
+    ``FIRST_REAL_ID = 3`` - the lowest id that is not special; prompt strategies draw tokens from here up.
+    ``VOCAB = 96`` - the default vocabulary size.
+
+``tiny_model(arch, vocab_size=VOCAB, seed=0, num_layers=2, hidden=32) -> PreTrainedModel``
+    A random model of family ``arch``, float64, eval mode, ``requires_grad_(False)``, on the CPU. Cached (``functools.lru_cache``) per
+    arguments: the same arguments give the *same object*. Do not modify cached models (weights, config,
+    generation_config); ``decoding.enable(model)`` is fine (idempotent and harmless without ``strategy=``).
+    Weights are drawn with a larger init scale than transformers' default so that next-token laws are
+    peaked and greedy argmaxes are well separated (no float ties).
+
+``fresh_model(arch, vocab_size=VOCAB, seed=0, num_layers=2, hidden=32) -> PreTrainedModel``
+    The same model as ``tiny_model`` with the same arguments (identical weights) but a new, uncached object:
+    use it when a test must mutate the model or needs one on which ``decoding.enable`` was never called.
+
+``tiny_pair(arch, vocab_size=VOCAB, seed=0, draft_kind="independent", draft_vocab_size=None, noise=0.02)``
+    ``-> (target, draft)``, cached like ``tiny_model``. The target is ``tiny_model(arch, vocab_size, seed)``
+    (2 layers). Draft kinds:
+
+    - ``"independent"``: a separate random 1-layer model of the same family (seed ``seed + 1000``), with
+      ``draft_vocab_size`` rows (default: the target's ``vocab_size``), so vocab-padding tests can use it.
+    - ``"noisy_copy"``: a deep copy of the target with Gaussian noise of relative scale ``noise`` added to
+      every weight (seeded): it agrees with the target's argmax most of the time, so long runs of drafts
+      are accepted, but not always.
+    - ``"self"``: the target object itself (every greedy draft is accepted).
+
+``greedy_reference(model, input_ids, attention_mask, max_new_tokens, **kwargs) -> LongTensor``
+    The target's own greedy ``generate`` (plain transformers, no strategy), ``do_sample=False``.
+
+All factories run under ``torch.random.fork_rng`` so they never disturb the global RNG of the caller.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
+
+ARCHS = ("llama", "gpt2", "qwen2", "opt", "gpt_neox")
+DRAFT_KINDS = ("independent", "noisy_copy", "self")
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+FIRST_REAL_ID = 3
+VOCAB = 96
+MAX_POSITIONS = 256
+
+# Init scale: transformers' default 0.02 gives near-uniform next-token laws on tiny random models.
+INIT_STD = 0.35
+
+
+def tiny_config(arch: str, vocab_size: int = VOCAB, num_layers: int = 2, hidden: int = 32):
+    """The config of a tiny model of family ``arch`` (4 heads, MLP width ``2 * hidden``)."""
+    special = dict(pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
+    heads = 4
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+            num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            initializer_range=INIT_STD, tie_word_embeddings=False, **special,
+        )
+    elif arch == "qwen2":
+        config = Qwen2Config(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+            num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            initializer_range=INIT_STD, tie_word_embeddings=True, use_sliding_window=False, **special,
+        )
+    elif arch == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab_size, n_embd=hidden, n_layer=num_layers, n_head=heads, n_inner=2 * hidden,
+            n_positions=MAX_POSITIONS, initializer_range=INIT_STD, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            **special,
+        )
+    elif arch == "opt":
+        config = OPTConfig(
+            vocab_size=vocab_size, hidden_size=hidden, word_embed_proj_dim=hidden, ffn_dim=2 * hidden,
+            num_hidden_layers=num_layers, num_attention_heads=heads, max_position_embeddings=MAX_POSITIONS,
+            init_std=INIT_STD, dropout=0.0, attention_dropout=0.0, **special,
+        )
+    elif arch == "gpt_neox":
+        config = GPTNeoXConfig(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+            num_attention_heads=heads, max_position_embeddings=MAX_POSITIONS, initializer_range=INIT_STD,
+            hidden_dropout=0.0, attention_dropout=0.0, **special,
+        )
+    else:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    return config
+
+
+def _build(arch: str, vocab_size: int, seed: int, num_layers: int, hidden: int):
+    config = tiny_config(arch, vocab_size=vocab_size, num_layers=num_layers, hidden=hidden)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float64)
+        # Norm / bias params stay at their default init; spread the rest so logits are peaked.
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.dim() >= 2:
+                    param.normal_(0.0, INIT_STD)
+    model.eval()
+    model.requires_grad_(False)
+    model.generation_config.pad_token_id = PAD_ID
+    model.generation_config.bos_token_id = BOS_ID
+    model.generation_config.eos_token_id = None
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(arch: str, vocab_size: int = VOCAB, seed: int = 0, num_layers: int = 2, hidden: int = 32):
+    """A cached tiny float64 model (same arguments -> same object); see the module docstring."""
+    return _build(arch, vocab_size, seed, num_layers, hidden)
+
+
+def fresh_model(arch: str, vocab_size: int = VOCAB, seed: int = 0, num_layers: int = 2, hidden: int = 32):
+    """An uncached model with the same weights as ``tiny_model`` with the same arguments."""
+    return _build(arch, vocab_size, seed, num_layers, hidden)
+
+
+def _noisy_copy(model, noise: float, seed: int):
+    noisy = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for param in noisy.parameters():
+                scale = param.std() if param.numel() > 1 else param.abs()
+                param.add_(torch.randn_like(param) * noise * scale)
+    return noisy
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_pair(
+    arch: str,
+    vocab_size: int = VOCAB,
+    seed: int = 0,
+    draft_kind: str = "independent",
+    draft_vocab_size: int | None = None,
+    noise: float = 0.02,
+):
+    """A cached ``(target, draft)`` pair; see the module docstring for the draft kinds."""
+    target = tiny_model(arch, vocab_size, seed)
+    if draft_kind == "self":
+        return target, target
+    if draft_kind == "noisy_copy":
+        return target, _noisy_copy(target, noise, seed + 2000)
+    if draft_kind == "independent":
+        return target, tiny_model(arch, draft_vocab_size or vocab_size, seed + 1000, num_layers=1)
+    raise ValueError(f"unknown draft_kind {draft_kind!r}; expected one of {DRAFT_KINDS}")
+
+
+def greedy_reference(model, input_ids, attention_mask, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    """The model's own greedy ``generate`` (plain transformers, no strategy)."""
+    with torch.no_grad():
+        return model.generate(
+            input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False, **kwargs
+        )

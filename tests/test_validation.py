@@ -1,0 +1,204 @@
+"""Bad input raises a clear ``ValueError`` before any work.
+
+Every model in these tests has its ``forward`` replaced by one that fails, so an error raised after any
+forward pass (target, draft, or the encoder of an encoder-decoder model) fails the test; each test asserts
+on a key phrase of the message.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BartConfig, BartForConditionalGeneration, DynamicCache, T5Config, T5ForConditionalGeneration
+
+import decoding
+from tests.models import PAD_ID, fresh_model
+
+
+class ForwardCalled(AssertionError):
+    pass
+
+
+def forbid_forward(model):
+    """Make every forward pass of ``model`` (and of its submodules) fail."""
+
+    def hook(module, args, kwargs):
+        raise ForwardCalled(f"{type(module).__name__}.forward was called before the error")
+
+    for module in model.modules():
+        module.register_forward_pre_hook(hook, with_kwargs=True)
+    return model
+
+
+@pytest.fixture
+def pair():
+    """A fresh (target, draft) pair whose forward passes fail; the target is ``decoding.enable``d."""
+    target = forbid_forward(fresh_model("llama"))
+    draft = forbid_forward(fresh_model("llama", seed=1000, num_layers=1))
+    decoding.enable(target)
+    return target, draft
+
+
+PROMPT = torch.tensor([[5, 6, 7], [8, 9, 10]])
+
+
+def generate(target, draft, input_ids=PROMPT, g=2, path="enable", **kwargs):
+    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g)
+    kwargs.setdefault("max_new_tokens", 4)
+    if path == "enable":
+        return target.generate(input_ids, strategy=strategy, **kwargs)
+    return target.generate(input_ids, custom_generate=strategy, **kwargs)
+
+
+def test_the_forward_guard_works(pair):
+    target, draft = pair
+    with pytest.raises(ForwardCalled):
+        generate(target, draft)
+
+
+@pytest.mark.parametrize("g", [0, -1, 1.5, "4", None])
+def test_num_draft_tokens(g):
+    draft = fresh_model("llama", seed=1000, num_layers=1)
+    with pytest.raises(ValueError, match="num_draft_tokens must be an int >= 1"):
+        decoding.SpeculativeDecoding(draft, num_draft_tokens=g)
+
+
+@pytest.mark.parametrize("path", ["enable", "custom_generate"])
+def test_beam_search(pair, path):
+    with pytest.raises(ValueError, match="beam search") as err:
+        generate(*pair, path=path, num_beams=2)
+    assert "num_beams=2" in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["enable", "custom_generate"])
+def test_draft_on_another_device(path):
+    target = forbid_forward(fresh_model("llama"))
+    decoding.enable(target)
+    draft = fresh_model("llama", seed=1000, num_layers=1).to("meta")
+    with pytest.raises(ValueError, match="draft model is on meta but the target is on cpu") as err:
+        generate(target, draft, path=path)
+    assert ".to('cpu')" in str(err.value)
+
+
+def _t5(forbid=True):
+    config = T5Config(vocab_size=96, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
+                      decoder_start_token_id=PAD_ID, pad_token_id=PAD_ID, eos_token_id=2)
+    model = T5ForConditionalGeneration(config).eval()
+    return forbid_forward(model) if forbid else model
+
+
+def _bart(forbid=True):
+    config = BartConfig(vocab_size=96, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+                        pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    model = BartForConditionalGeneration(config).eval()
+    return forbid_forward(model) if forbid else model
+
+
+@pytest.mark.parametrize("factory", [_t5, _bart], ids=["t5", "bart"])
+def test_encoder_decoder_target(factory, pair):
+    """With ``enable`` the check runs before transformers' setup, which would run the encoder."""
+    _, draft = pair
+    target = decoding.enable(factory())
+    with pytest.raises(ValueError, match="target model is an encoder-decoder model"):
+        generate(target, draft)
+
+
+@pytest.mark.parametrize("factory", [_t5, _bart], ids=["t5", "bart"])
+def test_encoder_decoder_target_through_custom_generate(factory, pair):
+    """Through ``custom_generate`` transformers runs the encoder before calling the strategy (nothing to be
+    done about that); the decoder never runs and the message is the same."""
+    _, draft = pair
+    target = factory(forbid=False)
+    forbid_forward(target.get_decoder())
+    with pytest.raises(ValueError, match="target model is an encoder-decoder model"):
+        generate(target, draft, path="custom_generate")
+
+
+@pytest.mark.parametrize("factory", [_t5, _bart], ids=["t5", "bart"])
+def test_encoder_decoder_draft(factory, pair):
+    target, _ = pair
+    with pytest.raises(ValueError, match="draft model is an encoder-decoder model"):
+        generate(target, factory())
+
+
+def test_missing_pad_token_at_batch_2():
+    target = forbid_forward(fresh_model("llama"))
+    draft = forbid_forward(fresh_model("llama", seed=1000, num_layers=1))
+    decoding.enable(target)
+    target.generation_config.pad_token_id = None
+    assert target.generation_config.eos_token_id is None
+    with pytest.raises(ValueError, match="needs a pad token") as err:
+        generate(target, draft)
+    assert "pad_token_id" in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["enable", pytest.param("custom_generate", marks=pytest.mark.xfail(
+    strict=True, raises=IndexError,
+    reason="transformers 5.23 reads input_ids[:, -1] (right-padding check) before calling custom_generate"))])
+def test_empty_prompt(pair, path):
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(*pair, input_ids=torch.zeros(2, 0, dtype=torch.int64), path=path)
+
+
+def test_empty_prompt_without_pad_token_through_custom_generate():
+    """Without a pad token transformers skips its padding check, and the strategy's own check answers."""
+    target = forbid_forward(fresh_model("llama"))
+    draft = forbid_forward(fresh_model("llama", seed=1000, num_layers=1))
+    target.generation_config.pad_token_id = None
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(target, draft, input_ids=torch.zeros(1, 0, dtype=torch.int64), path="custom_generate")
+
+
+@pytest.mark.parametrize("path", ["enable", "custom_generate"])
+def test_a_row_of_padding_only(pair, path):
+    mask = torch.tensor([[0, 0, 0], [1, 1, 1]])
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(*pair, attention_mask=mask, path=path)
+
+
+@pytest.mark.parametrize("path", ["enable", "custom_generate"])
+def test_right_padded_prompt(pair, path):
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    with pytest.raises(ValueError, match="right-padded") as err:
+        generate(*pair, attention_mask=mask, path=path)
+    assert "padding_side = 'left'" in str(err.value)
+
+
+def test_inputs_embeds(pair):
+    target, draft = pair
+    embeds = torch.zeros(2, 3, target.config.hidden_size, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"cannot feed model inputs \['inputs_embeds'\]"):
+        generate(target, draft, inputs_embeds=embeds)
+
+
+@pytest.mark.parametrize("flag", ["output_attentions", "output_hidden_states"])
+def test_output_attentions_and_hidden_states(pair, flag):
+    with pytest.raises(ValueError, match=flag):
+        generate(*pair, return_dict_in_generate=True, **{flag: True})
+
+
+def test_prefix_allowed_tokens_fn(pair):
+    with pytest.raises(ValueError, match="prefix_allowed_tokens_fn") as err:
+        generate(*pair, prefix_allowed_tokens_fn=lambda batch_id, ids: [5, 6])
+    assert "not supported" in str(err.value)
+
+
+def test_prefilled_past_key_values():
+    target = fresh_model("llama")
+    cache = DynamicCache(config=target.config)
+    with torch.no_grad():
+        target(PROMPT, past_key_values=cache, use_cache=True)
+    forbid_forward(target)
+    draft = forbid_forward(fresh_model("llama", seed=1000, num_layers=1))
+    decoding.enable(target)
+    with pytest.raises(ValueError, match="prefilled past_key_values"):
+        generate(target, draft, input_ids=torch.cat([PROMPT, PROMPT], dim=1), past_key_values=cache)
+
+
+def test_vocab_mismatch_is_checked_before_any_work():
+    target = forbid_forward(fresh_model("llama"))
+    draft = forbid_forward(fresh_model("llama", vocab_size=400, seed=1000, num_layers=1))
+    decoding.enable(target)
+    with pytest.raises(ValueError, match="vocab"):
+        generate(target, draft)
