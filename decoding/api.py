@@ -8,6 +8,7 @@ import torch
 from transformers.generation.stopping_criteria import StopStringCriteria, StoppingCriteriaList
 
 from .strategy import Strategy
+from .validation import check_decoder_only, check_prompt
 
 
 def enable(model):
@@ -32,7 +33,10 @@ def enable(model):
             raise ValueError("pass either strategy= or custom_generate=, not both")
         if kwargs.get("assistant_model") is not None:
             raise ValueError("pass either strategy= or assistant_model=, not both")
-        _check_before_setup(model, args, kwargs)
+        check_decoder_only(model)
+        input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+        if isinstance(input_ids, torch.Tensor):
+            check_prompt(input_ids)
         streamer = kwargs.pop("streamer", None)
         kwargs = _stop_strings_as_criteria(kwargs)
         return original(*args, custom_generate=strategy, decoding_streamer=streamer, **kwargs)
@@ -56,13 +60,3 @@ def _stop_strings_as_criteria(kwargs: dict) -> dict:
     criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
     kwargs["stopping_criteria"] = criteria
     return kwargs
-
-
-def _check_before_setup(model, args, kwargs) -> None:
-    """Checks that must run before transformers' own setup, which would otherwise run the encoder of an
-    encoder-decoder model or fail on an empty prompt with an IndexError before calling the strategy."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError("the target model is an encoder-decoder model; strategies need decoder-only models.")
-    input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
-        raise ValueError("empty prompt: every row needs at least one token (a BOS token will do).")

@@ -10,7 +10,10 @@ would show it there.
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from transformers import LogitsProcessorList
 from transformers.generation import logits_process as lp
 from transformers.generation import stopping_criteria as sc
 
@@ -49,7 +52,7 @@ class LogitsProcessing:
                     raise ValueError(f"{type(processor).__name__} is not supported with a strategy: {reason}.")
         self.processors = processors
         self.score_only = all(isinstance(p, SCORE_ONLY_PROCESSORS) for p in processors)
-        self.row_state = [(p, name, value) for p in processors for name, value in _per_row_state(p).items()]
+        self.has_row_state = any(_per_row_state(p) for p in processors)
 
     def __call__(self, sequences: Sequences, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
         """Position ``i`` of row ``r`` is processed with view ``offset + i`` of that row."""
@@ -64,19 +67,28 @@ class LogitsProcessing:
         return torch.stack(columns, dim=1)
 
     def _per_view(self, sequences: Sequences, rows: torch.Tensor, scores: torch.Tensor, offset: int) -> torch.Tensor:
-        """Processed ``scores  # [b, V]``, one call per group of equal-length views; processors that hold
-        per-row state for the whole batch see the state of the group's rows only."""
+        """Processed ``scores  # [b, V]``, one call per group of equal-length views."""
         out = torch.empty_like(scores)
-        try:
-            for members, input_ids in sequences.views(rows, offset):
-                batch_rows = rows[members]
-                for processor, name, full in self.row_state:
-                    setattr(processor, name, full.to(batch_rows.device)[batch_rows])
-                out[members] = self.processors(input_ids, scores[members])
-        finally:
-            for processor, name, full in self.row_state:
-                setattr(processor, name, full)
+        for members, input_ids in sequences.views(rows, offset):
+            out[members] = self._for_rows(rows[members])(input_ids, scores[members])
         return out
+
+    def _for_rows(self, rows: torch.Tensor) -> LogitsProcessorList:
+        """The processors as they must act on the batch rows ``rows  # [m]`` alone."""
+        if not self.has_row_state:
+            return self.processors
+        return LogitsProcessorList(_restricted(p, rows) for p in self.processors)
+
+
+def _restricted(processor, rows: torch.Tensor):
+    """``processor`` itself, or a shallow copy whose per-row state holds only ``rows``."""
+    state = _per_row_state(processor)
+    if not state:
+        return processor
+    clone = copy.copy(processor)
+    for name, full in state.items():
+        setattr(clone, name, full[rows.to(full.device)])
+    return clone
 
 
 def _per_row_state(processor) -> dict:

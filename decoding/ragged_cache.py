@@ -54,7 +54,11 @@ class RaggedCache:
         return out.logits[:, -logits_to_keep:].to(tokens.device)
 
     def keep_last(self, keep: torch.Tensor) -> None:
-        """Turn the last ``n`` slots into holes where ``keep  # [b, n]`` is False, then crop shared holes."""
+        """Turn the last ``n`` slots into holes where ``keep  # [b, n]`` is False, then crop shared holes.
+
+        ``keep`` must be a prefix in every row (the first ``k`` of the last ``n`` slots): positions were fixed
+        when the slots were fed, so keeping a slot after a dropped one would leave a gap in its row's positions.
+        """
         n = keep.shape[1]
         if n == 0:
             return

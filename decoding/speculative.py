@@ -21,19 +21,31 @@ from .vocab import check_vocab_compatibility, to_vocab, vocab_size
 class AcceptanceStats:
     """Acceptance statistics of the last ``generate`` call, counted over (row, step) pairs.
 
-    ``mean_accepted_length`` counts the recovered or bonus token: it is the mean number of tokens a row
-    emits per verification step (1.0 for plain decoding), vLLM's and Spec-Bench's tau.
+    - ``acceptance_rate``: accepted / drafted (vLLM's definition).
+    - ``alpha``: the per-token acceptance probability of Leviathan et al.'s analysis, the ``a`` of the ceiling
+      ``(1 - a^(g+1)) / ((1 - a)(g*c + v))``: accepted / acceptance tests run, where a row-step tests its drafts
+      up to and including the first rejection. (accepted / drafted underestimates it: drafts after a
+      rejection are never tested.)
+    - ``mean_accepted_length``: counts the recovered or bonus token: the mean number of tokens a row emits per
+      verification step (1.0 for plain decoding), vLLM's and Spec-Bench's tau.
+    - ``per_position_acceptance[i]``: fraction of row-steps that accepted draft position ``i``.
     """
 
     steps: int = 0
     drafted: int = 0
     accepted: int = 0
+    rejected: int = 0  # row-steps that rejected one of their drafts
     position_steps: list = field(default_factory=list)  # row-steps that drafted position i
     position_accepted: list = field(default_factory=list)  # row-steps that accepted position i
 
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def alpha(self) -> float:
+        tests = self.accepted + self.rejected
+        return self.accepted / tests if tests else 0.0
 
     @property
     def mean_accepted_length(self) -> float:
@@ -56,6 +68,7 @@ class AcceptanceStats:
         self.steps += b
         self.drafted += b * g
         self.accepted += int(num_accepted.sum())
+        self.rejected += int((num_accepted < g).sum())
 
 
 class SpeculativeDecoding(Strategy):

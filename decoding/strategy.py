@@ -18,9 +18,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .processing import LogitsProcessing, Stopping
 from .sequences import Sequences
-
-# Model inputs the strategies know how to feed; anything else is refused rather than silently dropped.
-ACCEPTED_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep", "past_key_values"}
+from .validation import check_call
 
 
 @dataclass
@@ -108,7 +106,7 @@ class Strategy:
             # transformers streams the prompt but does not hand `streamer` to custom_generate callables.
             streamer = _caller_streamer()
         attention_mask = _prompt_mask(input_ids, model_kwargs)
-        _validate(self, model, input_ids, attention_mask, generation_config, model_kwargs)
+        check_call(self, model, input_ids, attention_mask, generation_config, model_kwargs)
         self.validate(model, generation_config)
         run = _make_run(self, model, input_ids, attention_mask, logits_processor, stopping_criteria,
                         generation_config, streamer)
@@ -128,42 +126,6 @@ def _caller_streamer():
 def _prompt_mask(input_ids, model_kwargs) -> torch.Tensor:
     mask = model_kwargs.get("attention_mask")
     return torch.ones_like(input_ids) if mask is None else mask.to(device=input_ids.device, dtype=torch.int64)
-
-
-def _validate(strategy, model, input_ids, attention_mask, config, model_kwargs) -> None:
-    if getattr(model.config, "is_encoder_decoder", False):  # before the kwargs check: it gets encoder_outputs
-        raise ValueError("the target model is an encoder-decoder model; strategies need decoder-only models.")
-    if config.num_beams > 1:
-        raise ValueError(
-            f"num_beams={config.num_beams}: beam search cannot be combined with a decoding strategy; "
-            "use num_beams=1 (greedy or sampling)."
-        )
-    unknown = sorted(k for k, v in model_kwargs.items() if v is not None and k not in ACCEPTED_MODEL_KWARGS)
-    if unknown:
-        raise ValueError(f"{type(strategy).__name__} cannot feed model inputs {unknown}; pass input_ids and attention_mask only.")
-    cache = model_kwargs.get("past_key_values")
-    if cache is not None and cache.get_seq_length() > 0:
-        raise ValueError("a prefilled past_key_values cannot be reused by a strategy; pass the full prompt instead.")
-    for name in ("output_attentions", "output_hidden_states"):
-        if getattr(config, name, False):
-            raise ValueError(f"{name}=True is not supported with a decoding strategy.")
-    if input_ids.shape[1] == 0 or bool((attention_mask.sum(dim=1) == 0).any()):
-        raise ValueError("empty prompt: every row needs at least one token (a BOS token will do).")
-    if bool((attention_mask[:, -1] == 0).any()):
-        raise ValueError("the prompt is right-padded; pad on the left (tokenizer.padding_side = 'left').")
-    if input_ids.shape[0] > 1 and config._pad_token_tensor is None:
-        raise ValueError(
-            "batch size > 1 needs a pad token to fill finished rows: set generation_config.pad_token_id "
-            "(or tokenizer.pad_token = tokenizer.eos_token)."
-        )
-    for role, other in {"target": model, **strategy.models()}.items():
-        if getattr(other.config, "is_encoder_decoder", False):
-            raise ValueError(f"the {role} model is an encoder-decoder model; strategies need decoder-only models.")
-        if other.device != model.device:
-            raise ValueError(
-                f"the {role} model is on {other.device} but the target is on {model.device}; "
-                f"move it with .to({str(model.device)!r}) first."
-            )
 
 
 def _make_run(strategy, model, input_ids, attention_mask, processors, criteria, config, streamer) -> Run:

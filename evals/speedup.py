@@ -344,6 +344,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     pair = parser.add_argument_group("synthetic pair (decoding.model_pairs.synthetic.damped_pair)")
     pair.add_argument("--num-layers", type=int, default=8, help="target layers (the draft has one)")
     pair.add_argument("--hidden-size", type=int, default=512, help="width of both models")
+    pair.add_argument("--intermediate-size", type=int, default=2048,
+                      help="MLP width (2048: a ~42M-parameter target at the default shape)")
     pair.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of both models")
     pair.add_argument("--damping", type=float, default=0.03, help="scale of o_proj/down_proj in target layers 2..")
     pair.add_argument("--head-scale", type=float, default=20.0, help="scale of the shared output head")
@@ -382,7 +384,8 @@ def _main(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     target, draft = damped_pair(num_layers=args.num_layers, hidden_size=args.hidden_size,
                                 vocab_size=args.vocab_size, damping=args.damping, head_scale=args.head_scale,
-                                seed=args.seed, dtype=dtype, device=args.device)
+                                intermediate_size=args.intermediate_size, seed=args.seed, dtype=dtype,
+                                device=args.device)
     prompts = make_prompts(args.prompts, args.vocab_size, args.min_prompt_length, args.max_prompt_length, args.seed)
     started = time.perf_counter()
     cells, costs = run_benchmark(target, draft, prompts, args.batch_sizes, args.draft_lengths, args.max_new_tokens,
