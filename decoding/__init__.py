@@ -6,8 +6,21 @@
 """
 
 from .api import enable
+from .contrastive import ContrastiveDecoding, ProxyTuning
+from .mixing import LogitMixing, MixingStats
 from .speculative import AcceptanceStats, SpeculativeDecoding
+from .speculative_contrastive import SpeculativeContrastiveDecoding
 from .strategy import Strategy
 
-__all__ = ["AcceptanceStats", "SpeculativeDecoding", "Strategy", "enable"]
+__all__ = [
+    "AcceptanceStats",
+    "ContrastiveDecoding",
+    "LogitMixing",
+    "MixingStats",
+    "ProxyTuning",
+    "SpeculativeContrastiveDecoding",
+    "SpeculativeDecoding",
+    "Strategy",
+    "enable",
+]
 __version__ = "0.1.0"

@@ -82,6 +82,9 @@ class SpeculativeDecoding(Strategy):
         compact_threshold: compact a cache when holes exceed this fraction of its slots (batch > 1 only).
     """
 
+    draft_role = "draft"
+    reads_last_draft = False  # whether the draft also reads its last draft token (see _propose)
+
     def __init__(self, draft_model, num_draft_tokens: int = 4, *, tokenizers=None, compact_threshold: float = 0.25):
         if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
             raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
@@ -94,35 +97,37 @@ class SpeculativeDecoding(Strategy):
         self.stats = AcceptanceStats()
 
     def models(self) -> dict:
-        return {"draft": self.draft_model}
+        return {self.draft_role: self.draft_model}
 
     def validate(self, model, generation_config) -> None:
-        check_vocab_compatibility(model, self.draft_model, self.tokenizers)
+        check_vocab_compatibility(model, self.draft_model, self.tokenizers, role=self.draft_role)
 
     def decode(self, run: Run) -> None:
         """The speculative loop: draft, verify in one target pass, commit, roll back the caches."""
         self.stats = AcceptanceStats()
         batch, device = run.prompt_mask.shape[0], run.prompt_mask.device
-        vocab = run.model.config.get_text_config().vocab_size
+        vocab = vocab_size(run.model)
         target = RaggedCache(run.model, batch, device)
         draft = RaggedCache(self.draft_model, batch, device)
         target_in = draft_in = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)
         draft_missing = torch.ones(batch, dtype=torch.int64, device=device)
         while True:
             g = min(self.num_draft_tokens, run.remaining() - 1)
-            draft_ids, draft_probs = self._propose(run, draft, *draft_in, g, vocab)  # [b, g], [b, g, V]
+            draft_ids, draft_probs, draft_logits = self._propose(run, draft, *draft_in, g, vocab)  # [b, g], [b, g, V]
             tokens = torch.cat([target_in[0], draft_ids], dim=1)
             valid = torch.cat([target_in[1], torch.ones_like(draft_ids)], dim=1)
             logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
-            scores = run.process(logits, offset=0)  # [b, g+1, V]
+            scores = self._target_scores(run, logits, draft_logits)  # [b, g+1, V]
             output_ids, num_accepted = self._verify(run, scores, draft_ids, draft_probs)  # [b, g+1], [b]
             self.stats.record(num_accepted, g)
             finished = run.commit(output_ids, scores, logits)
             drafted = torch.arange(g, device=device) < num_accepted[:, None]  # [b, g]
             target.keep_last(drafted)
-            draft.keep_last(drafted[:, :-1])
-            # The draft never saw the bonus position's input: after a full acceptance it misses d_g as well.
-            draft_missing = 1 + (num_accepted == g).to(torch.int64) if g else draft_missing + 1
+            steps = g + 1 if self.reads_last_draft else g  # draft forwards this step; the last read d_(steps-1)
+            draft.keep_last(drafted[:, : max(steps - 1, 0)])
+            # Committed tokens the draft has not read: the new ones, minus the accepted drafts it was fed.
+            fed = num_accepted.clamp_max(max(steps - 1, 0))
+            draft_missing = (0 if steps else draft_missing) + num_accepted + 1 - fed
             keep = run.drop(finished)
             if keep.numel() == 0:
                 break
@@ -135,14 +140,27 @@ class SpeculativeDecoding(Strategy):
             target_in = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])
             draft_in = self._window(run, draft_missing)
 
+    def _target_scores(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor | None) -> torch.Tensor:
+        """The scores drafts are verified against: the target's processed logits ``# [b, g+1, V]``."""
+        return run.process(logits, offset=0)
+
     def _propose(self, run, draft, tokens, valid, g, vocab):
-        """Draft ``g`` tokens per row: ``ids  # [b, g]`` and, when sampling, ``probs  # [b, g, V]``."""
-        ids, probs = [], []
+        """Draft ``g`` tokens per row.
+
+        Returns ``ids  # [b, g]``, when sampling ``probs  # [b, g, V]`` (else None), and when
+        ``reads_last_draft`` the draft's raw logits ``# [b, g+1, V]`` (the draft then also reads ``d_g`` and
+        scores the bonus position; else None).
+        """
+        ids, probs, raw = [], [], []
         # The target may emit ids of its embedding padding that a smaller draft has no row for: the draft
         # reads its last id there instead (any id keeps the output exact; verification is the target's).
         tokens = tokens.clamp_max(vocab_size(self.draft_model) - 1)
-        for j in range(g):
+        for j in range(g + 1 if self.reads_last_draft else g):
             logits = to_vocab(draft.forward(tokens, valid, logits_to_keep=1), vocab)  # [b, 1, V]
+            if self.reads_last_draft:
+                raw.append(logits)
+            if j == g:
+                break
             scores = run.process(logits, offset=j)[:, 0]  # [b, V]
             if run.do_sample:
                 probs.append(kernels.probabilities(scores))
@@ -152,9 +170,10 @@ class SpeculativeDecoding(Strategy):
             ids.append(token)
             run.sequences.write(run.rows, j, token[:, None])
             tokens, valid = token[:, None], torch.ones_like(token)[:, None]
-        empty = torch.empty(run.rows.numel(), 0, dtype=torch.int64, device=run.rows.device)
-        draft_ids = torch.stack(ids, dim=1) if ids else empty
-        return draft_ids, (torch.stack(probs, dim=1) if probs else None)
+        b, device = run.rows.numel(), run.rows.device
+        draft_ids = torch.stack(ids, dim=1) if ids else torch.empty(b, 0, dtype=torch.int64, device=device)
+        draft_logits = torch.cat(raw, dim=1) if raw else None
+        return draft_ids, (torch.stack(probs, dim=1) if probs else None), draft_logits
 
     def _verify(self, run, scores, draft_ids, draft_probs):
         if not run.do_sample:

@@ -4,6 +4,22 @@ Each operation has one entry point here. Today every entry point runs the pure-t
 :mod:`decoding.kernels.reference`; fused CuPy kernels for CUDA tensors plug in behind the same signatures.
 """
 
-from .reference import greedy, probabilities, sample, verify_greedy, verify_sampling
+from .reference import (
+    contrastive_scores,
+    greedy,
+    probabilities,
+    proxy_tuning_scores,
+    sample,
+    verify_greedy,
+    verify_sampling,
+)
 
-__all__ = ["greedy", "probabilities", "sample", "verify_greedy", "verify_sampling"]
+__all__ = [
+    "contrastive_scores",
+    "greedy",
+    "probabilities",
+    "proxy_tuning_scores",
+    "sample",
+    "verify_greedy",
+    "verify_sampling",
+]

@@ -17,6 +17,8 @@ kernel fed the same uniforms must make the same choices (compared with atol=0).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -132,3 +134,48 @@ def _check_verify_shapes(target: torch.Tensor, draft_ids: torch.Tensor) -> None:
         )
     if draft_ids.dtype != torch.int64:
         raise ValueError(f"draft_ids must be int64, got {draft_ids.dtype}")
+
+
+def contrastive_scores(
+    expert_logits: torch.Tensor,
+    amateur_logits: torch.Tensor,
+    *,
+    alpha: float = 0.1,
+    beta: float = 0.5,
+    form: str = "logit",
+    amateur_temperature: float = 1.0,
+) -> torch.Tensor:
+    """Contrastive decoding scores, ``-inf`` outside the expert's plausible set.
+
+    Args:
+        expert_logits: ``# [N, V]`` raw expert logits ``s_e``.
+        amateur_logits: ``# [N, V]`` raw amateur logits ``s_a`` over the same ids.
+        alpha: plausibility: only ids with ``s_e >= log(alpha) + max s_e`` (``p_e >= alpha * max p_e``) survive.
+        beta: ``form="logit"`` (O'Brien & Lewis 2023): ``(1 + beta) * s_e - beta * s_a / T``. ``beta = 0``
+            returns the expert's logits unmasked, so decoding is exactly the expert's own.
+        form: ``"logit"``, or ``"logprob"`` (Li et al. 2022): ``log p_e - log softmax(s_a / T)``; ``beta`` unused.
+        amateur_temperature: ``T``, dividing the amateur's logits.
+    Returns:
+        ``# [N, V]`` float32 scores (float64 for float64 input).
+    """
+    dtype = torch.float64 if expert_logits.dtype == torch.float64 else torch.float32
+    expert = expert_logits.to(dtype)
+    amateur = amateur_logits.to(dtype) / amateur_temperature
+    if form == "logit":
+        if beta == 0:
+            return expert.clone()
+        scores = (1 + beta) * expert - beta * amateur
+    elif form == "logprob":
+        scores = torch.log_softmax(expert, dim=-1) - torch.log_softmax(amateur, dim=-1)
+    else:
+        raise ValueError(f"form must be 'logit' or 'logprob', got {form!r}")
+    plausible = expert >= expert.max(dim=-1, keepdim=True).values + math.log(alpha)
+    return scores.masked_fill(~plausible, float("-inf"))
+
+
+def proxy_tuning_scores(
+    large_logits: torch.Tensor, tuned_logits: torch.Tensor, base_logits: torch.Tensor, *, alpha: float = 1.0
+) -> torch.Tensor:
+    """Proxy-tuning / DExperts: ``s_large + alpha * (s_tuned - s_base)``, all ``# [N, V]`` -> ``# [N, V]``."""
+    dtype = torch.float64 if large_logits.dtype == torch.float64 else torch.float32
+    return large_logits.to(dtype) + alpha * (tuned_logits.to(dtype) - base_logits.to(dtype))
