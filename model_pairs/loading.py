@@ -1,0 +1,333 @@
+"""Loading a target/draft pair: one thin layer over ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``.
+
+:func:`load_pair` takes a registry name (:mod:`decoding.model_pairs.registry`) or any hub id / local directory
+for the target, and a hub id / local directory for the draft::
+
+    >>> from decoding.model_pairs import load_pair
+    >>> pair = load_pair("embedded")                                   # shipped with the package, no download
+    >>> pair = load_pair("qwen2.5-7b-instruct", dtype="bfloat16", device_map="auto")
+    >>> pair = load_pair("/models/llama-8b", "/models/llama-1b", load_in_4bit=True)
+
+Offline use: local directories never touch the network. A hub id is looked up in the local hub cache first; the
+network is tried only when it is not cached and neither ``local_files_only=True`` nor ``HF_HUB_OFFLINE=1`` says
+otherwise (on a machine without network, the hub's retries take about 25 s before failing: set
+``HF_HUB_OFFLINE=1`` to fail at once). A model that cannot be found raises :class:`ModelNotFoundError` (both an
+``OSError`` and a ``ValueError``) naming the id and how to point at local weights instead.
+
+Local directories are what ``save_pretrained`` writes: ``config.json``, weights (``*.safetensors`` or ``*.bin``)
+and, for the target, the tokenizer files; a draft directory without tokenizer files uses the target's tokenizer.
+
+Before any weights are loaded, the configs and tokenizers are loaded and compared, so that a tokenizer mismatch
+or a missing draft is reported without first reading gigabytes of target weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from decoding.vocab import check_vocab_compatibility
+
+from .registry import ModelPair, UnknownPairError, from_name, names
+
+__all__ = ["LoadedPair", "ModelNotFoundError", "load_pair", "resolve_dtype"]
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+_DTYPES: dict[str, Any] = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class ModelNotFoundError(OSError, ValueError):
+    """A model or tokenizer that cannot be loaded: a hub id not available here, or a directory without weights."""
+
+
+@dataclass
+class LoadedPair:
+    """What :func:`load_pair` returns.
+
+    Attributes:
+        target: the large model, in eval mode.
+        draft: the small model (draft or amateur), in eval mode, on the target's input device by default.
+        tokenizer: the target's tokenizer (left padding, with a pad token).
+        draft_tokenizer: the draft's tokenizer (the same object as ``tokenizer`` when the draft has none of its
+            own or both come from the same place).
+        pair: the registry entry when the pair came from the registry unchanged, else ``None``.
+    """
+
+    target: PreTrainedModel
+    draft: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    draft_tokenizer: PreTrainedTokenizerBase
+    pair: ModelPair | None = None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    """``None``, ``"auto"`` or a ``torch.dtype`` from a dtype or a name ("float32", "bf16", "torch.float16", ...)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in _DTYPES:
+            return _DTYPES[key]
+    raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)} or a torch.dtype.")
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network access."""
+    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where one model comes from: a checked local directory, or a hub id."""
+
+    spec: str
+    role: str
+    local: Path | None = None
+
+    @property
+    def where(self) -> str:
+        return str(self.local) if self.local is not None else self.spec
+
+    def has_tokenizer(self) -> bool:
+        return self.local is None or any((self.local / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec that can only be a filesystem path: hub ids are ``name`` or ``owner/name``."""
+    return spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") > 1 or os.path.exists(spec)
+
+
+def _source(spec: str | os.PathLike, role: str) -> _Source:
+    """Check a local directory (it must hold weights and a config) or pass a hub id through."""
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+            raise ModelNotFoundError(
+                f"the {role} directory {str(path)!r} has no weights (no *.safetensors or *.bin files); point at the "
+                "directory that holds config.json and the model weights, e.g. one written by save_pretrained."
+            )
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"the {role} directory {str(path)!r} has no config.json.")
+        return _Source(text, role, path)
+    if _looks_like_path(text):
+        kind = "is a file, not a directory" if path.exists() else "does not exist"
+        raise ModelNotFoundError(
+            f"the {role} path {text!r} {kind}; pass a directory holding config.json and the weights "
+            "(*.safetensors or *.bin), or a hub id such as 'owner/name'."
+        )
+    try:
+        validate_repo_id(text)
+    except HFValidationError as error:
+        raise ModelNotFoundError(
+            f"the {role} {text!r} is neither a local directory nor a valid hub id ('owner/name'): {error}"
+        ) from None
+    return _Source(text, role)
+
+
+def _not_available(source: _Source, what: str, local_only: bool, error: Exception) -> ModelNotFoundError:
+    """The error for a hub id that could not be loaded, with how to use local weights instead."""
+    if local_only:
+        why = "the hub was not asked (offline: HF_HUB_OFFLINE=1 or local_files_only=True)"
+    else:
+        why = "the hub could not provide it (no network access, a gated or private repository, or a wrong id)"
+    return ModelNotFoundError(
+        f"could not load the {source.role} {what} {source.spec!r}: it is not a local directory nor in the local "
+        f"hub cache, and {why}. To use local weights, pass the path of a directory holding config.json, the "
+        "weights (*.safetensors or *.bin) and the tokenizer files instead of the id; to make one, run "
+        f"`huggingface-cli download {source.spec} --local-dir DIR` (or `hf download ...`) on a "
+        f"machine with hub access, copy DIR here and pass DIR. Cause: {type(error).__name__}: "
+        f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    )
+
+
+def _from_pretrained(loader, source: _Source, what: str, local_files_only: bool, **kwargs):
+    """``loader.from_pretrained`` for one source, turning "not found" errors into :class:`ModelNotFoundError`.
+
+    A hub id is looked up in the local cache first (fast, no network) and, unless ``local_files_only``, on the
+    hub after that.
+    """
+    if source.local is not None:
+        try:
+            return loader.from_pretrained(str(source.local), local_files_only=True, **kwargs)
+        except OSError as error:
+            raise ModelNotFoundError(
+                f"could not load the {source.role} {what} from {str(source.local)!r}: {error}"
+            ) from error
+    attempts = (True,) if local_files_only else (True, False)
+    for i, local_only in enumerate(attempts):
+        try:
+            return loader.from_pretrained(source.spec, local_files_only=local_only, **kwargs)
+        except OSError as error:
+            if i == len(attempts) - 1:
+                raise _not_available(source, what, local_files_only, error) from error
+    raise AssertionError("unreachable")
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Left padding (decoder-only batches), and the EOS token as pad token when there is no pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _set_pad_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give ``generation_config`` the tokenizer's pad id when it has none (batched generation needs one)."""
+    config = getattr(model, "generation_config", None)
+    if config is not None and config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+
+
+def _quantization_config(load_in_8bit: bool, load_in_4bit: bool, dtype) -> Any:
+    """A ``BitsAndBytesConfig`` for the target, or ``None``; needs the ``quant`` extra (bitsandbytes)."""
+    if load_in_8bit and load_in_4bit:
+        raise ValueError("load_in_8bit and load_in_4bit are exclusive: choose one.")
+    if not (load_in_8bit or load_in_4bit):
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        bits = 8 if load_in_8bit else 4
+        raise ImportError(f'{bits}-bit loading needs bitsandbytes: pip install "pairdecode[quant]"')
+    from transformers import BitsAndBytesConfig
+
+    if load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if isinstance(dtype, torch.dtype):
+        compute = dtype
+    elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        compute = torch.bfloat16
+    else:
+        compute = torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
+def _registry_pair(target: str | os.PathLike, draft) -> tuple[ModelPair | None, str | os.PathLike, Any]:
+    """``(pair, target, draft)``: a registry name expanded to its ids, anything else passed through."""
+    if not isinstance(target, str) or target.strip().lower() not in names():
+        if draft is None:
+            raise UnknownPairError(
+                f"{os.fspath(target)!r} is not a registered pair, so a draft is needed: pass draft= (a hub id or "
+                f"local directory), or use a registered pair: {', '.join(names())}."
+            )
+        return None, target, draft
+    pair = from_name(target)
+    if pair.name == "embedded" and not Path(pair.target).is_dir():
+        raise ModelNotFoundError(
+            f"the embedded pair is not in this installation ({pair.target} is missing); train it with the script "
+            "in model_pairs/ (see the model card there), or pass a target and draft."
+        )
+    if draft is None or os.fspath(draft) == pair.draft:
+        return pair, pair.target, pair.draft
+    return None, pair.target, draft
+
+
+def load_pair(
+    target: str | os.PathLike,
+    draft: str | os.PathLike | None = None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
+    draft_device: str | torch.device | None = None,
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
+    local_files_only: bool | None = None,
+    check_tokenizers: bool = True,
+) -> LoadedPair:
+    """Load a target model, its draft (or amateur) and their tokenizers, ready for the decoding strategies.
+
+    Args:
+        target: a registry name (``decoding.model_pairs.names()``; the draft then comes from the registry unless
+            ``draft`` is given), or a hub id or local directory.
+        draft: hub id or local directory of the small model; required unless ``target`` is a registry name.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"`` (the checkpoint's dtype) or a
+            ``torch.dtype``, for both models; ``None`` leaves transformers' default (``"auto"``).
+        device_map: passed to the target's ``from_pretrained`` (accelerate): ``"auto"`` splits a large target
+            across the GPUs (and CPU). Default: no map (CPU), or ``"auto"`` for a quantized target.
+        draft_device: where the draft goes (one device). Default: the target's ``model.device`` (its input
+            device), which the strategies' same-device check requires.
+        load_in_8bit, load_in_4bit: quantize the target with bitsandbytes (extra ``quant``:
+            ``pip install "pairdecode[quant]"``); 4-bit uses NF4 with ``dtype`` (or bfloat16 on a GPU, float32 on
+            CPU) as compute dtype. The draft is not quantized.
+        local_files_only: never use the network (hub ids must be in the local cache). ``None``: ``True`` when
+            ``HF_HUB_OFFLINE=1`` is set, else look in the cache first and then on the hub.
+        check_tokenizers: compare both tokenizers over the shared id range before loading weights (ids past the
+            smaller vocabulary, padded embedding rows, are allowed to differ). The strategies still check the
+            vocabulary sizes when this is off.
+
+    Tokenizers are returned with ``padding_side="left"``; a tokenizer without a pad token gets its EOS token as
+    pad token, and a model whose ``generation_config`` has no ``pad_token_id`` gets the tokenizer's.
+    A local draft directory without tokenizer files uses the target's tokenizer.
+
+    Raises:
+        UnknownPairError (ValueError): a target that is neither a registry name nor given with a draft.
+        ModelNotFoundError (OSError and ValueError): a hub id not available here, a path that does not exist or
+            has no weights; the message says how to point at local weights.
+        ValueError: mismatched tokenizers (the message says "vocab"), both quantization flags, a bad dtype.
+        ImportError: quantization without bitsandbytes installed.
+    """
+    pair, target, draft = _registry_pair(target, draft)
+    role = pair.role if pair is not None else "draft"
+    dtype = resolve_dtype(dtype)
+    quantization = _quantization_config(load_in_8bit, load_in_4bit, dtype)
+    if local_files_only is None:
+        local_files_only = hub_offline()
+    target_source, draft_source = _source(target, "target"), _source(draft, role)
+
+    # Configs and tokenizers first: cheap, and they catch missing models and mismatches before any weights load.
+    target_config = _from_pretrained(AutoConfig, target_source, "config", local_files_only)
+    draft_config = _from_pretrained(AutoConfig, draft_source, "config", local_files_only)
+    if not target_source.has_tokenizer():
+        raise ModelNotFoundError(f"the target directory {target_source.where!r} has no tokenizer files.")
+    tokenizer = _prepare_tokenizer(_from_pretrained(AutoTokenizer, target_source, "tokenizer", local_files_only))
+    if draft_source.where == target_source.where or not draft_source.has_tokenizer():
+        draft_tokenizer = tokenizer
+    else:
+        draft_tokenizer = _from_pretrained(AutoTokenizer, draft_source, "tokenizer", local_files_only)
+        draft_tokenizer = _prepare_tokenizer(draft_tokenizer)
+    if check_tokenizers:
+        tokenizers = None if draft_tokenizer is tokenizer else (tokenizer, draft_tokenizer)
+        check_vocab_compatibility(
+            SimpleNamespace(config=target_config), SimpleNamespace(config=draft_config), tokenizers, role=role
+        )
+
+    target_kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+    if quantization is not None:
+        target_kwargs["quantization_config"] = quantization
+        device_map = "auto" if device_map is None else device_map
+    if device_map is not None:
+        target_kwargs["device_map"] = device_map
+    target_model = _from_pretrained(AutoModelForCausalLM, target_source, "model", local_files_only, **target_kwargs)
+
+    device = torch.device(draft_device) if draft_device is not None else target_model.device
+    draft_kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+    if device.type != "cpu":
+        draft_kwargs["device_map"] = {"": device}  # straight onto the device, no CPU copy
+    draft_model = _from_pretrained(AutoModelForCausalLM, draft_source, "model", local_files_only, **draft_kwargs)
+    if draft_model.device != device:
+        draft_model = draft_model.to(device)
+
+    for model, tok in ((target_model, tokenizer), (draft_model, draft_tokenizer)):
+        model.eval()
+        _set_pad_id(model, tok)
+    return LoadedPair(target_model, draft_model, tokenizer, draft_tokenizer, pair)
