@@ -5,7 +5,7 @@
 >>> model.generate(input_ids, strategy=decoding.SpeculativeDecoding(draft, num_draft_tokens=4))
 """
 
-from .api import enable
+from .api import enable, is_enabled
 from .contrastive import ContrastiveDecoding, ProxyTuning
 from .mixing import LogitMixing, MixingStats
 from .speculative import AcceptanceStats, SpeculativeDecoding
@@ -22,5 +22,6 @@ __all__ = [
     "SpeculativeDecoding",
     "Strategy",
     "enable",
+    "is_enabled",
 ]
 __version__ = "0.1.0"

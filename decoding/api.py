@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import types
 
 import torch
 from transformers.generation.stopping_criteria import StopStringCriteria, StoppingCriteriaList
@@ -17,33 +18,37 @@ def enable(model):
     Without ``strategy`` (or with ``strategy=None``) ``generate`` is transformers' own, untouched. With one, the
     call goes through transformers' ``custom_generate`` hook, so generation-config merging, the attention
     mask, logits processors and stopping criteria are transformers' own; ``streamer=`` is handed to the
-    strategy. Calling ``enable`` twice is harmless.
+    strategy. Calling ``enable`` twice is harmless. The hook is a method bound to ``model``, so a
+    ``copy.deepcopy`` of an enabled model generates with the copy's weights.
     """
-    if getattr(model.generate, "_decoding_enabled", False):
-        return model
-    original = model.generate
-
-    @functools.wraps(original)
-    def generate(*args, strategy: Strategy | None = None, **kwargs):
-        if strategy is None:
-            return original(*args, **kwargs)
-        if not isinstance(strategy, Strategy):
-            raise TypeError(f"strategy must be a decoding strategy such as decoding.SpeculativeDecoding, got {type(strategy).__name__}")
-        if kwargs.get("custom_generate") is not None:
-            raise ValueError("pass either strategy= or custom_generate=, not both")
-        if kwargs.get("assistant_model") is not None:
-            raise ValueError("pass either strategy= or assistant_model=, not both")
-        check_decoder_only(model)
-        input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-        if isinstance(input_ids, torch.Tensor):
-            check_prompt(input_ids)
-        streamer = kwargs.pop("streamer", None)
-        kwargs = _stop_strings_as_criteria(kwargs)
-        return original(*args, custom_generate=strategy, decoding_streamer=streamer, **kwargs)
-
-    generate._decoding_enabled = True
-    model.generate = generate
+    if not is_enabled(model):
+        model.generate = types.MethodType(_generate, model)
     return model
+
+
+def is_enabled(model) -> bool:
+    """Whether :func:`enable` was called on ``model``."""
+    return getattr(model.generate, "__func__", None) is _generate
+
+
+def _generate(self, *args, strategy: Strategy | None = None, **kwargs):
+    """transformers' ``generate``, plus ``strategy=`` (see :func:`enable`)."""
+    original = functools.partial(type(self).generate, self)
+    if strategy is None:
+        return original(*args, **kwargs)
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy must be a decoding strategy such as decoding.SpeculativeDecoding, got {type(strategy).__name__}")
+    if kwargs.get("custom_generate") is not None:
+        raise ValueError("pass either strategy= or custom_generate=, not both")
+    if kwargs.get("assistant_model") is not None:
+        raise ValueError("pass either strategy= or assistant_model=, not both")
+    check_decoder_only(self)
+    input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    if isinstance(input_ids, torch.Tensor):
+        check_prompt(input_ids)
+    streamer = kwargs.pop("streamer", None)
+    kwargs = _stop_strings_as_criteria(kwargs)
+    return original(*args, custom_generate=strategy, decoding_streamer=streamer, **kwargs)
 
 
 def _stop_strings_as_criteria(kwargs: dict) -> dict:

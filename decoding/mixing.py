@@ -74,9 +74,10 @@ class LogitMixing(Strategy):
             for role, cache in helpers.items():
                 others[role] = to_vocab(self.helper_logits(role, cache, feed, run), vocab)  # [b, V]
                 self.stats.count_forward(role)
-            mixed = self.combine(logits, others)
-            # Ids past the smallest vocabulary are embedding padding that some model cannot score.
-            mixed[:, shared:] = float("-inf")
+            # Ids past the smallest vocabulary are embedding padding that some model cannot score: the scores
+            # (and contrastive decoding's plausibility set, relative to the expert's best id) are computed over
+            # the shared ids only, and the others get -inf.
+            mixed = to_vocab(self.combine(logits[:, :shared], {r: o[:, :shared] for r, o in others.items()}), vocab)
             scores = run.process(mixed[:, None], offset=0)[:, 0]  # [b, V]
             token = self._pick(run, scores)
             finished = run.commit(token[:, None], scores[:, None], logits[:, None])

@@ -16,7 +16,7 @@ from . import kernels
 from .contrastive import check_contrastive_settings
 from .speculative import SpeculativeDecoding
 from .strategy import Run
-from .vocab import vocab_size
+from .vocab import to_vocab, vocab_size
 
 
 class SpeculativeContrastiveDecoding(SpeculativeDecoding):
@@ -38,10 +38,12 @@ class SpeculativeContrastiveDecoding(SpeculativeDecoding):
     def _target_scores(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
         """Processed contrastive scores ``# [b, g+1, V]`` from expert and amateur logits ``# [b, g+1, V]``."""
         b, n, vocab = logits.shape
+        # Ids past the smaller vocabulary are embedding padding the amateur cannot score: the scores (and the
+        # plausibility set, relative to the expert's best id) are computed over the shared ids only, the
+        # others get -inf.
+        shared = min(vocab, vocab_size(self.draft_model))
         mixed = kernels.contrastive_scores(
-            logits.reshape(b * n, vocab), draft_logits.reshape(b * n, vocab), alpha=self.alpha, beta=self.beta,
-            form=self.form, amateur_temperature=self.amateur_temperature,
-        ).reshape(b, n, vocab)
-        # Ids past the smaller vocabulary are embedding padding the amateur cannot score.
-        mixed[..., vocab_size(self.draft_model):] = float("-inf")
-        return run.process(mixed, offset=0)
+            logits[..., :shared].reshape(b * n, shared), draft_logits[..., :shared].reshape(b * n, shared),
+            alpha=self.alpha, beta=self.beta, form=self.form, amateur_temperature=self.amateur_temperature,
+        ).reshape(b, n, shared)
+        return run.process(to_vocab(mixed, vocab), offset=0)

@@ -82,7 +82,7 @@ def test_custom_generate_without_enable(arch):
     ref = greedy_reference(target, input_ids, mask, 9)
     strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=4)
     out = target.generate(input_ids, attention_mask=mask, max_new_tokens=9, do_sample=False, custom_generate=strategy)
-    assert not getattr(target.generate, "_decoding_enabled", False)
+    assert not decoding.api.is_enabled(target)
     assert torch.equal(out, ref)
     assert strategy.stats.steps > 0
 
@@ -236,3 +236,23 @@ def test_stats_after_a_call(g):
     first = (stats.steps, stats.drafted, stats.accepted)
     target.generate(input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False, strategy=strategy)
     assert (strategy.stats.steps, strategy.stats.drafted, strategy.stats.accepted) == first
+
+
+def test_deepcopy_of_an_enabled_model_generates_with_the_copys_weights():
+    """Regression: enable() once stored a closure over the model, so a deep copy's generate ran the original."""
+    import copy
+
+    model = fresh_model("llama")
+    decoding.enable(model)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in clone.parameters():
+            param.mul_(-1.0)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    expected = fresh_model("llama")
+    with torch.no_grad():
+        for param in expected.parameters():
+            param.mul_(-1.0)
+        reference = expected.generate(ids, max_new_tokens=6, do_sample=False)
+        assert torch.equal(clone.generate(ids, max_new_tokens=6, do_sample=False), reference)
+        assert not torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False), reference)

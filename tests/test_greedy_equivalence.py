@@ -154,7 +154,7 @@ def _plain_target(arch):
 )
 def test_custom_generate_path(arch, draft_kind, batch, g, max_new_tokens, with_eos):
     target = _plain_target(arch)
-    assert not getattr(target.generate, "_decoding_enabled", False)
+    assert not decoding.api.is_enabled(target)
     _, draft = tiny_pair(arch, draft_kind=draft_kind)
     input_ids, mask = batch
     kwargs = {}

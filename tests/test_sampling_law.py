@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy import stats as scipy_stats
 
 import decoding
 from decoding import kernels
-from tests.models import PAD_ID, tiny_pair
+from tests.laws import chi_square_pvalue, left_pad
+from tests.models import tiny_pair
 
 VOCAB = 12
 ROWS_PER_PROMPT = 3000
@@ -41,16 +41,6 @@ CASES = [
     pytest.param("opt", "noisy_copy", dict(temperature=1.5, min_p=0.05), id="opt-noisy-t1.5-minp0.05"),
     pytest.param("gpt_neox", "noisy_copy", dict(temperature=1.2, repetition_penalty=1.5), id="neox-noisy-rep1.5"),
 ]
-
-
-def left_pad(prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prefixes)
-    ids = torch.full((len(prefixes), width), PAD_ID, dtype=torch.int64)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(prefixes):
-        ids[r, width - len(p) :] = torch.tensor(p)
-        mask[r, width - len(p) :] = 1
-    return ids, mask
 
 
 def next_token_laws(model, prefixes: list[list[int]], settings: dict) -> torch.Tensor:
@@ -88,29 +78,6 @@ def speculative_samples(target, draft, settings: dict, seed: int):
     assert torch.equal(out[:, : ids.shape[1]], ids)
     assert strategy.stats.steps >= ids.shape[0]
     return out[:, ids.shape[1] :], strategy.stats
-
-
-def chi_square_pvalue(observed: torch.Tensor, law: torch.Tensor) -> float:
-    """Pearson chi-square p-value of ``observed`` counts against ``law`` (both flattened).
-
-    Cells the law gives no mass must be empty (that alone is a failure, reported as p = 0); cells with an
-    expected count below 5 are pooled into one cell.
-    """
-    observed, law = observed.flatten().to(torch.float64), law.flatten().to(torch.float64)
-    total = float(observed.sum())
-    if bool((observed[law <= 0] > 0).any()):
-        return 0.0
-    expected = law * total / float(law.sum())
-    big = expected >= 5
-    obs = observed[big].tolist()
-    exp = expected[big].tolist()
-    if bool((~big & (law > 0)).any()):
-        obs.append(float(observed[~big].sum()))
-        exp.append(float(expected[~big].sum()))
-    if len(obs) < 2:
-        return 1.0
-    scale = sum(obs) / sum(exp)  # remove float drift so scipy's sum check passes
-    return float(scipy_stats.chisquare(obs, [e * scale for e in exp]).pvalue)
 
 
 def counts(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from decoding import kernels
 from decoding.kernels import reference
+from tests.laws import measure as _measure
+from tests.laws import threshold as _threshold
 
 IMPLEMENTATIONS = [pytest.param(reference, id="reference"), pytest.param(kernels, id="entry-points")]
-
-BISECTION_STEPS = 53  # float64 uniforms: the interval shrinks to 2^-53, far below the 1e-6 tolerance
 
 
 def _below(x: float) -> float:
@@ -230,28 +230,6 @@ def test_verify_sampling_never_emits_a_token_the_target_excludes(impl, data, bat
 
 # ----------------------------------------------------------------------------------------------------------
 # verify_sampling: the exact law of the emitted tokens, by integration over the uniforms
-
-
-def _threshold(predicate, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bisection for ``n`` monotone predicates of u in [0, 1) (true below a threshold, false above).
-
-    ``predicate(u  # [n] float64) -> bool [n]``. Returns ``lo, hi  # [n]`` with ``hi - lo = 2^-53``: the
-    predicate holds at ``lo`` (or is false everywhere and ``lo = 0``) and fails at ``hi`` (or holds at every
-    float64 below 1 and ``hi = 1``). Every midpoint is a dyadic rational, exact in float64.
-    """
-    lo = torch.zeros(n, dtype=torch.float64)
-    hi = torch.ones(n, dtype=torch.float64)
-    for _ in range(BISECTION_STEPS):
-        mid = (lo + hi) / 2
-        ok = predicate(mid)
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
-    return lo, hi
-
-
-def _measure(lo, hi):
-    """Measure of ``{u in [0, 1): predicate}`` from the bisection bounds, to 2^-53 (exact at 0 and 1)."""
-    return torch.where(hi == 1, torch.ones_like(lo), lo)
 
 
 def _acceptance(impl, p, q, drafts) -> tuple[torch.Tensor, torch.Tensor]:
