@@ -9,23 +9,41 @@ runs on CUDA; every reported time is a median over repetitions. The cost ratios 
 both with a real ``DynamicCache`` prefix of a given length in front, at a given batch size. With the acceptance
 rate ``a`` and draft length ``g``, the hardware-aware ceiling on speedup is
 ``(1 - a^(g+1)) / ((1 - a)(g*c + v))``; ``v = 1`` gives Leviathan et al.'s formula.
+
+Also here, shared by the benchmarks: acceptance counters summed over calls and processes
+(:func:`merge_stats`, :func:`merge_totals`, :func:`acceptance_summary`), new-token counts of a batch
+(:func:`new_token_counts`) and the run's provenance (:func:`git_commit`, :func:`device_name`,
+:func:`library_versions`).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import statistics
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
 __all__ = [
+    "acceptance_summary",
     "ceiling",
     "cost_ratios",
+    "device_name",
     "efficiency",
     "forward_timer",
+    "git_commit",
+    "library_versions",
+    "merge_stats",
+    "merge_totals",
+    "new_token_counts",
     "per_token_acceptance",
+    "prefill_ratios",
+    "prefill_ceiling",
     "synchronize",
     "time_calls",
     "tokens_per_second",
@@ -118,6 +136,52 @@ def cost_ratios(target, draft, batch_size: int, context_length: int, draft_lengt
     return {"c": seconds["draft_1"] / seconds["target_1"], "v": v, "seconds": seconds}
 
 
+def prefill_ratios(target, draft, batch_size: int, prompt_length: int, repeats: int = 7, warmup: int = 1) -> dict:
+    """Cost of encoding a ``prompt_length``-token prompt, in units of one cached target forward of 1 token.
+
+    Returns ``{"target": p_t, "draft": p_d, "seconds": {"target_prefill": s, "draft_prefill": s,
+    "target_1": s}}`` (medians of ``repeats``, interleaved). ``target_1`` is timed with a cache of
+    ``prompt_length`` tokens, the start of decoding.
+    """
+    generator = torch.Generator().manual_seed(0)
+    timers = {}
+    for name, model in (("target_prefill", target), ("draft_prefill", draft)):
+        vocab = model.config.get_text_config().vocab_size
+        ids = torch.randint(1, vocab, (batch_size, prompt_length), generator=generator).to(model.device)
+
+        def timed(model=model, ids=ids) -> float:
+            with torch.no_grad():
+                synchronize(model.device)
+                start = time.perf_counter()
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(config=model.config),
+                      use_cache=True, logits_to_keep=1)
+                synchronize(model.device)
+                return time.perf_counter() - start
+
+        timers[name] = timed
+    timers["target_1"] = forward_timer(target, batch_size, prompt_length, 1)
+    samples = {name: [] for name in timers}
+    for round_ in range(warmup + repeats):
+        for name, timer in timers.items():
+            elapsed = timer()
+            if round_ >= warmup:
+                samples[name].append(elapsed)
+    seconds = {name: statistics.median(times) for name, times in samples.items()}
+    return {"target": seconds["target_prefill"] / seconds["target_1"],
+            "draft": seconds["draft_prefill"] / seconds["target_1"], "seconds": seconds}
+
+
+def prefill_ceiling(a: float, g: int, c: float, v: float, p_target: float, p_draft: float, new_tokens: float) -> float:
+    """The ceiling of a whole ``generate`` call, prompt encoding included (all costs in target forwards):
+    ``(p_t + n) / (p_t + p_d + n (g*c + v) / T(a))`` with ``T(a) = (1 - a^(g+1)) / (1 - a)`` tokens per step.
+
+    :func:`ceiling` is its limit for long generations; for short ones the prefill, which speculation does not
+    speed up (and the draft pays again), pulls the achievable speedup below it.
+    """
+    tokens_per_step = ceiling(a, g, 0.0, 1.0)
+    return (p_target + new_tokens) / (p_target + p_draft + new_tokens * (g * c + v) / tokens_per_step)
+
+
 def ceiling(a: float, g: int, c: float, v: float = 1.0) -> float:
     """Expected speculative speedup ``(1 - a^(g+1)) / ((1 - a)(g*c + v))`` (REFERENCES.md §1).
 
@@ -153,3 +217,117 @@ def per_token_acceptance(mean_accepted_length: float, g: int) -> float:
 def efficiency(speedup: float, ceiling_value: float) -> float:
     """Measured speedup as a fraction of the ceiling: how much of the algorithm's promise the system delivers."""
     return speedup / ceiling_value if ceiling_value > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------- acceptance
+
+
+def merge_stats(total: dict, stats) -> dict:
+    """Add one call's ``AcceptanceStats`` (or a dict of the same counters) into ``total``; returns ``total``.
+
+    ``total`` holds plain counters (``steps``, ``drafted``, ``accepted``, ``rejected``, ``position_steps``,
+    ``position_accepted``), so totals of several calls, prompts or processes add up exactly and travel through
+    JSON or ``gather_object``.
+    """
+    get = stats.get if isinstance(stats, dict) else lambda key, default: getattr(stats, key, default)
+    for key in ("steps", "drafted", "accepted", "rejected"):
+        total[key] = total.get(key, 0) + get(key, 0)
+    for key in ("position_steps", "position_accepted"):
+        values = list(get(key, []))
+        old = total.setdefault(key, [])
+        old.extend([0] * (len(values) - len(old)))
+        for i, value in enumerate(values):
+            old[i] += value
+    return total
+
+
+def merge_totals(totals: Iterable[dict]) -> dict:
+    """The sum of several :func:`merge_stats` totals."""
+    out: dict = {}
+    for total in totals:
+        merge_stats(out, total)
+    return out
+
+
+def acceptance_summary(total: dict, g: int) -> dict:
+    """Acceptance figures of summed counters at draft length ``g``.
+
+    Keys: ``acceptance_rate`` (accepted / drafted), ``alpha`` (the per-token acceptance that reproduces the
+    measured mean accepted length in the ceiling formula, :func:`per_token_acceptance`), ``alpha_tested``
+    (accepted / acceptance tests run, ``AcceptanceStats.alpha``), ``mean_accepted_length`` (tau, counting the
+    bonus token), ``per_position_acceptance`` and the counters ``steps``, ``drafted``, ``accepted``.
+    """
+    steps, drafted, accepted = total.get("steps", 0), total.get("drafted", 0), total.get("accepted", 0)
+    tests = accepted + total.get("rejected", 0)
+    tau = 1.0 + accepted / steps if steps else 0.0
+    return {
+        "acceptance_rate": accepted / drafted if drafted else 0.0,
+        "alpha": per_token_acceptance(tau, g),
+        "alpha_tested": accepted / tests if tests else 0.0,
+        "mean_accepted_length": tau,
+        "per_position_acceptance": [a / s if s else 0.0 for a, s in
+                                    zip(total.get("position_accepted", []), total.get("position_steps", []))],
+        "steps": steps,
+        "drafted": drafted,
+        "accepted": accepted,
+    }
+
+
+def new_token_counts(output: torch.Tensor, prompt_width: int, eos_token_ids: Iterable[int] = ()) -> list[int]:
+    """New tokens of each row of ``output  # [b, prompt_width + n]``: up to and including its first EOS.
+
+    Without EOS ids every row counts ``n`` (a fixed-length run). Positions after a row's EOS are padding
+    written while other rows were still generating, and do not count.
+    """
+    new = output[:, prompt_width:]
+    eos = sorted(set(eos_token_ids))
+    if not eos or new.shape[1] == 0:
+        return [new.shape[1]] * output.shape[0]
+    is_eos = torch.isin(new, torch.tensor(eos, device=new.device))
+    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, torch.full_like(is_eos[:, 0], new.shape[1], dtype=torch.int64))
+    return first.tolist()
+
+
+# ----------------------------------------------------------------------------------------------- provenance
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit of the checkout holding ``path`` (default: this package), ``+dirty`` if modified; else None."""
+    here = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable name of ``device``: the GPU's model, or the CPU's model and torch's thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} torch threads)"
+
+
+def library_versions(names: Sequence[str] = ("torch", "transformers", "accelerate", "tokenizers", "bitsandbytes")) -> dict:
+    """Python's version and the installed versions of ``names`` (None for those not installed)."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    return versions

@@ -1,0 +1,322 @@
+"""``decoding-bench``: prompt sets, bad input (one line on stderr, nonzero exit, no traceback), a tiny run on the
+synthetic pair and on a tiny saved pair, and a data-parallel run over two CPU processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import decoding
+from decoding.evals import bench, measure, report
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+# Subprocesses import the same checkout as this test, whatever the installed copy points at.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [str(Path(decoding.__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+# A tiny synthetic pair and grid: float64, so greedy outputs must equal the target's exactly.
+TINY = ["--synthetic", "layers=2,hidden=32,vocab=96", "--dtype", "float64", "--max-prompt-tokens", "12",
+        "--max-new-tokens", "6", "--rounds", "1", "--cost-repeats", "2", "--quiet"]
+
+
+def error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("decoding-bench: error: ")
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+
+
+def test_shipped_prompt_files_parse_and_cover_every_category():
+    files = sorted(bench.PROMPTS_DIR.glob("*.jsonl"))
+    assert {f.stem for f in files} == set(bench.CATEGORIES)
+    for file in files:
+        for line in file.read_text().splitlines():
+            record = json.loads(line)
+            assert set(record) == {"id", "category", "prompt"} and record["category"] == file.stem
+    prompts = bench.load_prompt_set()
+    counts = {c: sum(p.category == c for p in prompts) for c in bench.CATEGORIES}
+    assert all(6 <= n <= 12 for n in counts.values()), counts
+    assert len({p.id for p in prompts}) == len(prompts)
+
+
+def test_default_selection_is_dominated_by_code_and_interleaved():
+    selected = bench.select_prompts(bench.load_prompt_set())
+    code = [p for p in selected if p.category.startswith("code")]
+    assert {p.category for p in selected} == set(bench.CATEGORIES)
+    assert len(code) > len(selected) / 2 - 1 and len(code) == max(
+        sum(p.category == c for p in selected) for c in bench.CATEGORIES) + 1
+    assert selected[0].category != selected[1].category  # batches mix categories
+    two = bench.select_prompts(bench.load_prompt_set(), ["math", "retrieval"], 2)
+    assert [p.category for p in two] == ["math", "retrieval", "math", "retrieval"]
+    with pytest.raises(ValueError, match="unknown category poetry"):
+        bench.select_prompts(bench.load_prompt_set(), ["poetry"], 1)
+
+
+def test_prompt_set_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "category": "x", "prompt": "p"}\n{"id": "b", "category": "x"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected an object"):
+        bench.load_prompt_set(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not valid JSON"):
+        bench.load_prompt_set(bad)
+
+
+def test_prefill_ceiling_and_ratios():
+    assert measure.prefill_ceiling(0.8, 4, 0.1, 1.6, 0.0, 0.0, 50) == pytest.approx(measure.ceiling(0.8, 4, 0.1, 1.6))
+    assert measure.prefill_ceiling(0.8, 4, 0.1, 1.6, 8.0, 1.0, 1e9) == pytest.approx(measure.ceiling(0.8, 4, 0.1, 1.6))
+    # 32 new tokens after an 8-forward prefill: (8 + 32) / (8 + 1 + 32 * 2 / 3.3616).
+    assert measure.prefill_ceiling(0.8, 4, 0.1, 1.6, 8.0, 1.0, 32) == pytest.approx(40 / (9 + 64 / 3.3616))
+    from decoding.model_pairs import damped_pair
+
+    target, draft = damped_pair(num_layers=2, hidden_size=32, vocab_size=96)
+    ratios = measure.prefill_ratios(target, draft, 2, 9, repeats=2)
+    assert ratios["target"] > 0 and ratios["draft"] > 0
+    assert set(ratios["seconds"]) == {"target_prefill", "draft_prefill", "target_1"}
+
+
+def test_batches_wrap_and_new_token_counts():
+    prompts = [torch.tensor([5, 6, 7]), torch.tensor([8])]
+    batches = bench.make_batches(prompts, 3, "cpu", pad_token_id=0)
+    assert len(batches) == 1 and batches[0].prompts == [0, 1, 0]
+    assert batches[0].ids.tolist() == [[5, 6, 7], [0, 0, 8], [5, 6, 7]]
+    out = torch.tensor([[1, 2, 9, 3, 3], [1, 2, 4, 5, 6]])
+    assert measure.new_token_counts(out, 2, [3]) == [2, 3] and measure.new_token_counts(out, 2) == [3, 3]
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--batch-sizes", "0"], "batch size 0 is out of range"),
+    (["--batch-sizes", "1,100000"], "batch size 100000 is out of range"),
+    (["--draft-lengths", "-1"], "draft length -1 is out of range"),
+    (["--draft-lengths", "4,500"], "draft length 500 is out of range"),
+    (["--draft-lengths", "two"], "comma-separated integers"),
+    (["--max-new-tokens", "0"], "out of range"),
+    (["--temperature", "0"], "out of range"),
+    (["--modes", "beam"], "unknown mode 'beam'"),
+    (["--synthetic", "depth=3"], "bad --synthetic item"),
+    (["--load-in-4bit", "--load-in-8bit"], "not allowed with argument"),
+    (["--no-such-option"], "unrecognized arguments"),
+])
+def test_usage_errors_are_one_line_exit_2(argv, needle, capsys):
+    assert bench.main(argv) == 2
+    assert needle in error_line(capsys)
+
+
+def test_plot_without_matplotlib_fails_before_running(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert bench.main([*TINY, "--plot", str(tmp_path / "p.png")]) == 2
+    assert "pip install 'pairdecode[eval]'" in error_line(capsys)
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_unknown_pair_name_lists_known_names(capsys):
+    assert bench.main(["--target", "no-such-pair", "--quiet"]) == 1
+    line = error_line(capsys)
+    assert "no-such-pair" in line and "embedded" in line
+
+
+def test_bad_prompt_set_and_category(capsys, tmp_path):
+    assert bench.main([*TINY, "--prompt-set", str(tmp_path / "missing.jsonl")]) == 1
+    assert "missing.jsonl" in error_line(capsys)
+    assert bench.main([*TINY, "--categories", "poetry"]) == 1
+    assert "unknown category poetry" in error_line(capsys)
+
+
+def _word_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
+    words = ["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(3, 64))]
+    if swap:
+        words[5], words[6] = words[6], words[5]
+    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def _save_model(directory: Path, num_layers: int, seed: int, tokenizer=None) -> Path:
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=1, eos_token_id=None, pad_token_id=None)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(torch.float64)
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def saved_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    target = _save_model(root / "target", 2, 0, _word_tokenizer())
+    draft = _save_model(root / "draft", 1, 1, _word_tokenizer())
+    other = _save_model(root / "other", 1, 2, _word_tokenizer(swap=True))
+    empty = root / "no-weights"
+    empty.mkdir()
+    (empty / "config.json").write_text((target / "config.json").read_text())
+    return {"target": target, "draft": draft, "other": other, "empty": empty}
+
+
+def test_tokenizer_mismatch(saved_pair, capsys):
+    argv = ["--target", str(saved_pair["target"]), "--draft", str(saved_pair["other"]), "--quiet"]
+    assert bench.main(argv) == 1
+    assert "vocab" in error_line(capsys)
+
+
+def test_local_path_without_weights(saved_pair, capsys):
+    assert bench.main(["--target", str(saved_pair["empty"]), "--draft", str(saved_pair["draft"]), "--quiet"]) == 1
+    assert "no weights" in error_line(capsys)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_quantization_without_bitsandbytes(saved_pair, capsys):
+    argv = ["--target", str(saved_pair["target"]), "--draft", str(saved_pair["draft"]), "--load-in-4bit", "--quiet"]
+    assert bench.main(argv) == 1
+    assert "bitsandbytes" in error_line(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")
+def test_cuda_device_without_cuda(capsys):
+    assert bench.main([*TINY, "--device", "cuda"]) == 2
+    assert "CUDA is not available" in error_line(capsys)
+
+
+def test_console_entry_point_exits_without_traceback():
+    done = subprocess.run([sys.executable, "-m", "decoding.evals.bench", "--draft-lengths", "0"],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "decoding-bench: error: argument --draft-lengths: draft length 0 is out of range: use 1 to "
+        f"{bench.MAX_DRAFT_LENGTH} (see decoding-bench --help)"]
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def test_tiny_synthetic_run_json_checks_and_plot(tmp_path, capsys):
+    path, png = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.png"
+    argv = [*TINY, "--batch-sizes", "1,3", "--draft-lengths", "1,3", "--prompts-per-category", "1",
+            "--categories", "code_completion,math,retrieval", "--json", str(path)]
+    if HAS_MATPLOTLIB:
+        argv += ["--plot", str(png)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "speculative g=3" in out and "assisted g=1" in out and "check: batch 3, speculative g=3: greedy output equal" in out
+    result = json.loads(path.read_text())
+    assert set(result) == {"meta", "prompts", "costs", "checks", "cells", "summary"}
+    for key in ("date", "git_commit", "torch", "transformers", "accelerate", "decoding", "device", "device_name",
+                "num_processes", "target", "target_parameters", "draft_parameters", "arguments"):
+        assert key in result["meta"], key
+    assert result["meta"]["num_processes"] == 1
+    assert [p["category"] for p in result["prompts"]] == ["code_completion", "math", "retrieval"]
+    assert all(p["tokens"] == 12 for p in result["prompts"])
+    assert set(result["costs"]) == {"1", "3"} and set(result["costs"]["3"]["v"]) == {"1", "3"}
+    cells = {(c["mode"], c["batch_size"], c["name"]): c for c in result["cells"]}
+    expected = {(mode, 1, name) for mode in ("greedy", "sample")
+                for name in ("target", "assisted g=1", "speculative g=1", "assisted g=3", "speculative g=3")}
+    expected |= {(mode, 3, name) for mode in ("greedy", "sample") for name in ("target", "speculative g=1", "speculative g=3")}
+    assert set(cells) == expected
+    assert result["checks"] and all(check["matches_target"] for check in result["checks"])
+    assert len(result["checks"]) == 6  # every greedy draft method at every batch size
+    for (mode, batch, name), cell in cells.items():
+        assert cell["tokens_per_s"] > 0 and cell["speedup"] > 0
+        if name == "target":
+            continue
+        for key in ("acceptance_rate", "alpha", "mean_accepted_length", "per_position_acceptance", "c", "v",
+                    "ceiling", "efficiency"):
+            assert key in cell, (name, key)
+        g = cell["num_draft_tokens"]
+        assert len(cell["per_position_acceptance"]) == g and 1.0 <= cell["mean_accepted_length"] <= g + 1
+        assert cell["ceiling"] == pytest.approx(measure.ceiling(cell["alpha"], g, cell["c"], cell["v"]))
+        assert cell["efficiency"] == pytest.approx(cell["speedup"] / cell["ceiling"])
+        assert cell["ceiling_with_prefill"] > 0
+        if mode == "greedy":
+            assert cell["matches_target"] is True
+    assert set(cells[("greedy", 1, "speculative g=3")]["per_category"]) == {"code_completion", "math", "retrieval"}
+    assert len(result["summary"]) == 4 and {s["mode"] for s in result["summary"]} == {"greedy", "sample"}
+    if HAS_MATPLOTLIB:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib not installed (extra 'eval'): the plot is not tested")
+def test_plot_from_cells(tmp_path):
+    cells = [{"mode": mode, "batch_size": b, "method": kind, "num_draft_tokens": g, "speedup": 1.0 + 0.1 * g,
+              "ceiling": 1.2 + 0.1 * g} for mode in ("greedy", "sample") for b in (1, 4) for g in (2, 3, 4)
+             for kind in (("speculative", "assisted") if b == 1 else ("speculative",))]
+    path = report.plot_speedup(cells, tmp_path / "plot.png", "title")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tiny_saved_pair_through_the_loader(saved_pair, tmp_path, capsys):
+    prompts = tmp_path / "words.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"w{i}", "category": "words",
+                                           "prompt": " ".join(f"w{(7 * i + k) % 60 + 3}" for k in range(9))}) + "\n"
+                               for i in range(3)))
+    result = bench.run(["--target", str(saved_pair["target"]), "--draft", str(saved_pair["draft"]),
+                        "--prompt-set", str(prompts), "--prompts-per-category", "3", "--batch-sizes", "1,2",
+                        "--draft-lengths", "2", "--modes", "greedy", "--max-new-tokens", "5", "--rounds", "1",
+                        "--cost-repeats", "2", "--quiet", "--device", "cpu"])
+    assert result["meta"]["dtype"] == "float64" and result["meta"]["target"] == str(saved_pair["target"])
+    assert [p["tokens"] for p in result["prompts"]] == [9, 9, 9]  # 9 words, no BOS in this tokenizer
+    assert all(check["matches_target"] for check in result["checks"]) and len(result["checks"]) == 3
+    assert "speculative g=2" in capsys.readouterr().out
+
+
+def test_plain_table_without_rich():
+    cells = [{"mode": "sample", "batch_size": 1, "method": "target", "name": "target", "num_draft_tokens": None,
+              "tokens_per_s": 10.0, "speedup": 1.0, "matches_target": None, "rows_matching_target": "sampled"}]
+    table = report.format_table(cells)
+    assert "= target" not in table and "10.0" in table and "1.00x" in table
+
+
+# ----------------------------------------------------------------------------------------------- data parallel
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_split_prompts_and_report_once(tmp_path):
+    """``accelerate launch`` with two processes on the CPU: prompts split, results gathered, one report."""
+    path = tmp_path / "dp.json"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "decoding.evals.bench", *TINY, "--device", "cpu",
+               "--batch-sizes", "1,2", "--draft-lengths", "2", "--prompts-per-category", "1",
+               "--categories", "code_completion,code_explanation,math", "--json", str(path)]
+    env = {**ENV, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("check: batch 1, speculative g=2") == 1  # only the main process reports
+    result = json.loads(path.read_text())
+    assert result["meta"]["num_processes"] == 2 and len(result["meta"]["device_names"]) == 2
+    assert len(result["prompts"]) == 3
+    assert all(check["matches_target"] for check in result["checks"])
+    spec = next(c for c in result["cells"] if c["mode"] == "greedy" and c["batch_size"] == 1
+                and c["method"] == "speculative")
+    assert spec["rows_matching_target"] == "3/3"  # rows of both processes, gathered
+    assert set(spec["per_category"]) == {"code_completion", "code_explanation", "math"}
+    # batch 2: process 0 has 2 prompts (one batch), process 1 has 1 (one batch, wrapped): 4 rows in all.
+    batch2 = next(c for c in result["cells"] if c["mode"] == "greedy" and c["batch_size"] == 2
+                  and c["method"] == "target")
+    assert batch2["new_tokens_per_round"] == 4 * 6
