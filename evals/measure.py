@@ -114,6 +114,18 @@ def forward_timer(model, batch_size: int, context_length: int, new_tokens: int, 
     return timed
 
 
+def interleaved_medians(timers: dict, repeats: int, warmup: int) -> dict:
+    """Median seconds of each timer (a callable returning seconds), called in turn ``warmup + repeats`` times
+    so that background load hits every timer alike; the first ``warmup`` rounds are discarded."""
+    samples = {name: [] for name in timers}
+    for round_ in range(warmup + repeats):
+        for name, timer in timers.items():
+            elapsed = timer()
+            if round_ >= warmup:
+                samples[name].append(elapsed)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
 def cost_ratios(target, draft, batch_size: int, context_length: int, draft_lengths: Sequence[int] = (4,),
                 repeats: int = 31, warmup: int = 3) -> dict:
     """Measured ``c`` and ``v(g)`` at one batch size, with a ``context_length``-token cache prefix.
@@ -125,13 +137,7 @@ def cost_ratios(target, draft, batch_size: int, context_length: int, draft_lengt
     timers = {"draft_1": forward_timer(draft, batch_size, context_length, 1),
               "target_1": forward_timer(target, batch_size, context_length, 1)}
     timers.update({f"target_{g + 1}": forward_timer(target, batch_size, context_length, g + 1) for g in draft_lengths})
-    samples = {name: [] for name in timers}
-    for round_ in range(warmup + repeats):
-        for name, timer in timers.items():
-            elapsed = timer()
-            if round_ >= warmup:
-                samples[name].append(elapsed)
-    seconds = {name: statistics.median(times) for name, times in samples.items()}
+    seconds = interleaved_medians(timers, repeats, warmup)
     v = {g: seconds[f"target_{g + 1}"] / seconds["target_1"] for g in draft_lengths}
     return {"c": seconds["draft_1"] / seconds["target_1"], "v": v, "seconds": seconds}
 
@@ -160,13 +166,7 @@ def prefill_ratios(target, draft, batch_size: int, prompt_length: int, repeats: 
 
         timers[name] = timed
     timers["target_1"] = forward_timer(target, batch_size, prompt_length, 1)
-    samples = {name: [] for name in timers}
-    for round_ in range(warmup + repeats):
-        for name, timer in timers.items():
-            elapsed = timer()
-            if round_ >= warmup:
-                samples[name].append(elapsed)
-    seconds = {name: statistics.median(times) for name, times in samples.items()}
+    seconds = interleaved_medians(timers, repeats, warmup)
     return {"target": seconds["target_prefill"] / seconds["target_1"],
             "draft": seconds["draft_prefill"] / seconds["target_1"], "seconds": seconds}
 
