@@ -376,14 +376,17 @@ def test_bad_settings_raise(kwargs, phrase):
     assert phrase in str(err.value)
 
 
-def test_incompatible_amateur_vocab_raises_before_any_forward():
+@pytest.mark.parametrize("strategy_class", [decoding.ContrastiveDecoding, decoding.SpeculativeContrastiveDecoding])
+def test_incompatible_amateur_vocab_raises_before_any_forward(strategy_class):
     """Sizes 129 rows apart cannot be embedding padding: a ValueError naming the vocab, with no forward."""
     expert = forbid_forward(fresh_model("llama", vocab_size=96))
     amateur = forbid_forward(fresh_model("llama", vocab_size=96 + 129, seed=1000, num_layers=1))
-    input_ids, mask = left_pad([[5, 6, 7]])
+    decoding.enable(expert)
+    input_ids, mask = left_pad([[5, 6, 7], [8]])
     for do_sample in (False, True):
         with pytest.raises(ValueError, match="vocab") as err:
-            contrastive(expert, amateur, input_ids, mask, 4, do_sample=do_sample)
+            expert.generate(input_ids, attention_mask=mask, max_new_tokens=4, do_sample=do_sample,
+                            strategy=strategy_class(amateur))
         assert "amateur" in str(err.value)
 
 
