@@ -22,7 +22,10 @@ ceiling ``(1-a^(g+1)) / ((1-a)(g*c+v))`` with ``a = alpha`` (Leviathan et al.'s 
 Greedy outputs are checked against the target's own, row by row. Timings are whole ``generate`` calls, prompt
 encoding included, which speculation does not speed up: the JSON's ``ceiling_with_prefill`` is the ceiling of
 such a call (measured prefill costs of both models added), which short generations approach rather than the
-plain ceiling; use a larger ``--max-new-tokens`` to measure the decoding itself.
+plain ceiling; use a larger ``--max-new-tokens`` to measure the decoding itself. The ceiling counts forward
+passes only; the target's own ``generate`` also spends time per step outside them (logits processing, stopping
+criteria, cache bookkeeping), once per token where speculation spends it once per step, so an efficiency
+slightly above 1 is possible; the target cells' ``forwards_per_token`` (1.0: no such overhead) measures it.
 
 Data parallel: ``accelerate launch --num_processes N -m decoding.evals.bench ...`` (on CPUs:
 ``accelerate launch --multi_gpu --num_processes N -m decoding.evals.bench --device cpu``, or ``torchrun``)
@@ -525,9 +528,10 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
     """Report cells, costs and greedy checks from the :func:`measure_share` results of every process.
 
     Per round, a method's rate is the new tokens of all processes over the slowest process's seconds for that
-    method (the processes start every round together); its tokens/s is the median over rounds. ``c`` and ``v`` are means over
-    processes; acceptance counters are summed. With ``max_new_tokens``, draft cells also get
-    ``ceiling_with_prefill`` (:func:`decoding.evals.measure.prefill_ceiling`, for that many new tokens per row).
+    method (the processes start every round together); its tokens/s is the median over rounds. ``c`` and ``v``
+    are means over processes; acceptance counters are summed. With ``max_new_tokens``, draft cells also get
+    ``ceiling_with_prefill`` (:func:`decoding.evals.measure.prefill_ceiling`, for that many new tokens per row)
+    and target cells ``forwards_per_token``.
     """
     costs = {}
     for batch_size in shares[0]["costs"]:
@@ -557,6 +561,12 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
                     "num_draft_tokens": m["g"], "tokens_per_s": m["tokens_per_s"],
                     "tokens_per_s_rounds": m["rounds"], "new_tokens_per_round": m["tokens"],
                     "speedup": m["tokens_per_s"] / base_rate if base_rate else float("nan")}
+            if m["kind"] == "target" and max_new_tokens is not None and m["tokens_per_s"] > 0:
+                # What one generated token costs target alone, in cached target forwards, prompt encoding left out:
+                # above 1 by the per-step work of generate's loop, which the ceiling does not count.
+                seconds_per_step = batch_size * len(shares) / m["tokens_per_s"]
+                cell["forwards_per_token"] = (seconds_per_step / cost["seconds"]["target_1"]
+                                              - cost["prefill_target"] / max_new_tokens)
             if mode == "greedy":
                 cell.update(_equality(m["rows"], measured[0]["rows"]))
             else:
@@ -649,7 +659,8 @@ def _names(choices: Sequence[str], what: str):
         values = [x for x in text.replace(" ", "").split(",") if x]
         bad = [v for v in values if v not in choices]
         if bad or not values:
-            raise argparse.ArgumentTypeError(f"unknown {what} {bad[0] if bad else text!r}; choose from {', '.join(choices)}")
+            shown = bad[0] if bad else text
+            raise argparse.ArgumentTypeError(f"unknown {what} {shown!r}; choose from {', '.join(choices)}")
         return list(dict.fromkeys(values))
 
     return parse
@@ -703,10 +714,12 @@ def build_parser() -> argparse.ArgumentParser:
     grid = parser.add_argument_group("grid")
     grid.add_argument("--batch-sizes", type=_int_list("batch size", MAX_BATCH_SIZE), default=[1, 4],
                       help="comma-separated batch sizes (default: 1,4)")
-    grid.add_argument("--draft-lengths", type=_int_list("draft length", MAX_DRAFT_LENGTH), default=[2, 3, 4],
-                      help="comma-separated draft lengths g (default: 2,3,4)")
-    grid.add_argument("--modes", type=_names(MODES, "mode"), default=list(MODES), help="greedy, sample or both (default: greedy,sample)")
-    grid.add_argument("--temperature", type=_positive(float, 100.0), default=0.7, help="temperature of sample mode (default: %(default)s)")
+    grid.add_argument("--draft-lengths", type=_int_list("draft length", MAX_DRAFT_LENGTH), default=[3, 4],
+                      help="comma-separated draft lengths g (default: 3,4)")
+    grid.add_argument("--modes", type=_names(MODES, "mode"), default=list(MODES),
+                      help="greedy, sample or both (default: greedy,sample)")
+    grid.add_argument("--temperature", type=_positive(float, 100.0), default=0.7,
+                      help="temperature of sample mode (default: %(default)s)")
     grid.add_argument("--max-new-tokens", type=_positive(int, MAX_NEW_TOKENS), default=32,
                       help="new tokens per row, fewer where the model emits EOS (default: %(default)s)")
     grid.add_argument("--no-assisted", dest="assisted", action="store_false",
@@ -725,10 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     timing = parser.add_argument_group("timing and output")
     timing.add_argument("--rounds", type=_positive(int, 1000), default=1,
-                        help="timing rounds over all prompts, the median counts (default: %(default)s; 3 gives steadier figures)")
-    timing.add_argument("--cost-repeats", type=_positive(int, 10_000), default=15,
+                        help="timing rounds over all prompts, the median counts (default: %(default)s; 3 gives "
+                             "steadier figures)")
+    timing.add_argument("--cost-repeats", type=_positive(int, 10_000), default=31,
                         help="repetitions of each forward when measuring c and v (default: %(default)s)")
-    timing.add_argument("--seed", type=int, default=0, help="seed of sampling and of the synthetic pair's weights (default: %(default)s)")
+    timing.add_argument("--seed", type=int, default=0,
+                        help="seed of sampling and of the synthetic pair's weights (default: %(default)s)")
     timing.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON here")
     timing.add_argument("--plot", type=Path, default=None, metavar="PATH",
                         help="write a PNG of speedup against draft length here (needs matplotlib)")
@@ -767,11 +782,13 @@ def run(argv=None) -> dict:
 
     The result (and ``--json``) has keys ``meta`` (date, git commit, library versions, device name, number of
     processes, pair, parameter counts, arguments), ``prompts`` (id, category, tokens), ``costs`` (per batch
-    size: ``c``, ``v`` per g, median seconds of each forward, ``context_length``), ``checks`` (greedy equality
-    per cell), ``cells`` (one per mode, batch size and method: ``tokens_per_s``, ``speedup``,
-    ``matches_target`` and, for draft methods, ``acceptance_rate``, ``alpha``, ``mean_accepted_length``,
-    ``per_position_acceptance``, ``c``, ``v``, ``ceiling``, ``efficiency``; ``per_category`` acceptance for
-    speculative cells at batch 1) and ``summary`` (the best draft length per mode and batch size).
+    size: ``c``, ``v`` per g, median seconds of each forward, ``context_length``, ``prompt_length`` and the
+    prefill costs ``prefill_target``/``prefill_draft`` in target forwards), ``checks`` (greedy equality per
+    cell), ``cells`` (one per mode, batch size and method: ``tokens_per_s``, ``speedup``, ``matches_target``;
+    for the target ``forwards_per_token``; for draft methods ``acceptance_rate``, ``alpha``,
+    ``mean_accepted_length``, ``per_position_acceptance``, ``c``, ``v``, ``ceiling``, ``ceiling_with_prefill``,
+    ``efficiency``, and ``per_category`` acceptance for speculative cells at batch 1) and ``summary`` (the best
+    draft length per mode and batch size).
     """
     args = parse_args(argv)
     import transformers
@@ -915,10 +932,13 @@ def _summary(cells: list[dict]) -> list[dict]:
             continue
         assisted = next((c for c in cells if c["mode"] == cell["mode"] and c["batch_size"] == cell["batch_size"]
                          and c["method"] == "assisted" and c["num_draft_tokens"] == cell["num_draft_tokens"]), None)
+        target = next(c for c in cells if c["mode"] == cell["mode"] and c["batch_size"] == cell["batch_size"]
+                      and c["method"] == "target")
         out.append({"mode": cell["mode"], "batch_size": cell["batch_size"], "best_draft_length": cell["num_draft_tokens"],
                     "speedup": cell["speedup"], "ceiling": cell["ceiling"], "efficiency": cell["efficiency"],
                     "ceiling_with_prefill": cell.get("ceiling_with_prefill"),
-                    "alpha": cell["alpha"], "assisted_speedup": assisted["speedup"] if assisted else None})
+                    "alpha": cell["alpha"], "assisted_speedup": assisted["speedup"] if assisted else None,
+                    "target_forwards_per_token": target.get("forwards_per_token")})
     return out
 
 
@@ -945,11 +965,13 @@ def _print_report(result: dict, args) -> None:
         print()
     for s in result["summary"]:
         assisted = "" if s["assisted_speedup"] is None else \
-            f"; transformers assistant_model= at g={s['best_draft_length']}: {s['assisted_speedup']:.2f}x"
-        prefill = "" if s["ceiling_with_prefill"] is None else f", {s['ceiling_with_prefill']:.2f}x counting prefill"
-        print(f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} "
-              f"{s['speedup']:.2f}x (ceiling {s['ceiling']:.2f}x{prefill}; efficiency {s['efficiency']:.2f}, "
-              f"alpha {s['alpha']:.2f}){assisted}")
+            f"; assistant_model= at g={s['best_draft_length']}: {s['assisted_speedup']:.2f}x"
+        prefill = "" if s["ceiling_with_prefill"] is None else f" ({s['ceiling_with_prefill']:.2f}x counting prefill)"
+        overhead = "" if s["target_forwards_per_token"] is None else \
+            f"; target alone: {s['target_forwards_per_token']:.2f} forwards/token"
+        print(f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} {s['speedup']:.2f}x; "
+              f"ceiling {s['ceiling']:.2f}x{prefill}, efficiency {s['efficiency']:.2f}, alpha {s['alpha']:.2f}"
+              f"{assisted}{overhead}")
 
 
 def _category_lines(cells: list[dict]) -> list[str]:

@@ -159,8 +159,8 @@ def prefill_ratios(target, draft, batch_size: int, prompt_length: int, repeats: 
             with torch.no_grad():
                 synchronize(model.device)
                 start = time.perf_counter()
-                model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(config=model.config),
-                      use_cache=True, logits_to_keep=1)
+                model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                      past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
                 synchronize(model.device)
                 return time.perf_counter() - start
 
@@ -284,7 +284,8 @@ def new_token_counts(output: torch.Tensor, prompt_width: int, eos_token_ids: Ite
     if not eos or new.shape[1] == 0:
         return [new.shape[1]] * output.shape[0]
     is_eos = torch.isin(new, torch.tensor(eos, device=new.device))
-    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, torch.full_like(is_eos[:, 0], new.shape[1], dtype=torch.int64))
+    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1,
+                        torch.full_like(is_eos[:, 0], new.shape[1], dtype=torch.int64))
     return first.tolist()
 
 
@@ -320,7 +321,10 @@ def device_name(device: torch.device | str) -> str:
     return f"{name} ({torch.get_num_threads()} torch threads)"
 
 
-def library_versions(names: Sequence[str] = ("torch", "transformers", "accelerate", "tokenizers", "bitsandbytes")) -> dict:
+LIBRARIES = ("torch", "transformers", "accelerate", "tokenizers", "bitsandbytes")
+
+
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict:
     """Python's version and the installed versions of ``names`` (None for those not installed)."""
     versions = {"python": platform.python_version()}
     for name in names:

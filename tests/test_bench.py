@@ -238,6 +238,7 @@ def test_tiny_synthetic_run_json_checks_and_plot(tmp_path, capsys):
     for (mode, batch, name), cell in cells.items():
         assert cell["tokens_per_s"] > 0 and cell["speedup"] > 0
         if name == "target":
+            assert cell["forwards_per_token"] > 0
             continue
         for key in ("acceptance_rate", "alpha", "mean_accepted_length", "per_position_acceptance", "c", "v",
                     "ceiling", "efficiency"):
