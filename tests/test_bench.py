@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import decoding
 from decoding.evals import bench, bench_args, bench_prompts, measure, report
+from tests.models import save_llama, word_tokenizer
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 # Subprocesses import the same checkout as this test, whatever the installed copy points at.
@@ -140,34 +139,14 @@ def test_bad_prompt_set_and_category(capsys, tmp_path):
     assert "unknown category poetry" in error_line(capsys)
 
 
-def _word_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
-    words = ["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(3, 64))]
-    if swap:
-        words[5], words[6] = words[6], words[5]
-    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
-def _save_model(directory: Path, num_layers: int, seed: int, tokenizer=None) -> Path:
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=None, pad_token_id=None)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.float64)
-    model.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def saved_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
-    target = _save_model(root / "target", 2, 0, _word_tokenizer())
-    draft = _save_model(root / "draft", 1, 1, _word_tokenizer())
-    other = _save_model(root / "other", 1, 2, _word_tokenizer(swap=True))
+    # float64 so that greedy outputs must equal the target's exactly; no EOS, so every row runs to the end.
+    saved = dict(eos_token_id=None, dtype=torch.float64)
+    target = save_llama(root / "target", 2, 0, word_tokenizer(), **saved)
+    draft = save_llama(root / "draft", 1, 1, word_tokenizer(), **saved)
+    other = save_llama(root / "other", 1, 2, word_tokenizer(swap=True), **saved)
     empty = root / "no-weights"
     empty.mkdir()
     (empty / "config.json").write_text((target / "config.json").read_text())
