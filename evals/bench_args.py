@@ -12,8 +12,8 @@ from . import report
 from .bench_pairs import SYNTHETIC_KEYS, parse_synthetic
 from .bench_prompts import CATEGORIES, DEFAULT_MIX
 
-__all__ = ["MAX_BATCH_SIZE", "MAX_DRAFT_LENGTH", "MAX_NEW_TOKENS", "MODES", "PROG", "SetupError", "UsageError",
-           "build_parser", "parse_args"]
+__all__ = ["DESCRIPTION", "EPILOG", "MAX_BATCH_SIZE", "MAX_DRAFT_LENGTH", "MAX_NEW_TOKENS", "MODES", "PROG", "SetupError",
+           "UsageError", "build_parser", "parse_args"]
 
 PROG = "decoding-bench"
 DESCRIPTION = ("decoding-bench: speculative decoding speedup on a real draft/target pair, explained by its measured "

@@ -44,7 +44,7 @@ from .train_eval import evaluate_pair
 from .train_loop import log_message, train_model
 from .train_presets import PRESETS
 
-__all__ = ["LOG_NAME", "PRESETS", "STAGES", "main", "write_card"]
+__all__ = ["LOG_NAME", "PRESETS", "STAGES", "TARGET_TIME_SHARE", "main", "speed_prompts_files", "write_card"]
 
 STAGES = ("tokenizer", "target", "draft", "eval", "card")
 LOG_NAME = "train_log.json"
