@@ -41,8 +41,11 @@ import transformers
 import decoding
 
 from ..model_pairs.synthetic import damped_pair
-from . import bench, measure, report
-from .bench import left_pad
+from . import measure, report
+from .bench_cells import combine
+from .bench_grid import Progress, measure_share, work_units
+from .bench_pairs import Pair
+from .bench_prompts import Prompt, left_pad
 
 __all__ = ["main", "make_prompts", "left_pad", "run_benchmark"]
 
@@ -64,20 +67,19 @@ def run_benchmark(target, draft, prompts, batch_sizes, draft_lengths, max_new_to
                   cost_repeats=31, quiet=False) -> tuple[list[dict], dict]:
     """Time every method on every batch size, greedy; returns ``(cells, costs)`` (see :func:`main` for the keys).
 
-    The measuring loop is ``decoding-bench``'s (:func:`decoding.evals.bench.measure_share`), on random prompts.
+    The measuring loop is ``decoding-bench``'s (:func:`decoding.evals.bench_grid.measure_share`), on random prompts.
     """
-    pair = bench.Pair(target, draft, "synthetic damped pair", "one-layer draft", encode=None, pad_token_id=0,
-                      eos_token_ids=[])
-    share = [bench.Prompt(f"random-{i}", "random", "", ids=ids) for i, ids in enumerate(prompts)]
-    progress = bench.Progress(bench.work_units(len(share), batch_sizes, draft_lengths, ("greedy",), rounds),
-                              enabled=not quiet)
+    pair = Pair(target, draft, "synthetic damped pair", "one-layer draft", encode=None, pad_token_id=0,
+                eos_token_ids=[])
+    share = [Prompt(f"random-{i}", "random", "", ids=ids) for i, ids in enumerate(prompts)]
+    progress = Progress(work_units(len(share), batch_sizes, draft_lengths, ("greedy",), rounds), enabled=not quiet)
     try:
-        raw = bench.measure_share(pair, share, batch_sizes=batch_sizes, draft_lengths=draft_lengths,
-                                  modes=("greedy",), max_new_tokens=max_new_tokens, rounds=rounds,
-                                  cost_repeats=cost_repeats, warmup_tokens=None, progress=progress)
+        raw = measure_share(pair, share, batch_sizes=batch_sizes, draft_lengths=draft_lengths,
+                            modes=("greedy",), max_new_tokens=max_new_tokens, rounds=rounds,
+                            cost_repeats=cost_repeats, warmup_tokens=None, progress=progress)
     finally:
         progress.close()
-    cells, costs, _ = bench.combine([raw])
+    cells, costs, _ = combine([raw])
     for cell in cells:
         cell.pop("per_category", None)
     costs = {b: {**cost, "v": {str(g): v for g, v in cost["v"].items()}} for b, cost in costs.items()}

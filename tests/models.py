@@ -37,6 +37,21 @@ Constants
 ``greedy_reference(model, input_ids, attention_mask, max_new_tokens, **kwargs) -> LongTensor``
     The target's own greedy ``generate`` (plain transformers, no strategy), ``do_sample=False``.
 
+Saved models, for tests that load from disk (``load_pair``, ``decoding-bench --target DIR``):
+
+``WORD_VOCAB = 64`` - the vocabulary of ``word_tokenizer`` and the default of ``save_llama``.
+
+``word_tokenizer(swap=False) -> PreTrainedTokenizerFast``
+    A word-level tokenizer of ``WORD_VOCAB`` ids: ``<unk>`` 0, ``<s>`` (``BOS_ID``), ``</s>`` (``EOS_ID``), then
+    the words ``w3`` ... ``w63`` with their number as id; whitespace-split, no pad token. ``swap`` exchanges ids
+    5 and 6 (a tokenizer that disagrees with the unswapped one).
+
+``save_llama(directory, num_layers, seed, tokenizer=None, *, vocab_size=WORD_VOCAB, eos_token_id=EOS_ID,``
+``dtype=torch.float32) -> directory``
+    A random tiny Llama (width 32, 2 heads, seeded with ``seed``) saved with ``save_pretrained`` to
+    ``directory``, with ``tokenizer`` beside it when given. No pad token in its config or generation config;
+    ``eos_token_id=None`` saves a model without EOS (generation then never stops early).
+
 All factories run under ``torch.random.fork_rng`` so they never disturb the global RNG of the caller.
 """
 
@@ -46,7 +61,18 @@ import copy
 import functools
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig, Qwen2Config
+from tokenizers import Tokenizer, pre_tokenizers
+from tokenizers import models as tokenizer_models
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 ARCHS = ("llama", "gpt2", "qwen2", "opt", "gpt_neox")
 DRAFT_KINDS = ("independent", "noisy_copy", "self")
@@ -54,6 +80,7 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 FIRST_REAL_ID = 3
 VOCAB = 96
 MAX_POSITIONS = 256
+WORD_VOCAB = 64
 
 # Init scale: transformers' default 0.02 gives near-uniform next-token laws on tiny random models.
 INIT_STD = 0.35
@@ -164,3 +191,31 @@ def greedy_reference(model, input_ids, attention_mask, max_new_tokens: int, **kw
         return model.generate(
             input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False, **kwargs
         )
+
+
+def word_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer of ``WORD_VOCAB`` ids with BOS/EOS/UNK and no pad token; ``swap`` exchanges ids 5 and 6."""
+    words = ["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(FIRST_REAL_ID, WORD_VOCAB))]
+    if swap:
+        words[5], words[6] = words[6], words[5]
+    backend = Tokenizer(tokenizer_models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def save_llama(directory, num_layers: int, seed: int, tokenizer=None, *, vocab_size: int = WORD_VOCAB,
+               eos_token_id: int | None = EOS_ID, dtype: torch.dtype = torch.float32):
+    """Save a random tiny Llama (and ``tokenizer``, when given) to ``directory``; returns ``directory``."""
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=BOS_ID, eos_token_id=eos_token_id, pad_token_id=None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(dtype)
+    model.generation_config.pad_token_id = None
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory

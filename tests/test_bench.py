@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import decoding
-from decoding.evals import bench, measure, report
+from decoding.evals import bench, bench_args, bench_prompts, measure, report
+from tests.models import save_llama, word_tokenizer
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 # Subprocesses import the same checkout as this test, whatever the installed copy points at.
@@ -42,39 +41,39 @@ def error_line(capsys) -> str:
 
 
 def test_shipped_prompt_files_parse_and_cover_every_category():
-    files = sorted(bench.PROMPTS_DIR.glob("*.jsonl"))
-    assert {f.stem for f in files} == set(bench.CATEGORIES)
+    files = sorted(bench_prompts.PROMPTS_DIR.glob("*.jsonl"))
+    assert {f.stem for f in files} == set(bench_prompts.CATEGORIES)
     for file in files:
         for line in file.read_text().splitlines():
             record = json.loads(line)
             assert set(record) == {"id", "category", "prompt"} and record["category"] == file.stem
-    prompts = bench.load_prompt_set()
-    counts = {c: sum(p.category == c for p in prompts) for c in bench.CATEGORIES}
+    prompts = bench_prompts.load_prompt_set()
+    counts = {c: sum(p.category == c for p in prompts) for c in bench_prompts.CATEGORIES}
     assert all(6 <= n <= 12 for n in counts.values()), counts
     assert len({p.id for p in prompts}) == len(prompts)
 
 
 def test_default_selection_is_dominated_by_code_and_interleaved():
-    selected = bench.select_prompts(bench.load_prompt_set())
+    selected = bench_prompts.select_prompts(bench_prompts.load_prompt_set())
     code = [p for p in selected if p.category.startswith("code")]
-    assert {p.category for p in selected} == set(bench.CATEGORIES)
+    assert {p.category for p in selected} == set(bench_prompts.CATEGORIES)
     assert len(code) > len(selected) / 2 - 1 and len(code) == max(
-        sum(p.category == c for p in selected) for c in bench.CATEGORIES) + 1
+        sum(p.category == c for p in selected) for c in bench_prompts.CATEGORIES) + 1
     assert selected[0].category != selected[1].category  # batches mix categories
-    two = bench.select_prompts(bench.load_prompt_set(), ["math", "retrieval"], 2)
+    two = bench_prompts.select_prompts(bench_prompts.load_prompt_set(), ["math", "retrieval"], 2)
     assert [p.category for p in two] == ["math", "retrieval", "math", "retrieval"]
     with pytest.raises(ValueError, match="unknown category poetry"):
-        bench.select_prompts(bench.load_prompt_set(), ["poetry"], 1)
+        bench_prompts.select_prompts(bench_prompts.load_prompt_set(), ["poetry"], 1)
 
 
 def test_prompt_set_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "category": "x", "prompt": "p"}\n{"id": "b", "category": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected an object"):
-        bench.load_prompt_set(bad)
+        bench_prompts.load_prompt_set(bad)
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: not valid JSON"):
-        bench.load_prompt_set(bad)
+        bench_prompts.load_prompt_set(bad)
 
 
 def test_prefill_ceiling_and_ratios():
@@ -92,7 +91,7 @@ def test_prefill_ceiling_and_ratios():
 
 def test_batches_wrap_and_new_token_counts():
     prompts = [torch.tensor([5, 6, 7]), torch.tensor([8])]
-    batches = bench.make_batches(prompts, 3, "cpu", pad_token_id=0)
+    batches = bench_prompts.make_batches(prompts, 3, "cpu", pad_token_id=0)
     assert len(batches) == 1 and batches[0].prompts == [0, 1, 0]
     assert batches[0].ids.tolist() == [[5, 6, 7], [0, 0, 8], [5, 6, 7]]
     out = torch.tensor([[1, 2, 9, 3, 3], [1, 2, 4, 5, 6]])
@@ -140,34 +139,14 @@ def test_bad_prompt_set_and_category(capsys, tmp_path):
     assert "unknown category poetry" in error_line(capsys)
 
 
-def _word_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
-    words = ["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(3, 64))]
-    if swap:
-        words[5], words[6] = words[6], words[5]
-    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
-def _save_model(directory: Path, num_layers: int, seed: int, tokenizer=None) -> Path:
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=1, eos_token_id=None, pad_token_id=None)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.float64)
-    model.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def saved_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
-    target = _save_model(root / "target", 2, 0, _word_tokenizer())
-    draft = _save_model(root / "draft", 1, 1, _word_tokenizer())
-    other = _save_model(root / "other", 1, 2, _word_tokenizer(swap=True))
+    # float64 so that greedy outputs must equal the target's exactly; no EOS, so every row runs to the end.
+    saved = dict(eos_token_id=None, dtype=torch.float64)
+    target = save_llama(root / "target", 2, 0, word_tokenizer(), **saved)
+    draft = save_llama(root / "draft", 1, 1, word_tokenizer(), **saved)
+    other = save_llama(root / "other", 1, 2, word_tokenizer(swap=True), **saved)
     empty = root / "no-weights"
     empty.mkdir()
     (empty / "config.json").write_text((target / "config.json").read_text())
@@ -204,7 +183,7 @@ def test_console_entry_point_exits_without_traceback():
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "decoding-bench: error: argument --draft-lengths: draft length 0 is out of range: use 1 to "
-        f"{bench.MAX_DRAFT_LENGTH} (see decoding-bench --help)"]
+        f"{bench_args.MAX_DRAFT_LENGTH} (see decoding-bench --help)"]
 
 
 # ----------------------------------------------------------------------------------------------- runs

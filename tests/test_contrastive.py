@@ -16,8 +16,9 @@ papers' formulas (:func:`tests.laws.contrastive_by_hand`) and takes the argmax, 
 - sampling: the law of one step, integrated exactly over the strategy's own uniform (``torch.rand`` is
   scripted, bisection on the real run), is ``softmax(warp(score))``; end to end, three sampled tokens pass a
   chi-square test against the enumerated contrastive law, and the expert's and amateur's own laws fail it;
-- bad settings, incompatible vocabularies and tokenizers raise ``ValueError`` before any forward pass;
-  padded vocabularies work and never produce an id past the shared range.
+- bad settings (of ``SpeculativeContrastiveDecoding`` too), incompatible vocabularies and tokenizers raise
+  ``ValueError`` before any forward pass; padded vocabularies work and never produce an id past the shared
+  range.
 """
 
 from __future__ import annotations
@@ -354,29 +355,39 @@ def test_sampling_follows_the_contrastive_law_chi_square(arch, cd, warpers):
 # Bad input
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "phrase"),
-    [
-        (dict(alpha=0.0), "alpha must be in (0, 1]"),
-        (dict(alpha=-0.1), "alpha must be in (0, 1]"),
-        (dict(alpha=1.5), "alpha must be in (0, 1]"),
-        (dict(beta=-0.5), "beta must be >= 0"),
-        (dict(form="logits"), "form must be"),
-        (dict(form=None), "form must be"),
-        (dict(amateur_temperature=0.0), "amateur_temperature must be > 0"),
-        (dict(amateur_temperature=-1.0), "amateur_temperature must be > 0"),
-        (dict(amateur_window=0), "amateur_window"),
-        (dict(amateur_window=-3), "amateur_window"),
-        (dict(amateur_window=2.5), "amateur_window"),
-    ],
-)
-def test_bad_settings_raise(kwargs, phrase):
+CONTRASTIVE_STRATEGIES = (decoding.ContrastiveDecoding, decoding.SpeculativeContrastiveDecoding)
+# Settings that both contrastive strategies check, then each one's own.
+BAD_CONTRASTIVE_SETTINGS = [
+    (dict(alpha=0.0), "alpha must be in (0, 1]"),
+    (dict(alpha=-0.1), "alpha must be in (0, 1]"),
+    (dict(alpha=1.5), "alpha must be in (0, 1]"),
+    (dict(beta=-0.5), "beta must be >= 0"),
+    (dict(form="logits"), "form must be"),
+    (dict(form="prob"), "form must be"),
+    (dict(form=None), "form must be"),
+    (dict(amateur_temperature=0.0), "amateur_temperature must be > 0"),
+    (dict(amateur_temperature=-1.0), "amateur_temperature must be > 0"),
+    (dict(amateur_temperature=-2.0), "amateur_temperature must be > 0"),
+]
+BAD_SETTINGS = [
+    *[(strategy, kwargs, phrase) for strategy in CONTRASTIVE_STRATEGIES for kwargs, phrase in BAD_CONTRASTIVE_SETTINGS],
+    (decoding.ContrastiveDecoding, dict(amateur_window=0), "amateur_window"),
+    (decoding.ContrastiveDecoding, dict(amateur_window=-3), "amateur_window"),
+    (decoding.ContrastiveDecoding, dict(amateur_window=2.5), "amateur_window"),
+    (decoding.SpeculativeContrastiveDecoding, dict(num_draft_tokens=0), "num_draft_tokens"),
+    (decoding.SpeculativeContrastiveDecoding, dict(num_draft_tokens=2.0), "num_draft_tokens"),
+]
+
+
+@pytest.mark.parametrize(("strategy_class", "kwargs", "phrase"), [
+    pytest.param(*case, id=f"{case[0].__name__}-{case[1]}") for case in BAD_SETTINGS])
+def test_bad_settings_raise(strategy_class, kwargs, phrase):
     with pytest.raises(ValueError) as err:
-        decoding.ContrastiveDecoding(tiny_model("llama"), **kwargs)
+        strategy_class(tiny_model("llama"), **kwargs)
     assert phrase in str(err.value)
 
 
-@pytest.mark.parametrize("strategy_class", [decoding.ContrastiveDecoding, decoding.SpeculativeContrastiveDecoding])
+@pytest.mark.parametrize("strategy_class", CONTRASTIVE_STRATEGIES)
 def test_incompatible_amateur_vocab_raises_before_any_forward(strategy_class):
     """Sizes 129 rows apart cannot be embedding padding: a ValueError naming the vocab, with no forward."""
     expert = forbid_forward(fresh_model("llama", vocab_size=96))

@@ -8,8 +8,7 @@ import time
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
 
 import decoding
 from decoding.model_pairs import (
@@ -21,55 +20,21 @@ from decoding.model_pairs import (
     load_pair,
 )
 from decoding.model_pairs.loading import _registry_pair, resolve_dtype
+from tests.models import EOS_ID, WORD_VOCAB, save_llama, word_tokenizer
 
-VOCAB = 64
-EOS_ID = 2
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-
-
-def word_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer of ``VOCAB`` ids with BOS/EOS/UNK and no pad token; ``swap`` exchanges ids 5 and 6."""
-    words = ["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(3, VOCAB))]
-    if swap:
-        words[5], words[6] = words[6], words[5]
-    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
-def save_model(directory, num_layers: int, seed: int, tokenizer=None, vocab_size: int = VOCAB):
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=EOS_ID,
-        pad_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = None
-    model.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pairs")
-    with torch.random.fork_rng():
-        return {
-            "target": save_model(root / "target", 2, 0, word_tokenizer()),
-            "draft": save_model(root / "draft", 1, 1, word_tokenizer()),
-            "draft_swapped": save_model(root / "draft_swapped", 1, 1, word_tokenizer(swap=True)),
-            "draft_no_tokenizer": save_model(root / "draft_no_tokenizer", 1, 1),
-            "draft_padded": save_model(root / "draft_padded", 1, 1, word_tokenizer(), vocab_size=VOCAB + 64),
-        }
+    return {
+        "target": save_llama(root / "target", 2, 0, word_tokenizer()),
+        "draft": save_llama(root / "draft", 1, 1, word_tokenizer()),
+        "draft_swapped": save_llama(root / "draft_swapped", 1, 1, word_tokenizer(swap=True)),
+        "draft_no_tokenizer": save_llama(root / "draft_no_tokenizer", 1, 1),
+        "draft_padded": save_llama(root / "draft_padded", 1, 1, word_tokenizer(), vocab_size=WORD_VOCAB + 64),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +98,7 @@ def test_mismatched_tokenizers_raise(dirs):
 
 def test_padded_draft_vocab_is_allowed(dirs):
     pair = load_pair(dirs["target"], dirs["draft_padded"])
-    assert pair.draft.config.vocab_size == VOCAB + 64
+    assert pair.draft.config.vocab_size == WORD_VOCAB + 64
 
 
 def test_draft_without_tokenizer_uses_the_targets(dirs):
@@ -205,7 +170,7 @@ def test_8bit_target_on_cpu(dirs):
     assert "Linear8bitLt" in {type(module).__name__ for module in pair.target.modules()}
     assert pair.draft.device == pair.target.device
     batch = pair.tokenizer(["w3 w4"], return_tensors="pt")
-    assert pair.target(**batch).logits.shape == (1, 2, VOCAB)
+    assert pair.target(**batch).logits.shape == (1, 2, WORD_VOCAB)
 
 
 @pytest.mark.skipif(

@@ -14,8 +14,9 @@ amateur and verified against the contrastive law.
   emit the expert's law instead.
 - Sampling, end to end: chi-square of three sampled tokens against the enumerated contrastive law; the
   expert's and the amateur's own laws and a verification that accepts every draft are rejected.
-- Bad settings and incompatible vocabularies raise ``ValueError`` before any forward pass; padded vocabularies
-  give CD's output and never an id past the shared range.
+- Bad settings and incompatible vocabularies raise ``ValueError`` before any forward pass (tested for both
+  strategies in ``tests/test_contrastive.py``); padded vocabularies give CD's output and never an id past
+  the shared range.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tests.laws import (
     threshold,
     token_counts,
 )
-from tests.models import ARCHS, greedy_reference, tiny_model, tiny_pair
+from tests.models import ARCHS, greedy_reference, tiny_pair
 from tests.strategies import draft_lengths, new_token_counts, prompts
 from tests.test_contrastive import (
     ALPHAS,
@@ -323,27 +324,7 @@ def test_a_verification_that_accepts_every_draft_is_detected(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Bad input and vocabularies
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "phrase"),
-    [
-        (dict(alpha=0.0), "alpha must be in (0, 1]"),
-        (dict(alpha=-0.1), "alpha must be in (0, 1]"),
-        (dict(alpha=1.5), "alpha must be in (0, 1]"),
-        (dict(beta=-0.5), "beta must be >= 0"),
-        (dict(form="prob"), "form must be"),
-        (dict(amateur_temperature=0.0), "amateur_temperature must be > 0"),
-        (dict(amateur_temperature=-2.0), "amateur_temperature must be > 0"),
-        (dict(num_draft_tokens=0), "num_draft_tokens"),
-        (dict(num_draft_tokens=2.0), "num_draft_tokens"),
-    ],
-)
-def test_bad_settings_raise(kwargs, phrase):
-    with pytest.raises(ValueError) as err:
-        decoding.SpeculativeContrastiveDecoding(tiny_model("llama"), **kwargs)
-    assert phrase in str(err.value)
+# Vocabularies (bad settings and incompatible vocabularies: tests/test_contrastive.py, for both strategies)
 
 
 @pytest.mark.parametrize(("bigger", "extra_logit"), PADDING_CASES)

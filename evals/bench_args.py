@@ -1,0 +1,181 @@
+"""``decoding-bench``'s command line: the parser (:func:`build_parser`), its checks (:func:`parse_args`), and the
+two errors the CLI reports as one line on stderr (:class:`UsageError`, exit 2; :class:`SetupError`, exit 1)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import report
+from .bench_pairs import SYNTHETIC_KEYS, parse_synthetic
+from .bench_prompts import CATEGORIES, DEFAULT_MIX
+
+__all__ = ["DESCRIPTION", "EPILOG", "MAX_BATCH_SIZE", "MAX_DRAFT_LENGTH", "MAX_NEW_TOKENS", "MODES", "PROG", "SetupError",
+           "UsageError", "build_parser", "parse_args"]
+
+PROG = "decoding-bench"
+DESCRIPTION = ("decoding-bench: speculative decoding speedup on a real draft/target pair, explained by its measured "
+               "ceiling.")
+MODES = ("greedy", "sample")
+MAX_BATCH_SIZE = 256
+MAX_DRAFT_LENGTH = 32
+MAX_NEW_TOKENS = 8192
+
+
+EPILOG = """examples:
+  decoding-bench                                   the embedded pair, CPU or first GPU (under 2 minutes on 2 cores)
+  decoding-bench --json out.json --plot out.png    also write the results and a plot (plot: pip install matplotlib)
+  decoding-bench --target qwen2.5-coder-7b --dtype bfloat16 --batch-sizes 1,8 --draft-lengths 3,5,7
+  decoding-bench --target /models/llama-8b --draft /models/llama-1b --load-in-4bit
+  decoding-bench --target llama-3.1-8b-instruct --device-map auto --chat-template    (one target over all GPUs)
+  accelerate launch --num_processes 4 -m decoding.evals.bench --target qwen2.5-7b-instruct --dtype bfloat16
+  accelerate launch --multi_gpu --num_processes 2 -m decoding.evals.bench --device cpu    (two CPU processes)
+"""
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line on stderr, exit status 2."""
+
+
+class SetupError(Exception):
+    """Bad input found while loading models or prompts: reported as one line on stderr, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block: raised to main, which prints it
+        raise UsageError(message)
+
+
+def _int_list(name: str, maximum: int):
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(x) for x in text.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one {name}, got {text!r}")
+        bad = [v for v in values if not 1 <= v <= maximum]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{name} {bad[0]} is out of range: use 1 to {maximum}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
+def _names(choices: Sequence[str], what: str):
+    def parse(text: str) -> list[str]:
+        values = [x for x in text.replace(" ", "").split(",") if x]
+        bad = [v for v in values if v not in choices]
+        if bad or not values:
+            shown = bad[0] if bad else text
+            raise argparse.ArgumentTypeError(f"unknown {what} {shown!r}; choose from {', '.join(choices)}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
+def _categories(text: str) -> list[str]:
+    values = [x for x in text.replace(" ", "").split(",") if x]
+    if not values:
+        raise argparse.ArgumentTypeError("expected comma-separated category names")
+    return list(dict.fromkeys(values))
+
+
+def _positive(kind=int, maximum=None):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0 or (maximum is not None and value > maximum) or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use a value > 0"
+                                             + (f" and <= {maximum}" if maximum is not None else ""))
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    pair = parser.add_argument_group("model pair")
+    pair.add_argument("--target", default="embedded",
+                      help="registry name (see decoding.model_pairs.names()), hub id or local folder (default: embedded, "
+                           "the pair shipped in model_pairs/embedded)")
+    pair.add_argument("--draft", default=None, help="draft hub id or local folder (default: the registry's draft)")
+    pair.add_argument("--synthetic", nargs="?", const="", default=None, metavar="SPEC",
+                      help="use the synthetic damped pair instead, optionally shaped, e.g. layers=2,hidden=32,vocab=96 "
+                           f"(keys: {', '.join(SYNTHETIC_KEYS)})")
+    quant = pair.add_mutually_exclusive_group()
+    quant.add_argument("--load-in-8bit", action="store_true", help="8-bit target through bitsandbytes (extra quant)")
+    quant.add_argument("--load-in-4bit", action="store_true", help="4-bit target through bitsandbytes (extra quant)")
+    pair.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "float64"],
+                      help="parameter dtype (default: auto, the checkpoint's; float32 for --synthetic)")
+    pair.add_argument("--device", default=None,
+                      help="torch device (default: cuda if available, else cpu; each process's own under accelerate)")
+    pair.add_argument("--device-map", default=None,
+                      help="device_map of the target, e.g. auto to split it over GPUs (single process only)")
+    pair.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    pair.add_argument("--threads", type=_positive(int, 4096), default=None,
+                      help="torch CPU threads (default: torch's, one per core; under accelerate each process's own)")
+
+    grid = parser.add_argument_group("grid")
+    grid.add_argument("--batch-sizes", type=_int_list("batch size", MAX_BATCH_SIZE), default=[1, 4],
+                      help="comma-separated batch sizes (default: 1,4)")
+    grid.add_argument("--draft-lengths", type=_int_list("draft length", MAX_DRAFT_LENGTH), default=[3, 4],
+                      help="comma-separated draft lengths g (default: 3,4)")
+    grid.add_argument("--modes", type=_names(MODES, "mode"), default=list(MODES),
+                      help="greedy, sample or both (default: greedy,sample)")
+    grid.add_argument("--temperature", type=_positive(float, 100.0), default=0.7,
+                      help="temperature of sample mode (default: %(default)s)")
+    grid.add_argument("--max-new-tokens", type=_positive(int, MAX_NEW_TOKENS), default=32,
+                      help="new tokens per row, fewer where the model emits EOS (default: %(default)s)")
+    grid.add_argument("--no-assisted", dest="assisted", action="store_false",
+                      help="skip transformers' assistant_model= (batch 1)")
+
+    prompts = parser.add_argument_group("prompts")
+    prompts.add_argument("--prompt-set", type=Path, default=None, metavar="PATH",
+                         help="a .jsonl file or folder of them (lines: {id, category, prompt}); default: the shipped set")
+    prompts.add_argument("--categories", type=_categories, default=None,
+                         help=f"comma-separated categories (shipped: {', '.join(CATEGORIES)}); default: all")
+    prompts.add_argument("--prompts-per-category", type=_positive(int, 10_000), default=None,
+                         help="prompts taken from each category (default: "
+                              + ", ".join(f"{k} {v}" for k, v in DEFAULT_MIX.items()) + ")")
+    prompts.add_argument("--max-prompt-tokens", type=_positive(int, 1_000_000), default=256,
+                         help="keep the last N tokens of each prompt (default: %(default)s)")
+
+    timing = parser.add_argument_group("timing and output")
+    timing.add_argument("--rounds", type=_positive(int, 1000), default=1,
+                        help="timing rounds over all prompts, the median counts (default: %(default)s; 3 gives "
+                             "steadier figures)")
+    timing.add_argument("--cost-repeats", type=_positive(int, 10_000), default=31,
+                        help="repetitions of each forward when measuring c and v (default: %(default)s)")
+    timing.add_argument("--seed", type=int, default=0,
+                        help="seed of sampling and of the synthetic pair's weights (default: %(default)s)")
+    timing.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON here")
+    timing.add_argument("--plot", type=Path, default=None, metavar="PATH",
+                        help="write a PNG of speedup against draft length here (needs matplotlib)")
+    timing.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the command line; raises :class:`UsageError` with a one-line message."""
+    args = build_parser().parse_args(argv)
+    if args.synthetic is not None:
+        try:
+            parse_synthetic(args.synthetic)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        if args.load_in_8bit or args.load_in_4bit:
+            raise UsageError("--load-in-8bit/--load-in-4bit apply to loaded checkpoints, not to --synthetic")
+    if args.plot is not None:
+        try:
+            report.check_plotting()
+        except ImportError as error:
+            raise UsageError(str(error)) from None
+    if args.plot is not None and args.plot.suffix.lower() not in ("", ".png"):
+        raise UsageError(f"--plot writes a PNG: give a .png path, not {args.plot}")
+    return args

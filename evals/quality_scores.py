@@ -1,0 +1,158 @@
+"""``decoding-eval``'s scores: every method's continuations generated
+(:func:`decoding.evals.quality_generate.generate_all`) and scored (rep-n, diversity, length, coherence, MAUVE, the
+expert's perplexity, tokens/s), with the human references as a row of their own.
+
+Metric definitions: :mod:`decoding.evals.metrics`. Coherence and MAUVE are reported unavailable, with the reason,
+when their optional packages or features are missing; everything else still runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+
+import torch
+
+from . import metrics
+from .measure import acceptance_summary
+from .quality_generate import generate_all
+from .quality_pairs import Pair
+from .quality_prompts import PromptItem
+
+__all__ = ["HUMAN", "METRIC_KEYS", "evaluate", "score_texts"]
+
+HUMAN = "human"
+# Every row of the JSON's "methods" has these keys (None where a metric is unavailable or does not apply).
+METRIC_KEYS = ("rep_2", "rep_3", "rep_4", "diversity", "coherence", "mauve", "perplexity", "mean_words",
+               "tokens_per_second")
+
+
+class _Embeddings:
+    """An encoder loaded once (or the reason it is unavailable), with a cache of embeddings per text."""
+
+    def __init__(self, load, what: str):
+        self.encode, self.reason, self.description, self.cache = None, None, None, {}
+        try:
+            self.encode = load()
+            self.description = getattr(self.encode, "description", what)
+        except metrics.MetricUnavailable as error:
+            self.reason = str(error)
+        except (OSError, ValueError) as error:  # a local model directory that does not load
+            self.reason = f"{what} did not load: {type(error).__name__}: {error}"
+
+    @property
+    def available(self) -> bool:
+        return self.encode is not None
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            self.cache.update(zip(missing, self.encode(missing)))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+def _coherence_encoder(spec: str, device) -> _Embeddings:
+    if spec == "none":
+        embeddings = _Embeddings(lambda: None, "none")
+        embeddings.encode, embeddings.reason = None, "disabled (--encoder none)"
+        return embeddings
+    if spec == "default":
+        return _Embeddings(lambda: metrics.default_encoder(device=device), "the default sentence encoder")
+    return _Embeddings(lambda: metrics.sentence_encoder(spec, device=device), f"the sentence encoder {spec!r}")
+
+
+def _mean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _mauve_reason(features: _Embeddings, items: list[PromptItem]) -> str | None:
+    """Why MAUVE cannot be computed, or ``None``."""
+    if importlib.util.find_spec("mauve") is None:
+        return f"mauve-text is not installed; {metrics.EVAL_EXTRA}"
+    if not features.available:
+        return features.reason
+    if not all(item.reference for item in items):
+        return "the prompt set has no reference continuation for every prompt"
+    if len(items) < 2:
+        return "MAUVE needs at least 2 prompts"
+    return None
+
+
+def score_texts(prompts: list[str], texts: list[str], coherence: _Embeddings, features: _Embeddings | None,
+                human_features, seed: int) -> dict:
+    """Text metrics of one method's continuations: repetition, diversity, length, coherence and MAUVE (``None``
+    when unavailable; MAUVE when ``features`` and ``human_features`` are given)."""
+    out = metrics.repetition(texts)
+    out["diversity"] = metrics.diversity(texts)
+    out["mean_words"] = _mean([len(metrics.words(t)) for t in texts])
+    out["coherence"] = metrics.coherence(prompts, texts, coherence) if coherence.available else None
+    out["mauve"] = None
+    if features is not None and human_features is not None:
+        out["mauve"] = metrics.mauve_score(human_features, features(texts), seed=seed)
+    return out
+
+
+def evaluate(pair: Pair, items: list[PromptItem], methods: list[str], args, log=print) -> dict:
+    """Generate with every method and score it; the JSON-ready result (see
+    :func:`decoding.evals.quality.main`)."""
+    tokenizer = pair.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prompts = [item.prompt for item in items]
+    prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    started = time.perf_counter()
+    generations = generate_all(pair, prompt_ids, methods, args, log)
+    log(f"generation: {time.perf_counter() - started:.1f} s; scoring")
+
+    def text(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    coherence = _coherence_encoder(args.encoder, args.device)
+    features = coherence
+    if args.mauve_features:
+        features = _Embeddings(lambda: metrics.causal_lm_featurizer(args.mauve_features, device=args.device),
+                               f"the MAUVE featurizer {args.mauve_features!r}")
+    unavailable = {"coherence": coherence.reason, "mauve": _mauve_reason(features, items)}
+    if unavailable["mauve"] is not None:
+        features = None
+
+    rows, human_features = {}, None
+    if all(item.reference for item in items):
+        # References cut to the continuations' token budget, as in the literature (both 256 tokens there).
+        reference_ids = [tokenizer(item.reference, add_special_tokens=False)["input_ids"][: args.max_new_tokens]
+                         for item in items]
+        references = [text(ids) for ids in reference_ids]
+        if features is not None:
+            human_features = features(references)
+        rows[HUMAN] = score_texts(prompts, references, coherence, None, None, args.seed)
+        rows[HUMAN]["perplexity"] = _mean(metrics.perplexities(pair.target, prompt_ids, reference_ids,
+                                                               args.batch_size, pad))
+        rows[HUMAN]["tokens_per_second"] = None
+    samples = {}
+    for method in methods:
+        gen = generations[method]
+        continuations = [gen.continuations[i] for i in range(len(items))]
+        texts = [text(ids) for ids in continuations]
+        samples[method] = texts
+        row = score_texts(prompts, texts, coherence, features, human_features, args.seed)
+        row["perplexity"] = _mean(metrics.perplexities(pair.target, prompt_ids, continuations, args.batch_size, pad))
+        row["tokens_per_second"] = gen.tokens / gen.seconds if gen.seconds > 0 else None
+        row["new_tokens"], row["seconds"] = gen.tokens, gen.seconds
+        row["stats"] = acceptance_summary(gen.stats, args.num_draft_tokens) if "drafted" in gen.stats else gen.stats
+        rows[method] = row
+    checks = {}
+    for fast, exact in (("speculative_contrastive", "contrastive"),):
+        if fast in generations and exact in generations:
+            same = sum(generations[fast].continuations[i] == generations[exact].continuations[i]
+                       for i in range(len(items)))
+            checks[f"{fast}_equals_{exact}"] = same / len(items)
+    return {
+        "methods": rows,
+        "unavailable": {key: reason for key, reason in unavailable.items() if reason is not None},
+        "checks": checks,
+        "encoder": coherence.description,
+        "mauve_features": features.description if features is not None else None,
+        "samples": {method: texts[: args.show_samples] for method, texts in samples.items()} if args.show_samples else {},
+        "_generations": samples,
+    }
