@@ -13,16 +13,22 @@ device is synchronized around every timed call; with ``--rounds`` > 1 the median
   refuses larger batches;
 - ``speculative g``: ``decoding.SpeculativeDecoding(draft, num_draft_tokens=g)``.
 
-Per cell it reports tokens/s, speedup over the target, acceptance rate (``acc`` = accepted / drafted), the
+A last method, ``prefill`` (the target's ``generate`` of one token), times the prompt encoding that every method
+pays before its first token.
+
+Per cell it reports tokens/s, speedup over the target (whole calls), the decoding speedup (``decode``: the same
+with each round's prefill time and first token per row taken off both sides, which is what the ceiling below
+bounds), acceptance rate (``acc`` = accepted / drafted), the
 per-token acceptance ``alpha`` (solved from ``tau`` so that the ceiling's expected tokens per step equal the
 measured ones), mean accepted length ``tau`` (counts the bonus token), per-position acceptance, the measured
 cost ratios ``c`` (draft forward / target forward) and ``v`` (target forward over g+1 tokens / over one), the
 ceiling ``(1-a^(g+1)) / ((1-a)(g*c+v))`` with ``a = alpha`` (Leviathan et al.'s when v = 1) and the efficiency
-(speedup / ceiling). Assisted cells borrow the strategy's acceptance at the same mode, batch and ``g``.
-Greedy outputs are checked against the target's own, row by row. Timings are whole ``generate`` calls, prompt
-encoding included, which speculation does not speed up: the JSON's ``ceiling_with_prefill`` is the ceiling of
-such a call (measured prefill costs of both models added), which short generations approach rather than the
-plain ceiling; use a larger ``--max-new-tokens`` to measure the decoding itself. The ceiling counts forward
+(decoding speedup / ceiling). Assisted cells borrow the strategy's acceptance at the same mode, batch and ``g``.
+Greedy outputs are checked against the target's own, row by row. Whole ``generate`` calls include the prompt
+encoding, which speculation does not speed up: the JSON's ``ceiling_with_prefill`` is the ceiling of such a
+call (measured prefill costs of both models added) and ``efficiency_with_prefill`` the whole-call speedup over
+it; short generations with long prompts (or large batches, whose prompt encoding grows with the batch while a
+decoding step barely does on a GPU) sit well below the plain ceiling in whole-call speedup. The ceiling counts forward
 passes only; the target's own ``generate`` also spends time per step outside them (logits processing, stopping
 criteria, cache bookkeeping), once per token where speculation spends it once per step, so an efficiency
 slightly above 1 is possible; the target cells' ``forwards_per_token`` (1.0: no such overhead) measures it.
@@ -75,10 +81,12 @@ def run(argv=None) -> dict:
     processes, pair, parameter counts, arguments), ``prompts`` (id, category, tokens), ``costs`` (per batch
     size: ``c``, ``v`` per g, median seconds of each forward, ``context_length``, ``prompt_length`` and the
     prefill costs ``prefill_target``/``prefill_draft`` in target forwards), ``checks`` (greedy equality per
-    cell), ``cells`` (one per mode, batch size and method: ``tokens_per_s``, ``speedup``, ``matches_target``;
-    for the target ``forwards_per_token``; for draft methods ``acceptance_rate``, ``alpha``,
-    ``mean_accepted_length``, ``per_position_acceptance``, ``c``, ``v``, ``ceiling``, ``ceiling_with_prefill``,
-    ``efficiency``, and ``per_category`` acceptance for speculative cells at batch 1) and ``summary`` (the best
+    cell), ``cells`` (one per mode, batch size and method: ``tokens_per_s``, ``speedup``,
+    ``decode_tokens_per_s``, ``decode_speedup``, ``matches_target``; for the target ``forwards_per_token``; for
+    draft methods ``acceptance_rate``, ``alpha``, ``mean_accepted_length``, ``per_position_acceptance``, ``c``,
+    ``v``, ``ceiling``, ``efficiency`` (decode_speedup / ceiling), ``ceiling_with_prefill``,
+    ``efficiency_with_prefill`` (speedup / ceiling_with_prefill), and ``per_category`` acceptance for
+    speculative cells at batch 1) and ``summary`` (the best
     draft length per mode and batch size).
     """
     args = parse_args(argv)
@@ -235,8 +243,9 @@ def _print_report(result: dict, args) -> None:
         prefill = "" if s["ceiling_with_prefill"] is None else f" ({s['ceiling_with_prefill']:.2f}x counting prefill)"
         overhead = "" if s["target_forwards_per_token"] is None else \
             f"; target alone: {s['target_forwards_per_token']:.2f} forwards/token"
-        print(f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} {s['speedup']:.2f}x; "
-              f"ceiling {s['ceiling']:.2f}x{prefill}, efficiency {s['efficiency']:.2f}, alpha {s['alpha']:.2f}"
+        print(f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} {s['speedup']:.2f}x "
+              f"(decoding {s['decode_speedup']:.2f}x); ceiling {s['ceiling']:.2f}x{prefill}, efficiency "
+              f"{s['efficiency']:.2f}, alpha {s['alpha']:.2f}"
               f"{assisted}{overhead}")
 
 

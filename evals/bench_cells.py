@@ -42,14 +42,20 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
         mode, batch_size = block["mode"], block["batch_size"]
         per_method = [[s["blocks"][index]["methods"][m] for s in shares] for m in range(len(block["methods"]))]
         measured = [_measured(parts) for parts in per_method]
-        base_rate = measured[0]["tokens_per_s"]
+        prefill = next((m for m in measured if m["kind"] == "prefill"), None)
+        measured = [m for m in measured if m["kind"] != "prefill"]
+        for m in measured:
+            m["decode_tokens_per_s"] = _decode_rate(m, prefill)
+        base_rate, base_decode = measured[0]["tokens_per_s"], measured[0]["decode_tokens_per_s"]
         cost = costs[batch_size]
         acceptance = {m["g"]: m for m in measured if m["kind"] == "speculative"}
         for m in measured:
             cell = {"mode": mode, "batch_size": batch_size, "method": m["kind"], "name": m["name"],
                     "num_draft_tokens": m["g"], "tokens_per_s": m["tokens_per_s"],
                     "tokens_per_s_rounds": m["rounds"], "new_tokens_per_round": m["tokens"],
-                    "speedup": m["tokens_per_s"] / base_rate if base_rate else float("nan")}
+                    "speedup": m["tokens_per_s"] / base_rate if base_rate else float("nan"),
+                    "decode_tokens_per_s": m["decode_tokens_per_s"],
+                    "decode_speedup": m["decode_tokens_per_s"] / base_decode if base_decode else float("nan")}
             if m["kind"] == "target" and max_new_tokens is not None and m["tokens_per_s"] > 0:
                 # What one generated token costs target alone, in cached target forwards, prompt encoding left out:
                 # above 1 by the per-step work of generate's loop, which the ceiling does not count.
@@ -67,11 +73,12 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
                 cell.update(summary)
                 cell.update({"c": cost["c"], "v": cost["v"][g], "ceiling": ceil,
                              "ceiling_v1": measure.ceiling(summary["alpha"], g, cost["c"], 1.0),
-                             "efficiency": measure.efficiency(cell["speedup"], ceil)})
+                             "efficiency": measure.efficiency(cell["decode_speedup"], ceil)})
                 if max_new_tokens is not None:
                     cell["ceiling_with_prefill"] = measure.prefill_ceiling(
                         summary["alpha"], g, cost["c"], cost["v"][g], cost["prefill_target"], cost["prefill_draft"],
                         max_new_tokens)
+                    cell["efficiency_with_prefill"] = measure.efficiency(cell["speedup"], cell["ceiling_with_prefill"])
                 if m["kind"] == "assisted":
                     cell["acceptance_source"] = "speculative strategy at the same mode, batch and g"
                 elif m["per_category"]:
@@ -104,8 +111,22 @@ def _measured(parts: list[dict]) -> dict:
             measure.merge_stats(per_category.setdefault(category, {}), totals)
     return {"name": parts[0]["name"], "kind": parts[0]["kind"], "g": parts[0]["g"],
             "tokens_per_s": statistics.median(rates), "rounds": rates, "tokens": statistics.median(tokens),
+            "tokens_per_round": tokens, "seconds_per_round": seconds,
             "stats": measure.merge_totals(p["stats"] for p in parts), "per_category": per_category,
             "rows": [row for p in parts for row in p["rows"]]}
+
+
+def _decode_rate(method: dict, prefill: dict | None) -> float:
+    """Median over rounds of the new tokens after each row's first over the seconds after the prompt encoding:
+    the time and the one token per row of the round's ``prefill`` calls taken off. NaN without a prefill
+    measurement, or where noise leaves no time."""
+    if prefill is None:
+        return float("nan")
+    rates = []
+    for tokens, seconds, rows, encoding in zip(method["tokens_per_round"], method["seconds_per_round"],
+                                               prefill["tokens_per_round"], prefill["seconds_per_round"]):
+        rates.append((tokens - rows) / (seconds - encoding) if seconds > encoding else float("nan"))
+    return statistics.median(rates)
 
 
 def _equality(rows: list[list[int]], reference: list[list[int]]) -> dict:
@@ -131,7 +152,8 @@ def summarize(cells: list[dict]) -> list[dict]:
         target = next(c for c in cells if c["mode"] == cell["mode"] and c["batch_size"] == cell["batch_size"]
                       and c["method"] == "target")
         out.append({"mode": cell["mode"], "batch_size": cell["batch_size"], "best_draft_length": cell["num_draft_tokens"],
-                    "speedup": cell["speedup"], "ceiling": cell["ceiling"], "efficiency": cell["efficiency"],
+                    "speedup": cell["speedup"], "decode_speedup": cell["decode_speedup"],
+                    "ceiling": cell["ceiling"], "efficiency": cell["efficiency"],
                     "ceiling_with_prefill": cell.get("ceiling_with_prefill"),
                     "alpha": cell["alpha"], "assisted_speedup": assisted["speedup"] if assisted else None,
                     "target_forwards_per_token": target.get("forwards_per_token")})

@@ -58,7 +58,11 @@ def generation_kwargs(mode: str, max_new_tokens: int, pad_token_id: int, tempera
 
 def make_methods(target, draft, batch_size: int, draft_lengths: Sequence[int], kwargs: dict,
                  assisted: bool = True) -> list[Method]:
-    """``target`` first, then for each ``g``: ``assisted g`` (batch 1) and ``speculative g``."""
+    """``target`` first, then for each ``g``: ``assisted g`` (batch 1) and ``speculative g``; last ``prefill``.
+
+    ``prefill`` is the target's ``generate`` of one new token: the prompt encoding every method pays before its
+    first token, which :func:`decoding.evals.bench_cells.combine` subtracts to get decoding-only rates.
+    """
     methods = [Method("target", "target", None, lambda ids, mask: target.generate(ids, attention_mask=mask, **kwargs))]
     for g in draft_lengths:
         if assisted and batch_size == 1:
@@ -69,6 +73,9 @@ def make_methods(target, draft, batch_size: int, draft_lengths: Sequence[int], k
             lambda ids, mask, s=strategy: target.generate(ids, attention_mask=mask, strategy=s, **kwargs),
             strategy,
         ))
+    one_token = {**kwargs, "max_new_tokens": 1}
+    methods.append(Method("prefill", "prefill", None,
+                          lambda ids, mask: target.generate(ids, attention_mask=mask, **one_token)))
     return methods
 
 
@@ -146,7 +153,7 @@ def work_units(num_prompts: int, batch_sizes, draft_lengths, modes, rounds: int,
     total = 0
     for batch_size in batch_sizes:
         batches = -(-num_prompts // batch_size)
-        methods = 1 + len(draft_lengths) * (2 if assisted and batch_size == 1 else 1)
+        methods = 2 + len(draft_lengths) * (2 if assisted and batch_size == 1 else 1)  # target, prefill
         total += len(modes) * methods * (1 + rounds * batches) + 1  # + 1: the cost measurement
     return total
 

@@ -18,7 +18,8 @@ __all__ = ["COLUMNS", "PLOT_REQUIREMENT", "check_plotting", "format_table", "pri
 
 # (header, cell key, format)
 COLUMNS = [("batch", "batch_size", "{}"), ("method", "name", "{}"), ("tok/s", "tokens_per_s", "{:.1f}"),
-           ("speedup", "speedup", "{:.2f}x"), ("acc", "acceptance_rate", "{:.3f}"),
+           ("speedup", "speedup", "{:.2f}x"), ("decode", "decode_speedup", "{:.2f}x"),
+           ("acc", "acceptance_rate", "{:.3f}"),
            ("alpha", "alpha", "{:.3f}"), ("tau", "mean_accepted_length", "{:.2f}"), ("c", "c", "{:.3f}"),
            ("v", "v", "{:.2f}"), ("ceiling", "ceiling", "{:.2f}x"), ("eff", "efficiency", "{:.2f}"),
            ("= target", "matches_target", "{}"), ("per-position acceptance", "per_position_acceptance", "{}")]
@@ -129,10 +130,16 @@ def check_plotting() -> None:
         raise ImportError(PLOT_REQUIREMENT) from None
 
 
+def _speedup(cell: dict) -> float:
+    value = cell.get("decode_speedup")
+    return cell["speedup"] if value is None or value != value else value
+
+
 def plot_speedup(cells: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """PNG of speedup against draft length: one solid line per (mode, batch size) for this library's strategy,
-    its ceiling as a dashed line of the same colour, transformers' ``assistant_model=`` as crosses, and 1x as
-    the baseline (target alone). One panel per mode."""
+    """PNG of decoding speedup (prompt encoding excluded, the speedup the ceiling bounds) against draft length:
+    one solid line per (mode, batch size) for this library's strategy, its ceiling as a dashed line of the same
+    colour, transformers' ``assistant_model=`` as crosses, and 1x as the baseline (target alone). One panel per
+    mode. Cells without a decoding speedup (older results) fall back to the whole-call speedup."""
     check_plotting()
     import matplotlib
 
@@ -152,22 +159,22 @@ def plot_speedup(cells: list[dict], path: str | os.PathLike, title: str = "") ->
             if not spec:
                 continue
             g = [c["num_draft_tokens"] for c in spec]
-            axis.plot(g, [c["speedup"] for c in spec], "o-", color=color, label=f"batch {batch}")
+            axis.plot(g, [_speedup(c) for c in spec], "o-", color=color, label=f"batch {batch}")
             axis.plot(g, [c["ceiling"] for c in spec], "--", color=color, alpha=0.8, label=f"batch {batch} ceiling")
-            top = max(top, *(c["speedup"] for c in spec), *(c["ceiling"] for c in spec))
+            top = max(top, *(_speedup(c) for c in spec), *(c["ceiling"] for c in spec))
             assisted = sorted((c for c in cells if c.get("mode", "greedy") == mode and c["batch_size"] == batch
                                and c["method"] == "assisted"), key=lambda c: c["num_draft_tokens"])
             if assisted:
-                axis.plot([c["num_draft_tokens"] for c in assisted], [c["speedup"] for c in assisted], "x:",
+                axis.plot([c["num_draft_tokens"] for c in assisted], [_speedup(c) for c in assisted], "x:",
                           color=color, markersize=8, label=f"batch {batch}, transformers assistant_model=")
-                top = max(top, *(c["speedup"] for c in assisted))
+                top = max(top, *(_speedup(c) for c in assisted))
         axis.axhline(1.0, color="grey", linewidth=1, label="target alone")
         axis.set_title(mode)
         axis.set_xlabel("draft length g")
         axis.grid(alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.legend(fontsize=8)
-    axes[0][0].set_ylabel("speedup over target alone")
+    axes[0][0].set_ylabel("decoding speedup over target alone")
     axes[0][0].set_ylim(0, top * 1.1)
     if title:
         figure.suptitle(textwrap.fill(title, 60 * len(modes)), fontsize=9)

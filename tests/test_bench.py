@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import socket
 import subprocess
@@ -87,6 +88,18 @@ def test_prefill_ceiling_and_ratios():
     ratios = measure.prefill_ratios(target, draft, 2, 9, repeats=2)
     assert ratios["target"] > 0 and ratios["draft"] > 0
     assert set(ratios["seconds"]) == {"target_prefill", "draft_prefill", "target_1"}
+
+
+def test_decoding_rate_takes_the_prompt_encoding_off_each_round():
+    from decoding.evals.bench_cells import _decode_rate
+
+    method = {"tokens_per_round": [40, 40, 40], "seconds_per_round": [2.0, 3.0, 2.5]}
+    prefill = {"tokens_per_round": [4, 4, 4], "seconds_per_round": [0.5, 1.0, 0.25]}
+    # Per round: (40 - 4) / (2.0 - 0.5) = 24, 36 / 2.0 = 18, 36 / 2.25 = 16; the median round counts.
+    assert _decode_rate(method, prefill) == pytest.approx(18.0)
+    assert math.isnan(_decode_rate(method, None))
+    noisy = {"tokens_per_round": [40], "seconds_per_round": [0.4]}
+    assert math.isnan(_decode_rate(noisy, {"tokens_per_round": [4], "seconds_per_round": [0.5]}))
 
 
 def test_batches_wrap_and_new_token_counts():
@@ -225,8 +238,9 @@ def test_tiny_synthetic_run_json_checks_and_plot(tmp_path, capsys):
         g = cell["num_draft_tokens"]
         assert len(cell["per_position_acceptance"]) == g and 1.0 <= cell["mean_accepted_length"] <= g + 1
         assert cell["ceiling"] == pytest.approx(measure.ceiling(cell["alpha"], g, cell["c"], cell["v"]))
-        assert cell["efficiency"] == pytest.approx(cell["speedup"] / cell["ceiling"])
+        assert cell["efficiency"] == pytest.approx(cell["decode_speedup"] / cell["ceiling"], nan_ok=True)
         assert cell["ceiling_with_prefill"] > 0
+        assert cell["efficiency_with_prefill"] == pytest.approx(cell["speedup"] / cell["ceiling_with_prefill"])
         if mode == "greedy":
             assert cell["matches_target"] is True
     assert set(cells[("greedy", 1, "speculative g=3")]["per_category"]) == {"code_completion", "math", "retrieval"}
