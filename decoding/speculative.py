@@ -119,7 +119,10 @@ class SpeculativeDecoding(Strategy):
             valid = torch.cat([target_in[1], torch.ones_like(draft_ids)], dim=1)
             logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
             # [b, g+1, V]: processed scores, or on the fused route the unprocessed ones (processed in the kernel)
-            scores = self._target_scores(run, logits, draft_logits, process=fused is None)
+            if fused is None:
+                scores = self._target_scores(run, logits, draft_logits)
+            else:
+                scores = self._target_logits(run, logits, draft_logits)
             output_ids, num_accepted = self._verify(run, scores, draft_ids, draft_probs, fused)  # [b, g+1], [b]
             self.stats.record(num_accepted, g)
             finished = run.commit(output_ids, scores, logits)
@@ -142,11 +145,14 @@ class SpeculativeDecoding(Strategy):
             target_in = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])
             draft_in = self._window(run, draft_missing)
 
-    def _target_scores(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor | None,
-                       process: bool = True) -> torch.Tensor:
-        """The scores drafts are verified against ``# [b, g+1, V]``: the target's processed logits (its raw
-        logits when ``process`` is False: the fused route processes them inside the verification kernel)."""
-        return run.process(logits, offset=0) if process else logits
+    def _target_logits(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor | None) -> torch.Tensor:
+        """The unprocessed scores drafts are verified against ``# [b, g+1, V]``: the target's logits. The fused
+        route verifies these directly (the kernel applies temperature / top-k / top-p)."""
+        return logits
+
+    def _target_scores(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor | None) -> torch.Tensor:
+        """The processed scores drafts are verified against ``# [b, g+1, V]`` (the general route)."""
+        return run.process(self._target_logits(run, logits, draft_logits), offset=0)
 
     def _propose(self, run, draft, tokens, valid, g, vocab, fused=None):
         """Draft ``g`` tokens per row.

@@ -35,10 +35,9 @@ class SpeculativeContrastiveDecoding(SpeculativeDecoding):
         self.alpha, self.beta, self.form = alpha, beta, form
         self.amateur_temperature = amateur_temperature
 
-    def _target_scores(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor,
-                       process: bool = True) -> torch.Tensor:
-        """Processed contrastive scores ``# [b, g+1, V]`` from expert and amateur logits ``# [b, g+1, V]``
-        (unprocessed when ``process`` is False: the fused verification kernel processes them)."""
+    def _target_logits(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
+        """Contrastive scores ``# [b, g+1, V]`` (before the user's processing) from expert and amateur logits
+        ``# [b, g+1, V]``."""
         b, n, vocab = logits.shape
         # Ids past the smaller vocabulary are embedding padding the amateur cannot score: the scores (and the
         # plausibility set, relative to the expert's best id) are computed over the shared ids only, the
@@ -48,5 +47,4 @@ class SpeculativeContrastiveDecoding(SpeculativeDecoding):
             logits[..., :shared].reshape(b * n, shared), draft_logits[..., :shared].reshape(b * n, shared),
             alpha=self.alpha, beta=self.beta, form=self.form, amateur_temperature=self.amateur_temperature,
         ).reshape(b, n, shared)
-        mixed = to_vocab(mixed, vocab)
-        return run.process(mixed, offset=0) if process else mixed
+        return to_vocab(mixed, vocab)
