@@ -48,7 +48,7 @@ def _library(family: str, threads: int) -> ctypes.CDLL:
         define = f"-D{cupy_backend.FAMILIES[family]}={threads}"
         tmp = lib.with_suffix(".tmp.so")
         subprocess.run([compiler(), "-std=c++20", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-pthread",
-                        "-w", define, str(cpp), "-o", str(tmp)], check=True, capture_output=True, text=True)
+                        "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-fno-gnu-unique", "-w", define, str(cpp), "-o", str(tmp)], check=True, capture_output=True, text=True)
         tmp.replace(lib)
     dll = ctypes.CDLL(str(lib))
     dll.emu_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p),

@@ -6,7 +6,8 @@
 // lane of the warp must take part, as with a full mask on the GPU), __shared__ variables are function
 // statics (one copy for the block that is running), atomics are GCC atomics, and arithmetic is host
 // IEEE arithmetic without contraction (build with -ffp-contract=off). expf/logf are the host libm's, which
-// may differ from CUDA's libdevice in the last bit.
+// may differ from CUDA's libdevice in the last bit. Each library is built with hidden visibility and without
+// GNU unique symbols, so libraries built for different block sizes never share a static or a template.
 #pragma once
 #include <algorithm>
 #include <barrier>
@@ -135,7 +136,7 @@ struct EmuRegister {
 };
 #define EMU_REGISTER(name) static EmuRegister emu_register_##name(#name, &name);
 
-extern "C" int emu_launch(const char* name, unsigned grid, unsigned block, void** args, unsigned seed) {
+extern "C" __attribute__((visibility("default"))) int emu_launch(const char* name, unsigned grid, unsigned block, void** args, unsigned seed) {
     auto it = emu_registry().find(name);
     if (it == emu_registry().end()) return 1;
     it->second(grid, block, args, seed);
