@@ -20,7 +20,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import torch
 
 from decoding.kernels import cupy_backend
 
