@@ -13,6 +13,8 @@ form; ``beta = 0`` is the expert alone. Both use the same plausibility set ``p_e
 
 from __future__ import annotations
 
+import torch
+
 from . import kernels
 from .mixing import LogitMixing, recent_window
 from .ragged_cache import RaggedCache
@@ -60,6 +62,14 @@ class ContrastiveDecoding(LogitMixing):
         return kernels.contrastive_scores(
             target_logits, helper_logits["amateur"], alpha=self.alpha, beta=self.beta, form=self.form,
             amateur_temperature=self.amateur_temperature,
+        )
+
+    def choose(self, run, target_logits, helper_logits, warpers):
+        temperature, top_k, top_p = warpers
+        uniforms = torch.rand(target_logits.shape[0], device=target_logits.device) if run.do_sample else None
+        return kernels.contrastive_choose(
+            target_logits, helper_logits["amateur"], uniforms, alpha=self.alpha, beta=self.beta, form=self.form,
+            amateur_temperature=self.amateur_temperature, temperature=temperature, top_k=top_k, top_p=top_p,
         )
 
     def helper_logits(self, role, cache, feed, run):

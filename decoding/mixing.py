@@ -67,6 +67,7 @@ class LogitMixing(Strategy):
         target = RaggedCache(run.model, batch, device)
         helpers = {role: RaggedCache(m, batch, device) for role, m in self.helpers.items()}
         feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)
+        fused = run.fused_warpers()  # (temperature, top_k, top_p) on the fused kernel route, else None
         while True:
             logits = target.forward(*feed, logits_to_keep=1)[:, 0]  # [b, V]
             self.stats.count_forward("target")
@@ -77,10 +78,14 @@ class LogitMixing(Strategy):
             # Ids past the smallest vocabulary are embedding padding that some model cannot score: the scores
             # (and contrastive decoding's plausibility set, relative to the expert's best id) are computed over
             # the shared ids only, and the others get -inf.
-            mixed = to_vocab(self.combine(logits[:, :shared], {r: o[:, :shared] for r, o in others.items()}), vocab)
-            scores = run.process(mixed[:, None], offset=0)[:, 0]  # [b, V]
-            token = self._pick(run, scores)
-            finished = run.commit(token[:, None], scores[:, None], logits[:, None])
+            shared_logits = {r: o[:, :shared] for r, o in others.items()}
+            if fused is not None:
+                token, scores = self.choose(run, logits[:, :shared], shared_logits, fused), None
+            else:
+                mixed = to_vocab(self.combine(logits[:, :shared], shared_logits), vocab)
+                scores = run.process(mixed[:, None], offset=0)[:, 0]  # [b, V]
+                token = self._pick(run, scores)
+            finished = run.commit(token[:, None], None if scores is None else scores[:, None], logits[:, None])
             self.stats.steps += token.shape[0]
             keep = run.drop(finished)
             if keep.numel() == 0:
@@ -89,6 +94,17 @@ class LogitMixing(Strategy):
                 for cache in (target, *helpers.values()):
                     cache.select_rows(keep)
             feed = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])
+
+    def choose(self, run: Run, target_logits: torch.Tensor, helper_logits: dict, warpers: tuple) -> torch.Tensor:
+        """The fused route's next id per row ``# [b]`` from raw logits ``# [b, V]`` (no processed scores are
+        materialised): greedy, or a sample under ``warpers = (temperature, top_k, top_p)``."""
+        mixed = self.combine(target_logits, helper_logits)
+        if not run.do_sample:
+            return kernels.greedy(mixed)
+        temperature, top_k, top_p = warpers
+        uniforms = torch.rand(mixed.shape[0], device=mixed.device)
+        return kernels.sample_logits(mixed, uniforms, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     return_probs=False)[0]
 
     @staticmethod
     def _pick(run: Run, scores: torch.Tensor) -> torch.Tensor:

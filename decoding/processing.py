@@ -53,6 +53,7 @@ class LogitsProcessing:
         self.processors = processors
         self.score_only = all(isinstance(p, SCORE_ONLY_PROCESSORS) for p in processors)
         self.has_row_state = any(_per_row_state(p) for p in processors)
+        self.warpers = warper_settings(processors)
 
     def __call__(self, sequences: Sequences, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
         """Position ``i`` of row ``r`` is processed with view ``offset + i`` of that row."""
@@ -78,6 +79,36 @@ class LogitsProcessing:
         if not self.has_row_state:
             return self.processors
         return LogitsProcessorList(_restricted(p, rows) for p in self.processors)
+
+
+def warper_settings(processors) -> tuple[float, int, float] | None:
+    """``(temperature, top_k, top_p)`` when ``processors`` are only transformers' temperature, top-k and top-p
+    warpers, at most one of each, in ``generate``'s order and with their default filter value and
+    ``min_tokens_to_keep`` folded in (``top_k = 0`` / ``top_p = 1.0`` when absent); None for anything else.
+
+    The fused kernels (:func:`decoding.kernels.verify`, ``sample_logits``, ``contrastive_choose``) apply exactly
+    these three on the fly; any other processor keeps a strategy on the general path.
+    """
+    settings = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    rank = 0
+    for processor in processors:
+        kind = type(processor)
+        order = {lp.TemperatureLogitsWarper: 1, lp.TopKLogitsWarper: 2, lp.TopPLogitsWarper: 3}.get(kind)
+        if order is None or order <= rank:
+            return None
+        rank = order
+        if kind is lp.TemperatureLogitsWarper:
+            settings["temperature"] = float(processor.temperature)
+            continue
+        if processor.filter_value != -float("inf"):
+            return None
+        if kind is lp.TopKLogitsWarper:
+            settings["top_k"] = int(processor.top_k)  # already max(top_k, min_tokens_to_keep)
+        elif processor.min_tokens_to_keep != 1:
+            return None
+        else:
+            settings["top_p"] = float(processor.top_p)
+    return settings["temperature"], settings["top_k"], settings["top_p"]
 
 
 def _restricted(processor, rows: torch.Tensor):

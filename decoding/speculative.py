@@ -111,14 +111,19 @@ class SpeculativeDecoding(Strategy):
         draft = RaggedCache(self.draft_model, batch, device)
         target_in = draft_in = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)
         draft_missing = torch.ones(batch, dtype=torch.int64, device=device)
+        fused = run.fused_warpers()  # (temperature, top_k, top_p) on the fused kernel route, else None
         while True:
             g = min(self.num_draft_tokens, run.remaining() - 1)
-            draft_ids, draft_probs, draft_logits = self._propose(run, draft, *draft_in, g, vocab)  # [b, g], [b, g, V]
+            draft_ids, draft_probs, draft_logits = self._propose(run, draft, *draft_in, g, vocab, fused)  # [b, g], [b, g, V]
             tokens = torch.cat([target_in[0], draft_ids], dim=1)
             valid = torch.cat([target_in[1], torch.ones_like(draft_ids)], dim=1)
             logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
-            scores = self._target_scores(run, logits, draft_logits)  # [b, g+1, V]
-            output_ids, num_accepted = self._verify(run, scores, draft_ids, draft_probs)  # [b, g+1], [b]
+            # [b, g+1, V]: processed scores, or on the fused route the unprocessed ones (processed in the kernel)
+            if fused is None:
+                scores = self._target_scores(run, logits, draft_logits)
+            else:
+                scores = self._target_logits(run, logits, draft_logits)
+            output_ids, num_accepted = self._verify(run, scores, draft_ids, draft_probs, fused)  # [b, g+1], [b]
             self.stats.record(num_accepted, g)
             finished = run.commit(output_ids, scores, logits)
             drafted = torch.arange(g, device=device) < num_accepted[:, None]  # [b, g]
@@ -140,16 +145,22 @@ class SpeculativeDecoding(Strategy):
             target_in = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])
             draft_in = self._window(run, draft_missing)
 
-    def _target_scores(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor | None) -> torch.Tensor:
-        """The scores drafts are verified against: the target's processed logits ``# [b, g+1, V]``."""
-        return run.process(logits, offset=0)
+    def _target_logits(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor | None) -> torch.Tensor:
+        """The unprocessed scores drafts are verified against ``# [b, g+1, V]``: the target's logits. The fused
+        route verifies these directly (the kernel applies temperature / top-k / top-p)."""
+        return logits
 
-    def _propose(self, run, draft, tokens, valid, g, vocab):
+    def _target_scores(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor | None) -> torch.Tensor:
+        """The processed scores drafts are verified against ``# [b, g+1, V]`` (the general route)."""
+        return run.process(self._target_logits(run, logits, draft_logits), offset=0)
+
+    def _propose(self, run, draft, tokens, valid, g, vocab, fused=None):
         """Draft ``g`` tokens per row.
 
         Returns ``ids  # [b, g]``, when sampling ``probs  # [b, g, V]`` (else None), and when
         ``reads_last_draft`` the draft's raw logits ``# [b, g+1, V]`` (the draft then also reads ``d_g`` and
-        scores the bonus position; else None).
+        scores the bonus position; else None). On the fused route (``fused = (temperature, top_k, top_p)``)
+        the draft samples with :func:`decoding.kernels.sample_logits`, whose law is the ``q`` it returns.
         """
         ids, probs, raw = [], [], []
         # The target may emit ids of its embedding padding that a smaller draft has no row for: the draft
@@ -161,12 +172,21 @@ class SpeculativeDecoding(Strategy):
                 raw.append(logits)
             if j == g:
                 break
-            scores = run.process(logits, offset=j)[:, 0]  # [b, V]
-            if run.do_sample:
+            if fused is not None:
+                if run.do_sample:
+                    temperature, top_k, top_p = fused
+                    uniforms = torch.rand(logits.shape[0], device=logits.device)
+                    token, q = kernels.sample_logits(logits[:, 0], uniforms, temperature=temperature, top_k=top_k,
+                                                     top_p=top_p)
+                    probs.append(q)
+                else:
+                    token = kernels.greedy(logits[:, 0])
+            elif run.do_sample:
+                scores = run.process(logits, offset=j)[:, 0]  # [b, V]
                 probs.append(kernels.probabilities(scores))
                 token = kernels.sample(probs[-1], torch.rand(scores.shape[0], device=scores.device))
             else:
-                token = kernels.greedy(scores)
+                token = kernels.greedy(run.process(logits, offset=j)[:, 0])
             ids.append(token)
             run.sequences.write(run.rows, j, token[:, None])
             tokens, valid = token[:, None], torch.ones_like(token)[:, None]
@@ -175,16 +195,22 @@ class SpeculativeDecoding(Strategy):
         draft_logits = torch.cat(raw, dim=1) if raw else None
         return draft_ids, (torch.stack(probs, dim=1) if probs else None), draft_logits
 
-    def _verify(self, run, scores, draft_ids, draft_probs):
+    def _verify(self, run, scores, draft_ids, draft_probs, fused=None):
         if not run.do_sample:
+            if fused is not None:
+                return kernels.verify(scores, draft_ids)
             return kernels.verify_greedy(scores, draft_ids)
         b, g = draft_ids.shape
-        target_probs = kernels.probabilities(scores)
         if draft_probs is None:
-            draft_probs = target_probs.new_zeros(b, 0, scores.shape[-1])
+            draft_probs = torch.zeros(b, 0, scores.shape[-1], device=scores.device)
         accept_u = torch.rand(b, g, device=scores.device)
         sample_u = torch.rand(b, device=scores.device)
-        return kernels.verify_sampling(target_probs, draft_probs, draft_ids, accept_u, sample_u)
+        if fused is not None:
+            temperature, top_k, top_p = fused
+            uniforms = torch.cat([accept_u, sample_u[:, None]], dim=1)  # [b, g+1]
+            return kernels.verify(scores, draft_ids, draft_probs, uniforms, temperature=temperature, top_k=top_k,
+                                  top_p=top_p)
+        return kernels.verify_sampling(kernels.probabilities(scores), draft_probs, draft_ids, accept_u, sample_u)
 
     @staticmethod
     def _window(run, missing):

@@ -35,8 +35,9 @@ class SpeculativeContrastiveDecoding(SpeculativeDecoding):
         self.alpha, self.beta, self.form = alpha, beta, form
         self.amateur_temperature = amateur_temperature
 
-    def _target_scores(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
-        """Processed contrastive scores ``# [b, g+1, V]`` from expert and amateur logits ``# [b, g+1, V]``."""
+    def _target_logits(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
+        """Contrastive scores ``# [b, g+1, V]`` (before the user's processing) from expert and amateur logits
+        ``# [b, g+1, V]``."""
         b, n, vocab = logits.shape
         # Ids past the smaller vocabulary are embedding padding the amateur cannot score: the scores (and the
         # plausibility set, relative to the expert's best id) are computed over the shared ids only, the
@@ -46,4 +47,4 @@ class SpeculativeContrastiveDecoding(SpeculativeDecoding):
             logits[..., :shared].reshape(b * n, shared), draft_logits[..., :shared].reshape(b * n, shared),
             alpha=self.alpha, beta=self.beta, form=self.form, amateur_temperature=self.amateur_temperature,
         ).reshape(b, n, shared)
-        return run.process(to_vocab(mixed, vocab), offset=0)
+        return to_vocab(mixed, vocab)

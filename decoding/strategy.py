@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from . import kernels
 from .processing import LogitsProcessing, Stopping
 from .sequences import Sequences
 from .validation import check_call
@@ -44,6 +45,20 @@ class Run:
     def process(self, logits: torch.Tensor, offset: int) -> torch.Tensor:
         """Processed float scores ``# [b, n, V]`` for raw ``logits  # [b, n, V]`` of the active rows."""
         return self.processing(self.sequences, self.rows, logits, offset)
+
+    def fused_warpers(self) -> tuple[float, int, float] | None:
+        """``(temperature, top_k, top_p)`` when this call takes the fused kernel route, else None.
+
+        The route is taken when the processors are only temperature / top-k / top-p (none at all for greedy,
+        whose argmax they could only perturb through rounding ties), scores are not kept for the output (the
+        fused kernels never materialise processed scores) and :func:`decoding.kernels.fused_route` says so
+        (kernels available, or the torch reference forced)."""
+        warpers = self.processing.warpers
+        if warpers is None or self.keep_scores or not kernels.fused_route(self.prompt_mask.device):
+            return None
+        if not self.do_sample and warpers != (1.0, 0, 1.0):
+            return None
+        return warpers
 
     def remaining(self) -> int:
         """Most tokens any active row may still emit."""

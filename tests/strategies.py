@@ -25,6 +25,18 @@ low=FIRST_REAL_ID, ragged=True)``
     for an optional EOS.
 
 ``seeds()``                                   -> ``st.integers(0, 2**31 - 1)``.
+
+Kernel tests (shapes first, then settings, then contents):
+
+``vocab_sizes(min_size=2, max_size=64)``     -> ``st.integers``: vocabulary sizes (any value, no alignment).
+``kernel_shapes(max_batch=8, max_g=8, min_vocab=2, max_vocab=64, min_g=1)``
+    -> ``(B, g, V)`` for verification-shaped tensors ``[B, g+1, V]``.
+``processing_settings(vocab=None)``           -> ``(temperature, top_k, top_p)``: temperature in {1.0} or
+    [0.3, 2.5]; top_k 0 (off) or 1..``vocab`` (up to 100 when ``vocab`` is None); top_p 1.0 (off) or
+    [0.05, 0.99]; each part independently off or on.
+``logit_tensors(shape, ties=None)``           -> a float32 ``torch.Tensor`` of ``shape``: continuous scores
+    (normal, scale 0.5..6) or, with ``ties`` (drawn when None), small integers with many exact ties.
+``kernel_dtypes()``                           -> ``st.sampled_from([float32, float16, bfloat16])``.
 """
 
 from __future__ import annotations
@@ -95,3 +107,36 @@ def eos_choices(draw, tokens, absent: int | None = None):
         return first
     others = draw(st.lists(st.sampled_from(tokens + ([absent] if absent is not None else [])), max_size=2))
     return list(dict.fromkeys([first, *others]))
+
+
+def vocab_sizes(min_size: int = 2, max_size: int = 64):
+    return st.integers(min_size, max_size)
+
+
+@st.composite
+def kernel_shapes(draw, max_batch: int = 8, max_g: int = 8, min_vocab: int = 2, max_vocab: int = 64, min_g: int = 1):
+    return draw(batch_sizes(1, max_batch)), draw(draft_lengths(min_g, max_g)), draw(vocab_sizes(min_vocab, max_vocab))
+
+
+@st.composite
+def processing_settings(draw, vocab: int | None = None):
+    temperature = draw(st.one_of(st.just(1.0), st.floats(0.3, 2.5)))
+    top_k = draw(st.one_of(st.just(0), st.integers(1, vocab if vocab is not None else 100)))
+    top_p = draw(st.one_of(st.just(1.0), st.floats(0.05, 0.99)))
+    return temperature, top_k, top_p
+
+
+@st.composite
+def logit_tensors(draw, shape, ties=None):
+    seed = draw(seeds())
+    gen = torch.Generator().manual_seed(seed)
+    if ties is None:
+        ties = draw(st.booleans())
+    if ties:
+        return torch.randint(-3, 3, tuple(shape), generator=gen).to(torch.float32)
+    scale = draw(st.floats(0.5, 6.0))
+    return torch.randn(tuple(shape), generator=gen) * scale
+
+
+def kernel_dtypes():
+    return st.sampled_from([torch.float32, torch.float16, torch.bfloat16])
