@@ -128,6 +128,10 @@ def _run(args: argparse.Namespace) -> dict:
         raise UsageError(f"bad --device {args.device!r}: {error}") from None
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.kernels == "cupy":
+        available, reason = decoding.kernels.cupy_status()
+        if not available:
+            raise UsageError(f"--kernels cupy: {reason}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     state = _state(args)
@@ -161,10 +165,11 @@ def _run(args: argparse.Namespace) -> dict:
     progress = Progress(work_units(len(share), args.batch_sizes, args.draft_lengths, args.modes, args.rounds,
                                    args.assisted), enabled=not args.quiet and state.is_main_process)
     try:
-        raw = measure_share(pair, share, batch_sizes=args.batch_sizes, draft_lengths=args.draft_lengths,
-                            modes=args.modes, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            rounds=args.rounds, cost_repeats=args.cost_repeats, seed=args.seed,
-                            assisted=args.assisted, state=state, progress=progress)
+        with decoding.kernels.use_backend(args.kernels):
+            raw = measure_share(pair, share, batch_sizes=args.batch_sizes, draft_lengths=args.draft_lengths,
+                                modes=args.modes, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                rounds=args.rounds, cost_repeats=args.cost_repeats, seed=args.seed,
+                                assisted=args.assisted, state=state, progress=progress)
     finally:
         progress.close()
     shares = gather_shares(raw, state)
@@ -205,6 +210,8 @@ def _meta(args, pair: Pair, state, shares: list[dict], seconds: float) -> dict:
         "device_names": [s["device_name"] for s in shares],
         "num_processes": state.num_processes,
         "torch_threads": torch.get_num_threads(),
+        "kernels": args.kernels,
+        "cupy": dict(zip(("available", "reason"), decoding.kernels.cupy_status())),
         "target": pair.name,
         "draft": pair.draft_name,
         "dtype": str(next(target.parameters()).dtype).removeprefix("torch."),

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
     pair.add_argument("--threads", type=_positive(int, 4096), default=None,
                       help="torch CPU threads (default: torch's, one per core; under accelerate each process's own)")
+    pair.add_argument("--kernels", default="auto", choices=["auto", "torch", "cupy"],
+                      help="logit kernels: auto (CuPy kernels on CUDA when installed, else torch), torch (the "
+                           "reference), cupy (the CUDA kernels; an error without them) (default: auto)")
 
     grid = parser.add_argument_group("grid")
     grid.add_argument("--batch-sizes", type=_int_list("batch size", MAX_BATCH_SIZE), default=[1, 4],

@@ -185,6 +185,12 @@ def test_quantization_without_bitsandbytes(saved_pair, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")
+def test_cupy_kernels_without_cupy_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(decoding.kernels, "cupy_status", lambda: (False, "CuPy is not installed (test)"))
+    assert bench.main(["--kernels", "cupy", *TINY]) == 2
+    assert "--kernels cupy: CuPy is not installed (test)" in error_line(capsys)
+
+
 def test_cuda_device_without_cuda(capsys):
     assert bench.main([*TINY, "--device", "cuda"]) == 2
     assert "CUDA is not available" in error_line(capsys)
@@ -214,9 +220,10 @@ def test_tiny_synthetic_run_json_checks_and_plot(tmp_path, capsys):
     result = json.loads(path.read_text())
     assert set(result) == {"meta", "prompts", "costs", "checks", "cells", "summary"}
     for key in ("date", "git_commit", "torch", "transformers", "accelerate", "decoding", "device", "device_name",
-                "num_processes", "target", "target_parameters", "draft_parameters", "arguments"):
+                "num_processes", "target", "target_parameters", "draft_parameters", "arguments", "kernels", "cupy"):
         assert key in result["meta"], key
     assert result["meta"]["num_processes"] == 1
+    assert result["meta"]["kernels"] == "auto" and set(result["meta"]["cupy"]) == {"available", "reason"}
     assert [p["category"] for p in result["prompts"]] == ["code_completion", "math", "retrieval"]
     assert all(p["tokens"] == 12 for p in result["prompts"])
     assert set(result["costs"]) == {"1", "3"} and set(result["costs"]["3"]["v"]) == {"1", "3"}
