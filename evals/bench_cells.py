@@ -26,9 +26,17 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
     for batch_size in shares[0]["costs"]:
         entries = [s["costs"][batch_size] for s in shares]
         gs = list(entries[0]["v"])
+        isolated = {"c": statistics.mean(e["c"] for e in entries),
+                    "v": {g: statistics.mean(e["v"][g] for e in entries) for g in gs}}
+        generation = _generation_costs(entries, gs)
+        complete = generation["c"] is not None and all(x is not None for x in generation["v"].values())
         costs[batch_size] = {
-            "c": statistics.mean(e["c"] for e in entries),
-            "v": {g: statistics.mean(e["v"][g] for e in entries) for g in gs},
+            # The ceiling's c and v: measured inside generation where every one was (the faithful figures, see
+            # decoding.evals.generation_costs), else in isolation.
+            **(generation if complete else isolated),
+            "cost_source": "generation" if complete else "isolated",
+            "c_isolated": isolated["c"], "v_isolated": isolated["v"],
+            "c_generation": generation["c"], "v_generation": generation["v"],
             "seconds": {k: statistics.mean(e["seconds"][k] for e in entries) for k in entries[0]["seconds"]},
             "context_length": round(statistics.mean(e["context_length"] for e in entries)),
             "prompt_length": round(statistics.mean(e["prompt_length"] for e in entries)),
@@ -71,9 +79,13 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
                 summary = measure.acceptance_summary(acceptance[g]["stats"], g)
                 ceil = measure.ceiling(summary["alpha"], g, cost["c"], cost["v"][g])
                 cell.update(summary)
+                ceil_isolated = measure.ceiling(summary["alpha"], g, cost["c_isolated"], cost["v_isolated"][g])
                 cell.update({"c": cost["c"], "v": cost["v"][g], "ceiling": ceil,
                              "ceiling_v1": measure.ceiling(summary["alpha"], g, cost["c"], 1.0),
-                             "efficiency": measure.efficiency(cell["decode_speedup"], ceil)})
+                             "efficiency": measure.efficiency(cell["decode_speedup"], ceil),
+                             "cost_source": cost["cost_source"], "c_isolated": cost["c_isolated"],
+                             "v_isolated": cost["v_isolated"][g], "ceiling_isolated": ceil_isolated,
+                             "efficiency_isolated": measure.efficiency(cell["decode_speedup"], ceil_isolated)})
                 if max_new_tokens is not None:
                     cell["ceiling_with_prefill"] = measure.prefill_ceiling(
                         summary["alpha"], g, cost["c"], cost["v"][g], cost["prefill_target"], cost["prefill_draft"],
@@ -97,6 +109,16 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
             if spec:
                 max(spec, key=lambda c: c["speedup"])["best"] = True
     return cells, costs, checks
+
+
+def _generation_costs(entries: list[dict], gs: list) -> dict:
+    """Mean over processes of the in-generation ``c`` and ``v(g)`` (None where no process measured one)."""
+    def mean(values):
+        values = [x for x in values if x is not None]
+        return statistics.mean(values) if values else None
+
+    generation = [e.get("generation") or {"c": None, "v": {}} for e in entries]
+    return {"c": mean(x["c"] for x in generation), "v": {g: mean(x["v"].get(g) for x in generation) for g in gs}}
 
 
 def _measured(parts: list[dict]) -> dict:

@@ -22,6 +22,7 @@ import torch
 import decoding
 
 from . import measure
+from .generation_costs import generation_cost_ratios
 from .bench_pairs import Pair
 from .bench_prompts import Batch, Prompt, make_batches
 
@@ -233,8 +234,11 @@ def measure_share(pair: Pair, prompts: list[Prompt], *, batch_sizes: Sequence[in
             prompt_length = round(statistics.mean(p.numel() for p in ids))
             prefill = measure.prefill_ratios(target, draft, batch_size, prompt_length,
                                              repeats=max(3, cost_repeats // 3))
+            greedy = generation_kwargs("greedy", max_new_tokens, pair.pad_token_id, temperature)
+            in_generation = generation_cost_ratios(target, draft, data[0].ids, data[0].mask, greedy, draft_lengths)
             progress.advance()
             out["costs"][batch_size] = {"c": cost["c"], "v": {g: v for g, v in cost["v"].items()},
+                                        "generation": in_generation,
                                         "seconds": {**cost["seconds"], **{f"{k}@prompt": x for k, x in
                                                                           prefill["seconds"].items()}},
                                         "context_length": context_length, "prompt_length": prompt_length,

@@ -1,0 +1,93 @@
+"""The cost ratios ``c`` and ``v`` measured on the forwards of real ``generate`` calls.
+
+:func:`decoding.evals.measure.cost_ratios` times forwards in isolation: one cache prefix of a fixed length,
+cropped back after every call, nothing else running in between. Inside generation the same forwards meet
+ragged rows, caches that grow (and, for speculation, hold holes), and, between two target forwards, the draft's
+forwards. On a CPU this moves ``v`` by 10-20% (measured on the embedded pair at batch 4: isolated ``v`` about
+1.27, in generation about 1.5), enough to misplace the ceiling. Here the forwards of one untimed target-alone
+call and one untimed speculative call per draft length are timed one by one (device synchronized around each):
+
+- ``target_1``: the target's single-token forwards of the target-alone call (its decoding steps);
+- ``draft_1``: the draft's single-token forwards of the speculative calls;
+- ``target_<g+1>``: the target's verification forwards of the speculative call with draft length ``g``;
+
+each a median over the forwards of the full batch after each call's prompt encoding (rows that finished early
+leave a smaller batch, whose forwards are skipped). ``c = draft_1 / target_1``, ``v(g) = target_<g+1> /
+target_1``, as in REFERENCES.md §1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+
+import decoding
+
+from .measure import synchronize
+
+__all__ = ["forward_log", "generation_cost_ratios"]
+
+
+@contextlib.contextmanager
+def forward_log(model, log: list):
+    """Append ``(rows, new_tokens, seconds)`` for every forward of ``model`` inside the block to ``log``."""
+    starts = []
+
+    def before(module, args, kwargs):
+        synchronize(model.device)
+        starts.append(time.perf_counter())
+
+    def after(module, args, kwargs, output):
+        synchronize(model.device)
+        seconds = time.perf_counter() - starts.pop()
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            log.append((ids.shape[0], ids.shape[1], seconds))
+
+    handles = [model.register_forward_pre_hook(before, with_kwargs=True),
+               model.register_forward_hook(after, with_kwargs=True)]
+    try:
+        yield log
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _median(log: list, rows: int, new_tokens: int) -> float | None:
+    """Median seconds of the logged forwards of ``rows`` rows and ``new_tokens`` tokens, the first (prompt
+    encoding) left out; None when there are none."""
+    seconds = [s for r, n, s in log[1:] if r == rows and n == new_tokens]
+    return statistics.median(seconds) if seconds else None
+
+
+def generation_cost_ratios(target, draft, ids: torch.Tensor, mask: torch.Tensor, kwargs: dict,
+                           draft_lengths: Sequence[int]) -> dict:
+    """``{"c": float | None, "v": {g: float | None}, "seconds": {...}}`` from generating ``ids  # [b, width]``.
+
+    ``kwargs`` are the calls' ``generate`` arguments (greedy, with ``max_new_tokens``). A ratio is None where
+    the calls ran no forward of its kind (too few new tokens).
+    """
+    rows = ids.shape[0]
+    alone: list = []
+    with torch.no_grad(), forward_log(target, alone):
+        target.generate(ids, attention_mask=mask, **kwargs)
+    seconds = {"target_1": _median(alone, rows, 1)}
+    drafts = []
+    for g in draft_lengths:
+        verifying, drafting = [], []
+        strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g)
+        with torch.no_grad(), forward_log(target, verifying), forward_log(draft, drafting):
+            target.generate(ids, attention_mask=mask, custom_generate=strategy, **kwargs)
+        seconds[f"target_{g + 1}"] = _median(verifying, rows, g + 1)
+        drafts += [s for r, n, s in drafting[1:] if r == rows and n == 1]
+    seconds["draft_1"] = statistics.median(drafts) if drafts else None
+    one = seconds["target_1"]
+
+    def ratio(key: str) -> float | None:
+        return seconds[key] / one if one and seconds[key] is not None else None
+
+    return {"c": ratio("draft_1"), "v": {g: ratio(f"target_{g + 1}") for g in draft_lengths}, "seconds": seconds}
