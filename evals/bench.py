@@ -22,7 +22,7 @@ bounds), acceptance rate (``acc`` = accepted / drafted), the
 per-token acceptance ``alpha`` (solved from ``tau`` so that the ceiling's expected tokens per step equal the
 measured ones), mean accepted length ``tau`` (counts the bonus token), per-position acceptance, the measured
 cost ratios ``c`` (draft forward / target forward) and ``v`` (target forward over g+1 tokens / over one),
-timed on the forwards of real, untimed ``generate`` calls on the first batch
+timed on the forwards of real, untimed ``generate`` calls on every batch
 (:mod:`decoding.evals.generation_costs`; the JSON also keeps ``c_isolated``/``v_isolated`` of isolated forwards
 and the ``ceiling_isolated`` they give), the
 ceiling ``(1-a^(g+1)) / ((1-a)(g*c+v))`` with ``a = alpha`` (Leviathan et al.'s when v = 1) and the efficiency

@@ -235,7 +235,8 @@ def measure_share(pair: Pair, prompts: list[Prompt], *, batch_sizes: Sequence[in
             prefill = measure.prefill_ratios(target, draft, batch_size, prompt_length,
                                              repeats=max(3, cost_repeats // 3))
             greedy = generation_kwargs("greedy", max_new_tokens, pair.pad_token_id, temperature)
-            in_generation = generation_cost_ratios(target, draft, data[0].ids, data[0].mask, greedy, draft_lengths)
+            in_generation = generation_cost_ratios(target, draft, [(b.ids, b.mask) for b in data], greedy,
+                                                   draft_lengths)
             progress.advance()
             out["costs"][batch_size] = {"c": cost["c"], "v": {g: v for g, v in cost["v"].items()},
                                         "generation": in_generation,

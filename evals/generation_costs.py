@@ -5,7 +5,8 @@ cropped back after every call, nothing else running in between. Inside generatio
 ragged rows, caches that grow (and, for speculation, hold holes), and, between two target forwards, the draft's
 forwards. On a CPU this moves ``v`` by 10-20% (measured on the embedded pair at batch 4: isolated ``v`` about
 1.27, in generation about 1.5), enough to misplace the ceiling. Here the forwards of one untimed target-alone
-call and one untimed speculative call per draft length are timed one by one (device synchronized around each):
+call and one untimed speculative call per draft length, on every batch, are timed one by one (device
+synchronized around each):
 
 - ``target_1``: the target's single-token forwards of the target-alone call (its decoding steps);
 - ``draft_1``: the draft's single-token forwards of the speculative calls;
@@ -57,34 +58,39 @@ def forward_log(model, log: list):
             handle.remove()
 
 
-def _median(log: list, rows: int, new_tokens: int) -> float | None:
-    """Median seconds of the logged forwards of ``rows`` rows and ``new_tokens`` tokens, the first (prompt
-    encoding) left out; None when there are none."""
-    seconds = [s for r, n, s in log[1:] if r == rows and n == new_tokens]
+def _kept(log: list, rows: int, new_tokens: int) -> list[float]:
+    """Seconds of the logged forwards of ``rows`` rows and ``new_tokens`` tokens, the first (the prompt
+    encoding) left out."""
+    return [s for r, n, s in log[1:] if r == rows and n == new_tokens]
+
+
+def _median(seconds: list[float]) -> float | None:
     return statistics.median(seconds) if seconds else None
 
 
-def generation_cost_ratios(target, draft, ids: torch.Tensor, mask: torch.Tensor, kwargs: dict,
+def generation_cost_ratios(target, draft, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], kwargs: dict,
                            draft_lengths: Sequence[int]) -> dict:
-    """``{"c": float | None, "v": {g: float | None}, "seconds": {...}}`` from generating ``ids  # [b, width]``.
+    """``{"c": float | None, "v": {g: float | None}, "seconds": {...}}`` from generating every batch of
+    ``batches``: ``(ids, mask)  # [b, width]`` pairs of one batch size ``b``; medians pool the batches' forwards.
 
     ``kwargs`` are the calls' ``generate`` arguments (greedy, with ``max_new_tokens``). A ratio is None where
     the calls ran no forward of its kind (too few new tokens).
     """
-    rows = ids.shape[0]
-    alone: list = []
-    with torch.no_grad(), forward_log(target, alone):
-        target.generate(ids, attention_mask=mask, **kwargs)
-    seconds = {"target_1": _median(alone, rows, 1)}
-    drafts = []
-    for g in draft_lengths:
-        verifying, drafting = [], []
-        strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g)
-        with torch.no_grad(), forward_log(target, verifying), forward_log(draft, drafting):
-            target.generate(ids, attention_mask=mask, custom_generate=strategy, **kwargs)
-        seconds[f"target_{g + 1}"] = _median(verifying, rows, g + 1)
-        drafts += [s for r, n, s in drafting[1:] if r == rows and n == 1]
-    seconds["draft_1"] = statistics.median(drafts) if drafts else None
+    rows = batches[0][0].shape[0]
+    single, drafts, verifying = [], [], {g: [] for g in draft_lengths}
+    with torch.no_grad():
+        for ids, mask in batches:
+            with forward_log(target, []) as alone:
+                target.generate(ids, attention_mask=mask, **kwargs)
+            single += _kept(alone, rows, 1)
+            for g in draft_lengths:
+                strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g)
+                with forward_log(target, []) as verify, forward_log(draft, []) as drafting:
+                    target.generate(ids, attention_mask=mask, custom_generate=strategy, **kwargs)
+                verifying[g] += _kept(verify, rows, g + 1)
+                drafts += _kept(drafting, rows, 1)
+    seconds = {"target_1": _median(single), "draft_1": _median(drafts),
+               **{f"target_{g + 1}": _median(verifying[g]) for g in draft_lengths}}
     one = seconds["target_1"]
 
     def ratio(key: str) -> float | None:

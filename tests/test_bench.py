@@ -336,12 +336,12 @@ def test_generation_costs_time_the_forwards_of_real_calls():
         target.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
     # transformers' own loop: the prompt encoding, then one single-token forward per further new token.
     assert [(rows, n) for rows, n, _ in log] == [(2, 4)] + [(2, 1)] * 4 and all(s > 0 for *_, s in log)
-    costs = generation_cost_ratios(target, draft, ids, mask, {"max_new_tokens": 12, "do_sample": False,
+    costs = generation_cost_ratios(target, draft, [(ids, mask), (ids[:, 1:], mask[:, 1:])], {"max_new_tokens": 12, "do_sample": False,
                                                              "pad_token_id": 0}, [1, 3])
     assert costs["c"] > 0 and all(costs["v"][g] > 0 for g in (1, 3))
     assert costs["c"] == pytest.approx(costs["seconds"]["draft_1"] / costs["seconds"]["target_1"])
     assert costs["v"][3] == pytest.approx(costs["seconds"]["target_4"] / costs["seconds"]["target_1"])
     assert not target._forward_hooks and not target._forward_pre_hooks  # hooks removed
-    none = generation_cost_ratios(target, draft, ids, mask, {"max_new_tokens": 1, "do_sample": False,
+    none = generation_cost_ratios(target, draft, [(ids, mask)], {"max_new_tokens": 1, "do_sample": False,
                                                             "pad_token_id": 0}, [3])
     assert none["c"] is None and none["v"] == {3: None}
