@@ -22,9 +22,9 @@ bounds), acceptance rate (``acc`` = accepted / drafted), the
 per-token acceptance ``alpha`` (solved from ``tau`` so that the ceiling's expected tokens per step equal the
 measured ones), mean accepted length ``tau`` (counts the bonus token), per-position acceptance, the measured
 cost ratios ``c`` (draft forward / target forward) and ``v`` (target forward over g+1 tokens / over one),
-timed on the forwards of real, untimed ``generate`` calls on every batch
-(:mod:`decoding.evals.generation_costs`; the JSON also keeps ``c_isolated``/``v_isolated`` of isolated forwards
-and the ``ceiling_isolated`` they give), the
+timed in isolation (:func:`decoding.evals.measure.cost_ratios`; the JSON adds ``c_generation``,
+``v_generation`` and ``ceiling_generation``, the same ratios timed on the forwards of real, untimed ``generate``
+calls, :mod:`decoding.evals.generation_costs`: a diagnostic, noisier on a CPU), the
 ceiling ``(1-a^(g+1)) / ((1-a)(g*c+v))`` with ``a = alpha`` (Leviathan et al.'s when v = 1) and the efficiency
 (decoding speedup / ceiling). Assisted cells borrow the strategy's acceptance at the same mode, batch and ``g``.
 Greedy outputs are checked against the target's own, row by row. Whole ``generate`` calls include the prompt

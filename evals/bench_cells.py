@@ -29,13 +29,8 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
         isolated = {"c": statistics.mean(e["c"] for e in entries),
                     "v": {g: statistics.mean(e["v"][g] for e in entries) for g in gs}}
         generation = _generation_costs(entries, gs)
-        complete = generation["c"] is not None and all(x is not None for x in generation["v"].values())
         costs[batch_size] = {
-            # The ceiling's c and v: measured inside generation where every one was (the faithful figures, see
-            # decoding.evals.generation_costs), else in isolation.
-            **(generation if complete else isolated),
-            "cost_source": "generation" if complete else "isolated",
-            "c_isolated": isolated["c"], "v_isolated": isolated["v"],
+            **isolated,  # the ceiling's c and v; the in-generation figures are a diagnostic beside them
             "c_generation": generation["c"], "v_generation": generation["v"],
             "seconds": {k: statistics.mean(e["seconds"][k] for e in entries) for k in entries[0]["seconds"]},
             "context_length": round(statistics.mean(e["context_length"] for e in entries)),
@@ -79,13 +74,13 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
                 summary = measure.acceptance_summary(acceptance[g]["stats"], g)
                 ceil = measure.ceiling(summary["alpha"], g, cost["c"], cost["v"][g])
                 cell.update(summary)
-                ceil_isolated = measure.ceiling(summary["alpha"], g, cost["c_isolated"], cost["v_isolated"][g])
                 cell.update({"c": cost["c"], "v": cost["v"][g], "ceiling": ceil,
                              "ceiling_v1": measure.ceiling(summary["alpha"], g, cost["c"], 1.0),
                              "efficiency": measure.efficiency(cell["decode_speedup"], ceil),
-                             "cost_source": cost["cost_source"], "c_isolated": cost["c_isolated"],
-                             "v_isolated": cost["v_isolated"][g], "ceiling_isolated": ceil_isolated,
-                             "efficiency_isolated": measure.efficiency(cell["decode_speedup"], ceil_isolated)})
+                             "c_generation": cost["c_generation"], "v_generation": cost["v_generation"][g]})
+                if cost["c_generation"] is not None and cost["v_generation"][g] is not None:
+                    cell["ceiling_generation"] = measure.ceiling(summary["alpha"], g, cost["c_generation"],
+                                                                 cost["v_generation"][g])
                 if max_new_tokens is not None:
                     cell["ceiling_with_prefill"] = measure.prefill_ceiling(
                         summary["alpha"], g, cost["c"], cost["v"][g], cost["prefill_target"], cost["prefill_draft"],

@@ -3,8 +3,9 @@
 :func:`decoding.evals.measure.cost_ratios` times forwards in isolation: one cache prefix of a fixed length,
 cropped back after every call, nothing else running in between. Inside generation the same forwards meet
 ragged rows, caches that grow (and, for speculation, hold holes), and, between two target forwards, the draft's
-forwards. On a CPU this moves ``v`` by 10-20% (measured on the embedded pair at batch 4: isolated ``v`` about
-1.27, in generation about 1.5), enough to misplace the ceiling. Here the forwards of one untimed target-alone
+forwards. ``decoding-bench`` reports both: the isolated ratios make the ceiling, these are the diagnostic that
+says where generation departs from them (on a 2-core CPU both move by 10-30% from run to run, these more:
+medians of fewer forwards). Here the forwards of one untimed target-alone
 call and one untimed speculative call per draft length, on every batch, are timed one by one (device
 synchronized around each):
 

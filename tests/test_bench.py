@@ -240,7 +240,7 @@ def test_tiny_synthetic_run_json_checks_and_plot(tmp_path, capsys):
             assert cell["forwards_per_token"] > 0
             continue
         for key in ("acceptance_rate", "alpha", "mean_accepted_length", "per_position_acceptance", "c", "v",
-                    "ceiling", "efficiency"):
+                    "ceiling", "efficiency", "c_generation", "v_generation"):
             assert key in cell, (name, key)
         g = cell["num_draft_tokens"]
         assert len(cell["per_position_acceptance"]) == g and 1.0 <= cell["mean_accepted_length"] <= g + 1
