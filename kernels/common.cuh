@@ -60,57 +60,43 @@ __device__ __forceinline__ i64 residual_weight(i64 w, float q, double z) {
 // ---------------------------------------------------------------------------------------------------------
 // Warp and block reductions. Every thread of the block must call the block-wide ones (they synchronise).
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
-__device__ __forceinline__ u64 warp_max_u64(u64 v) {
-    for (int o = 16; o > 0; o >>= 1) {
-        u64 other = __shfl_xor_sync(FULL_MASK, v, o);
-        v = other > v ? other : v;
-    }
-    return v;
-}
-__device__ __forceinline__ i64 warp_sum(i64 v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+// The reductions' operators: the identity element and the combining function.
+struct MaxF32 {
+    static __device__ __forceinline__ float identity() { return NEG_INF; }
+    static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); }
+};
+struct MaxU64 {
+    static __device__ __forceinline__ u64 identity() { return 0ull; }
+    static __device__ __forceinline__ u64 apply(u64 a, u64 b) { return b > a ? b : a; }
+};
+struct SumI64 {
+    static __device__ __forceinline__ i64 identity() { return 0; }
+    static __device__ __forceinline__ i64 apply(i64 a, i64 b) { return a + b; }
+};
+
+template <class Op, class T> __device__ __forceinline__ T warp_reduce(T v) {
+    for (int o = 16; o > 0; o >>= 1) v = Op::apply(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
 
-template <int NT> __device__ float block_max(float v) {
-    __shared__ float partial[NT / 32];
+// Every thread gets the block's reduction: warps reduce, lane 0 of each posts, the first warp's lanes reduce
+// the posts again in every warp.
+template <int NT, class Op, class T> __device__ T block_reduce(T v) {
+    __shared__ T partial[NT / 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
+    v = warp_reduce<Op>(v);
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    v = lane < NT / 32 ? partial[lane] : NEG_INF;
-    v = warp_max(v);
-    __syncthreads();
-    return v;
-}
-
-template <int NT> __device__ u64 block_max_u64(u64 v) {
-    __shared__ u64 partial[NT / 32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max_u64(v);
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    v = lane < NT / 32 ? partial[lane] : 0ull;
-    v = warp_max_u64(v);
+    v = lane < NT / 32 ? partial[lane] : Op::identity();
+    v = warp_reduce<Op>(v);
     __syncthreads();
     return v;
 }
 
-template <int NT> __device__ i64 block_sum(i64 v) {
-    __shared__ i64 partial[NT / 32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
-    if (lane == 0) partial[warp] = v;
-    __syncthreads();
-    v = lane < NT / 32 ? partial[lane] : 0;
-    v = warp_sum(v);
-    __syncthreads();
-    return v;
-}
+__device__ __forceinline__ i64 warp_sum(i64 v) { return warp_reduce<SumI64>(v); }
+template <int NT> __device__ float block_max(float v) { return block_reduce<NT, MaxF32>(v); }
+template <int NT> __device__ u64 block_max_u64(u64 v) { return block_reduce<NT, MaxU64>(v); }
+template <int NT> __device__ i64 block_sum(i64 v) { return block_reduce<NT, SumI64>(v); }
 
 // Exclusive prefix sum over the block's threads in thread order; *total receives the block's sum.
 template <int NT> __device__ i64 block_exclusive_scan(i64 v, i64* total) {
