@@ -98,6 +98,20 @@ template <int NT> __device__ float block_max(float v) { return block_reduce<NT, 
 template <int NT> __device__ u64 block_max_u64(u64 v) { return block_reduce<NT, MaxU64>(v); }
 template <int NT> __device__ i64 block_sum(i64 v) { return block_reduce<NT, SumI64>(v); }
 
+// Called by every thread of a block once its results for the row are stored: true in the last of the row's
+// `before_last + 1` blocks to get here, which may then read the others' results. The first fence orders this
+// block's stores before its count, the second the count before the last block's reads.
+__device__ __forceinline__ bool last_block_of_row(u32* counter, u32 before_last) {
+    __shared__ int s_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == before_last;
+    __syncthreads();
+    if (!s_last) return false;
+    __threadfence();
+    return true;
+}
+
 // Exclusive prefix sum over the block's threads in thread order; *total receives the block's sum.
 template <int NT> __device__ i64 block_exclusive_scan(i64 v, i64* total) {
     __shared__ i64 warp_incl[NT / 32];

@@ -54,19 +54,14 @@ __device__ void verify_sample(
         auto bonus = [&](i64 y) { return p.weight(y); };
         r = tile_sums<VERIFY_THREADS>(bonus, V, tile, ntiles, st_sums + pos * ntiles);
     }
-    __shared__ int s_last, s_n;
+    __shared__ int s_n;
     if (threadIdx.x == 0) {
         st_max[pos] = p.m;
         st_lo[pos] = p.lo;
         st_z[pos] = z;
         st_r[pos] = r;
     }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(&counters[b], 1u) == (u32)G;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
+    if (!last_block_of_row(&counters[b], (u32)G)) return;
 
     // The last block of row b: first rejection, then the recovered or bonus token.
     if (threadIdx.x == 0) {
@@ -125,14 +120,8 @@ __device__ void verify_greedy(
         best = packed > best ? packed : best;
     }
     best = block_max_u64<VERIFY_THREADS>(best);
-    __shared__ int s_last;
     if (threadIdx.x == 0) st_best[pos] = best;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(&counters[b], 1u) == (u32)G;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
+    if (!last_block_of_row(&counters[b], (u32)G)) return;
     if (threadIdx.x == 0) {
         int n = 0;
         while (n < G && draft_ids[(i64)b * G + n] == argmax_index(load_volatile(st_best + (i64)b * G1 + n))) ++n;
