@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -43,3 +44,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Tiny models: threads only add overhead, and a fixed thread count keeps float reductions reproducible.
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every ``torch.empty`` the CuPy kernel backend allocates (outputs and scratch) starts full of garbage, so
+    a kernel that leaves a position unwritten fails its test."""
+    from decoding.kernels import cupy_backend
+
+    real_empty = torch.empty
+
+    def empty(*size, **kwargs):
+        t = real_empty(*size, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7)
+
+    monkeypatch.setattr(cupy_backend.torch, "empty", empty)

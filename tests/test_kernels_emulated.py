@@ -33,18 +33,6 @@ BLOCKS = st.sampled_from([32, 64, 128])
 _SUPPRESS = [*settings.default.suppress_health_check, HealthCheck.function_scoped_fixture]
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every torch.empty the backend allocates (outputs and scratch) starts full of garbage."""
-    real_empty = torch.empty
-
-    def empty(*size, **kwargs):
-        t = real_empty(*size, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7)
-
-    monkeypatch.setattr(cupy_backend.torch, "empty", empty)
-
-
 def _verify_case(data, shape, dtype):
     batch, g, vocab = shape
     logits = data.draw(logit_tensors((batch, g + 1, vocab))).to(dtype)
