@@ -17,8 +17,10 @@ def combine(shares: list[dict], max_new_tokens: int | None = None) -> tuple[list
     every process.
 
     Per round, a method's rate is the new tokens of all processes over the slowest process's seconds for that
-    method (the processes start every round together); its tokens/s is the median over rounds. ``c`` and ``v``
-    are means over processes; acceptance counters are summed. With ``max_new_tokens``, draft cells also get
+    method (the processes start every round together); its tokens/s is the median over rounds, and its decoding
+    rate the same with the ``prefill`` method's seconds and one token per row taken off each round
+    (:func:`_decode_rate`; the ``prefill`` method itself gets no cell). ``c`` and ``v`` are means over
+    processes; acceptance counters are summed. With ``max_new_tokens``, draft cells also get
     ``ceiling_with_prefill`` (:func:`decoding.evals.measure.prefill_ceiling`, for that many new tokens per row)
     and target cells ``forwards_per_token``.
     """
