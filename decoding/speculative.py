@@ -172,21 +172,18 @@ class SpeculativeDecoding(Strategy):
                 raw.append(logits)
             if j == g:
                 break
-            if fused is not None:
-                if run.do_sample:
-                    temperature, top_k, top_p = fused
-                    uniforms = torch.rand(logits.shape[0], device=logits.device)
-                    token, q = kernels.sample_logits(logits[:, 0], uniforms, temperature=temperature, top_k=top_k,
-                                                     top_p=top_p)
-                    probs.append(q)
-                else:
-                    token = kernels.greedy(logits[:, 0])
-            elif run.do_sample:
-                scores = run.process(logits, offset=j)[:, 0]  # [b, V]
+            # [b, V]: the fused route processes inside the kernel (greedy takes it only without processors)
+            scores = logits[:, 0] if fused is not None else run.process(logits, offset=j)[:, 0]
+            if not run.do_sample:
+                token = kernels.greedy(scores)
+            elif fused is not None:
+                temperature, top_k, top_p = fused
+                uniforms = torch.rand(scores.shape[0], device=scores.device)
+                token, q = kernels.sample_logits(scores, uniforms, temperature=temperature, top_k=top_k, top_p=top_p)
+                probs.append(q)
+            else:
                 probs.append(kernels.probabilities(scores))
                 token = kernels.sample(probs[-1], torch.rand(scores.shape[0], device=scores.device))
-            else:
-                token = kernels.greedy(run.process(logits, offset=j)[:, 0])
             ids.append(token)
             run.sequences.write(run.rows, j, token[:, None])
             tokens, valid = token[:, None], torch.ones_like(token)[:, None]
