@@ -218,8 +218,7 @@ def measure_share(pair: Pair, prompts: list[Prompt], *, batch_sizes: Sequence[in
                         method.tokens.append(0)
                     for b, batch in enumerate(data):
                         progress.describe(f"{label}, round {round_ + 1}/{rounds}, batch {b + 1}/{len(data)}")
-                        shift = (round_ + b) % len(methods)  # every method takes every place in the order
-                        for method in methods[shift:] + methods[:shift]:
+                        for method in measure.rotated(methods, round_ + b):
                             _time_call(method, batch, categories, round_, b, mode, seed, pair.eos_token_ids)
                             progress.advance()
                     progress.log(f"{label}, round {round_ + 1}/{rounds}: " + ", ".join(

@@ -63,8 +63,7 @@ def measure_batches(expert, amateur, batches, *, new_tokens: int, alpha: float, 
             _generate(name, methods[name], expert, amateur, batches[0], min(new_tokens, 8), pad)
         for round_ in range(rounds):
             for b, batch in enumerate(batches):
-                shift = (round_ + b) % len(names)
-                for name in names[shift:] + names[:shift]:
+                for name in measure.rotated(names, round_ + b):
                     measure.synchronize(batch.ids.device)
                     start = time.perf_counter()
                     out = _generate(name, methods[name], expert, amateur, batch, new_tokens, pad)

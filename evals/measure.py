@@ -44,6 +44,7 @@ __all__ = [
     "per_token_acceptance",
     "prefill_ratios",
     "prefill_ceiling",
+    "rotated",
     "synchronize",
     "time_calls",
     "tokens_per_second",
@@ -112,6 +113,13 @@ def forward_timer(model, batch_size: int, context_length: int, new_tokens: int, 
         return elapsed
 
     return timed
+
+
+def rotated(items: Sequence, shift: int) -> list:
+    """``items`` starting at position ``shift`` (mod its length) and wrapping around: rotating the order of timed
+    methods from call to call puts every method at every place, so background load hits all of them alike."""
+    shift %= len(items)
+    return list(items[shift:]) + list(items[:shift])
 
 
 def interleaved_medians(timers: dict, repeats: int, warmup: int) -> dict:

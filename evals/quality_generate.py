@@ -15,7 +15,7 @@ import torch
 
 import decoding
 
-from .measure import merge_stats, time_calls
+from .measure import merge_stats, rotated, time_calls
 from .quality_pairs import Pair
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "Generations", "generate_all"]
@@ -121,8 +121,7 @@ def generate_all(pair: Pair, prompt_ids: list[list[int]], methods: list[str], ar
     for method in methods:  # warm-up: one short untimed call each
         run(method, batches[0], 2, args.seed)
     for k, rows in enumerate(batches):
-        rotation = methods[k % len(methods):] + methods[: k % len(methods)]
-        for method in rotation:
+        for method in rotated(methods, k):
             out = {}
             seconds = time_calls(lambda: out.update(ids=run(method, rows, args.max_new_tokens, args.seed + k)),
                                  repeats=1, warmup=0, device=device)[0]

@@ -149,3 +149,11 @@ def test_speedup_main_tiny_end_to_end(tmp_path, capsys):
     assert spec["ceiling"] == pytest.approx(measure.ceiling(spec["alpha"], 2, spec["c"], spec["v"]))
     assert spec["ceiling"] == pytest.approx(spec["mean_accepted_length"] / (2 * spec["c"] + spec["v"]))
     assert "speculative g=2" in capsys.readouterr().out
+
+
+def test_rotated_puts_every_item_at_every_place():
+    items = ["a", "b", "c"]
+    orders = [measure.rotated(items, shift) for shift in range(3)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert measure.rotated(items, 4) == orders[1] and measure.rotated(tuple(items), -1) == orders[2]
+    assert all(sorted(order) == items for order in orders)
