@@ -16,7 +16,8 @@ __all__ = ["SYNTHETIC_DEFAULTS", "SYNTHETIC_KEYS", "Pair", "hub_pair", "parse_sy
 
 # --synthetic keys -> damped_pair arguments.
 SYNTHETIC_KEYS = {"layers": "num_layers", "hidden": "hidden_size", "vocab": "vocab_size",
-                  "intermediate": "intermediate_size", "damping": "damping", "head_scale": "head_scale"}
+                  "intermediate": "intermediate_size", "heads": "num_attention_heads",
+                  "kv_heads": "num_key_value_heads", "damping": "damping", "head_scale": "head_scale"}
 SYNTHETIC_DEFAULTS = {"num_layers": 8, "hidden_size": 512, "vocab_size": 8192, "intermediate_size": 2048}
 
 

@@ -87,7 +87,10 @@ def test_compiled_block_size_is_the_loaders(tmp_path, family):
 
 def _nvrtc_library():
     candidates = [ctypes.util.find_library("nvrtc")]
-    spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
+    try:  # find_spec imports the parent package, and raises when no ``nvidia`` package is installed at all
+        spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
+    except ModuleNotFoundError:
+        spec = None
     if spec is not None and spec.submodule_search_locations:
         for location in spec.submodule_search_locations:
             candidates += sorted(str(p) for p in Path(location, "lib").glob("libnvrtc.so*"))

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU checks of shared/GPU.md in one device call, in priority order, each step time-boxed so that a slow
+# step cannot eat the next one. Logs and JSON go to $OUT (the device tool's folder; /tmp/gpu-checks elsewhere).
+#   COMMIT=$(git rev-parse --short HEAD) bash evals/gpu_checks.sh [steps...]
+# Steps: env tests kernel_bench bench_embedded bench_synthetic (default: all). Carried wheels in .whl/ (for
+# example the transformers version CI uses) are installed into /tmp/site first.
+set -u
+OUT=${OUT:-/tmp/gpu-checks}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="$PWD:/tmp/site"
+fi
+steps=${*:-env tests kernel_bench bench_embedded bench_synthetic}
+# Llama-3-8B's shape: 32 layers, width 4096, MLP 14336, 32 heads, 8 KV heads, vocabulary 128256.
+LLAMA8B=layers=32,hidden=4096,intermediate=14336,heads=32,kv_heads=8,vocab=128256
+
+run() {  # run NAME SECONDS CMD...: time-boxed, output teed to $OUT/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s): $*"
+    local start=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tail -n 40
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s"
+}
+
+for step in $steps; do
+    case $step in
+    env)
+        { echo "commit ${COMMIT:-unknown}; date $(date -u +%FT%TZ)"
+          nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+          python3 -c "import sys, torch, transformers, cupy; print('python', sys.version.split()[0], '| torch', torch.__version__, '| transformers', transformers.__version__, '| cupy', cupy.__version__, '| cuda', torch.version.cuda)"
+        } 2>&1 | tee "$OUT/env.txt" ;;
+    tests)
+        run pytest_gpu 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels_gpu.py -rA ;;
+    kernel_bench)
+        run kernel_bench 90 python3 -m decoding.evals.kernel_bench --e2e --json "$OUT/kernel_bench.json" ;;
+    bench_embedded)
+        run bench_embedded 60 python3 -m decoding.evals.bench --batch-sizes 1,8,32 --draft-lengths 3,5 --kernels cupy \
+            --quiet --json "$OUT/bench_embedded.json" ;;
+    bench_synthetic)
+        for backend in cupy torch; do
+            run "bench_llama8b_$backend" 100 python3 -m decoding.evals.bench --synthetic "$LLAMA8B" --dtype bfloat16 \
+                --batch-sizes 1,8,32 --draft-lengths 4 --max-new-tokens 64 --kernels "$backend" --no-assisted --quiet \
+                --cost-repeats 11 --json "$OUT/bench_llama8b_$backend.json"
+        done ;;
+    *) echo "unknown step $step"; exit 2 ;;
+    esac
+done
