@@ -8,6 +8,7 @@ import types
 import torch
 from transformers.generation.stopping_criteria import StopStringCriteria, StoppingCriteriaList
 
+from . import hf_compat
 from .strategy import Strategy
 from .validation import check_decoder_only, check_prompt
 
@@ -48,7 +49,7 @@ def _generate(self, *args, strategy: Strategy | None = None, **kwargs):
         check_prompt(input_ids)
     streamer = kwargs.pop("streamer", None)
     kwargs = _stop_strings_as_criteria(kwargs)
-    return original(*args, custom_generate=strategy, decoding_streamer=streamer, **kwargs)
+    return hf_compat.generate_with_strategy(original, strategy, streamer, *args, **kwargs)
 
 
 def _stop_strings_as_criteria(kwargs: dict) -> dict:

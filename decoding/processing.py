@@ -17,6 +17,7 @@ from transformers import LogitsProcessorList
 from transformers.generation import logits_process as lp
 from transformers.generation import stopping_criteria as sc
 
+from . import hf_compat
 from .sequences import Sequences, apply_per_view
 
 # Processors whose output depends on the scores alone, never on input_ids (tests/test_processing.py checks it).
@@ -52,7 +53,7 @@ class LogitsProcessing:
                     raise ValueError(f"{type(processor).__name__} is not supported with a strategy: {reason}.")
         self.processors = processors
         self.score_only = all(isinstance(p, SCORE_ONLY_PROCESSORS) for p in processors)
-        self.has_row_state = any(_per_row_state(p) for p in processors)
+        self.has_row_state = any(hf_compat.per_row_state(p) for p in processors)
         self.warpers = warper_settings(processors)
 
     def __call__(self, sequences: Sequences, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
@@ -89,50 +90,30 @@ def warper_settings(processors) -> tuple[float, int, float] | None:
     The fused kernels (:func:`decoding.kernels.verify`, ``sample_logits``, ``contrastive_choose``) apply exactly
     these three on the fly; any other processor keeps a strategy on the general path.
     """
+    order = ("temperature", "top_k", "top_p")  # generate's order
     settings = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
-    rank = 0
+    last = -1
     for processor in processors:
-        kind = type(processor)
-        order = {lp.TemperatureLogitsWarper: 1, lp.TopKLogitsWarper: 2, lp.TopPLogitsWarper: 3}.get(kind)
-        if order is None or order <= rank:
+        found = hf_compat.warper_parameters(processor)
+        if found is None:
             return None
-        rank = order
-        if kind is lp.TemperatureLogitsWarper:
-            settings["temperature"] = float(processor.temperature)
-            continue
-        if processor.filter_value != -float("inf"):
+        name, value, filter_value, min_tokens_to_keep = found
+        if order.index(name) <= last or filter_value != -float("inf") or min_tokens_to_keep != 1:
             return None
-        if kind is lp.TopKLogitsWarper:
-            settings["top_k"] = int(processor.top_k)  # already max(top_k, min_tokens_to_keep)
-        elif processor.min_tokens_to_keep != 1:
-            return None
-        else:
-            settings["top_p"] = float(processor.top_p)
+        last = order.index(name)
+        settings[name] = value
     return settings["temperature"], settings["top_k"], settings["top_p"]
 
 
 def _restricted(processor, rows: torch.Tensor):
     """``processor`` itself, or a shallow copy whose per-row state holds only ``rows``."""
-    state = _per_row_state(processor)
+    state = hf_compat.per_row_state(processor)
     if not state:
         return processor
     clone = copy.copy(processor)
     for name, full in state.items():
         setattr(clone, name, full[rows.to(full.device)])
     return clone
-
-
-def _per_row_state(processor) -> dict:
-    """Tensors ``# [B, ...]`` a processor holds for every row of the batch, by attribute name.
-
-    transformers' ``generate`` gives ``RepetitionPenaltyLogitsProcessor`` each row's left-padding length
-    (``prompt_ignore_length``, so that pad tokens are not penalised); a group of rows must see its own rows'.
-    """
-    if isinstance(processor, lp.RepetitionPenaltyLogitsProcessor) and isinstance(
-        processor.prompt_ignore_length, torch.Tensor
-    ):
-        return {"prompt_ignore_length": processor.prompt_ignore_length}
-    return {}
 
 
 class Stopping:

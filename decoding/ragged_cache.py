@@ -12,8 +12,7 @@ slots to the right end. See docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from . import hf_compat
 
 
 class RaggedCache:
@@ -26,10 +25,10 @@ class RaggedCache:
 
     def __init__(self, model, batch_size: int, device: torch.device):
         self.model = model
-        self.cache = DynamicCache(config=model.config)
+        self.cache = hf_compat.new_cache(model)
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
-        self._slices_logits = model._supports_logits_to_keep()
+        self._slices_logits = hf_compat.supports_logits_to_keep(model)
         self._check_layers()
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
@@ -41,12 +40,8 @@ class RaggedCache:
         positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
         mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
         extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
-        out = self.model(
-            input_ids=tokens,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=self.cache,
-            use_cache=True,
+        out = hf_compat.forward_with_cache(
+            self.model, self.cache, input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
             **extra,
         )
         self.mask = mask
@@ -68,12 +63,12 @@ class RaggedCache:
         column_used = self.mask[:, -n:].any(dim=0)  # [n]
         used = int(column_used.nonzero().max()) + 1 if bool(column_used.any()) else 0
         if used < n:
-            self.cache.crop(used - n)
+            hf_compat.crop_cache(self.cache, n - used)
             self.mask = self.mask[:, : self.mask.shape[1] - (n - used)]
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only ``rows  # [b']`` of the batch (finished rows leave the batch)."""
-        self.cache.batch_select_indices(rows)
+        hf_compat.select_cache_rows(self.cache, rows)
         self.mask = self.mask[rows]
         self.num_valid = self.num_valid[rows]
 
@@ -87,19 +82,13 @@ class RaggedCache:
         # A stable sort of the 0/1 mask puts holes first and keeps valid slots in order.
         order = torch.sort(self.mask, dim=1, stable=True).indices[:, self.mask.shape[1] - width :]  # [b, width]
         self.mask = self.mask.gather(1, order)
-        for layer in self.cache.layers:
-            if layer.is_initialized and layer.keys.numel():
-                index = order[:, None, :, None].to(layer.keys.device)
-                layer.keys = layer.keys.gather(2, index.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3]))
-                layer.values = layer.values.gather(
-                    2, index.expand(-1, layer.values.shape[1], -1, layer.values.shape[3])
-                )
+        hf_compat.gather_cache_slots(self.cache, order)
 
     def _check_layers(self) -> None:
-        for layer in self.cache.layers:
-            if type(layer) is not DynamicLayer:
-                raise ValueError(
-                    f"{type(self.model).__name__} uses a {type(layer).__name__} cache layer; speculative and "
-                    "contrastive strategies need full-attention DynamicLayer caches, whose slots can be rolled "
-                    "back. Sliding-window, linear-attention and quantized caches are not supported."
-                )
+        unsupported = hf_compat.rollback_unsupported_layers(self.cache)
+        if unsupported:
+            raise ValueError(
+                f"{type(self.model).__name__} uses a {unsupported[0]} cache layer; speculative and contrastive "
+                "strategies need full-attention DynamicLayer caches, whose slots can be rolled back. "
+                "Sliding-window, linear-attention and quantized caches are not supported."
+            )

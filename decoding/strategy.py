@@ -10,13 +10,12 @@ a ``GenerateDecoderOnlyOutput``.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import torch
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from . import kernels
+from . import hf_compat, kernels
 from .processing import LogitsProcessing, Stopping
 from .sequences import Sequences
 from .validation import check_call
@@ -114,12 +113,11 @@ class Strategy:
         decoding_streamer=None,
         **model_kwargs,
     ):
-        if decoding_streamer is not None:
-            streamer = decoding_streamer
+        # transformers never hands ``streamer`` to a custom_generate callable: ``enable``'s wrapper (or a caller
+        # of ``custom_generate=``) passes it as ``decoding_streamer`` instead, and the prompt is streamed here.
+        streamer = decoding_streamer
+        if streamer is not None:
             streamer.put(input_ids.cpu())
-        else:
-            # transformers streams the prompt but does not hand `streamer` to custom_generate callables.
-            streamer = _caller_streamer()
         attention_mask = _prompt_mask(input_ids, model_kwargs)
         check_call(self, model, input_ids, attention_mask, generation_config, model_kwargs)
         self.validate(model, generation_config)
@@ -131,22 +129,15 @@ class Strategy:
         return _outputs(run, generation_config)
 
 
-def _caller_streamer():
-    frame = sys._getframe(2)
-    if frame.f_code.co_name == "generate" and "streamer" in frame.f_locals:
-        return frame.f_locals["streamer"]
-    return None
-
-
 def _prompt_mask(input_ids, model_kwargs) -> torch.Tensor:
     mask = model_kwargs.get("attention_mask")
     return torch.ones_like(input_ids) if mask is None else mask.to(device=input_ids.device, dtype=torch.int64)
 
 
 def _make_run(strategy, model, input_ids, attention_mask, processors, criteria, config, streamer) -> Run:
-    pad = config._pad_token_tensor
+    pad = hf_compat.pad_token_tensor(config)
     pad_id = int(pad) if pad is not None else 0
-    eos = config._eos_token_tensor
+    eos = hf_compat.eos_token_tensor(config)
     slack = getattr(strategy, "num_draft_tokens", 0) + 1
     return Run(
         model=model,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from . import hf_compat
+
 # Model inputs the strategies know how to feed; anything else is refused rather than silently dropped.
-ACCEPTED_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep", "past_key_values"}
+ACCEPTED_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep", *hf_compat.CACHE_ARGUMENTS}
 
 
 def check_decoder_only(model, role: str = "target") -> None:
@@ -40,14 +42,15 @@ def check_call(strategy, model, input_ids, attention_mask, config, model_kwargs)
         raise ValueError(
             f"{type(strategy).__name__} cannot feed model inputs {unknown}; pass input_ids and attention_mask only."
         )
-    cache = model_kwargs.get("past_key_values")
+    cache = hf_compat.generate_cache(model_kwargs)
     if cache is not None and cache.get_seq_length() > 0:
-        raise ValueError("a prefilled past_key_values cannot be reused by a strategy; pass the full prompt instead.")
+        raise ValueError("a prefilled cache (past_key_values) cannot be reused by a strategy; pass the full prompt "
+                         "instead.")
     for name in ("output_attentions", "output_hidden_states"):
         if getattr(config, name, False):
             raise ValueError(f"{name}=True is not supported with a decoding strategy.")
     check_prompt(input_ids, attention_mask)
-    if input_ids.shape[0] > 1 and config._pad_token_tensor is None:
+    if input_ids.shape[0] > 1 and hf_compat.pad_token_tensor(config) is None:
         raise ValueError(
             "batch size > 1 needs a pad token to fill finished rows: set generation_config.pad_token_id "
             "(or tokenizer.pad_token = tokenizer.eos_token)."

@@ -12,7 +12,7 @@ from . import report
 from .bench_pairs import SYNTHETIC_KEYS, parse_synthetic
 from .bench_prompts import CATEGORIES, DEFAULT_MIX
 
-__all__ = ["DESCRIPTION", "EPILOG", "MAX_BATCH_SIZE", "MAX_DRAFT_LENGTH", "MAX_NEW_TOKENS", "MODES", "PROG", "SetupError",
+__all__ = ["DESCRIPTION", "EPILOG", "MAX_BATCH_SIZE", "MAX_DRAFT_LENGTH", "MAX_NEW_TOKENS", "MODES", "PROG", "QUICK_DEFAULTS", "SetupError",
            "UsageError", "build_parser", "parse_args"]
 
 PROG = "decoding-bench"
@@ -22,6 +22,9 @@ MODES = ("greedy", "sample")
 MAX_BATCH_SIZE = 256
 MAX_DRAFT_LENGTH = 32
 MAX_NEW_TOKENS = 8192
+# --quick: the settings of a smoke run (CI runs the main job so), applied where the option keeps its default.
+QUICK_DEFAULTS = {"batch_sizes": [1, 2], "draft_lengths": [2], "max_new_tokens": 8, "prompts_per_category": 1,
+                  "categories": ["code_completion"], "cost_repeats": 3}
 
 
 EPILOG = """examples:
@@ -161,12 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--plot", type=Path, default=None, metavar="PATH",
                         help="write a PNG of speedup against draft length here (needs matplotlib)")
     timing.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    timing.add_argument("--quick", action="store_true",
+                        help="a smoke run of a few seconds: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in
+                                                                          QUICK_DEFAULTS.items())
+                             + " (where not given explicitly)")
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse and check the command line; raises :class:`UsageError` with a one-line message."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK_DEFAULTS.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     if args.synthetic is not None:
         try:
             parse_synthetic(args.synthetic)

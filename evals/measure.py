@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
+
+from decoding import hf_compat
 
 __all__ = [
     "acceptance_summary",
@@ -97,19 +98,20 @@ def forward_timer(model, batch_size: int, context_length: int, new_tokens: int, 
     tokens = torch.randint(1, vocab, (batch_size, new_tokens), generator=generator).to(device)
     mask = torch.ones(batch_size, context_length + new_tokens, dtype=torch.int64, device=device)
     positions = torch.arange(context_length, context_length + new_tokens, device=device).expand(batch_size, -1)
-    cache = DynamicCache(config=model.config)
+    cache = hf_compat.new_cache(model)
     with torch.no_grad():
-        model(input_ids=prefix, attention_mask=mask[:, :context_length], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        hf_compat.forward_with_cache(model, cache, input_ids=prefix, attention_mask=mask[:, :context_length],
+                                     use_cache=True, logits_to_keep=1)
 
     def timed() -> float:
         with torch.no_grad():
             synchronize(device)
             start = time.perf_counter()
-            model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                  use_cache=True, logits_to_keep=new_tokens)
+            hf_compat.forward_with_cache(model, cache, input_ids=tokens, attention_mask=mask, position_ids=positions,
+                                         use_cache=True, logits_to_keep=new_tokens)
             synchronize(device)
             elapsed = time.perf_counter() - start
-        cache.crop(-new_tokens)
+        hf_compat.crop_cache(cache, new_tokens)
         return elapsed
 
     return timed
@@ -167,8 +169,8 @@ def prefill_ratios(target, draft, batch_size: int, prompt_length: int, repeats: 
             with torch.no_grad():
                 synchronize(model.device)
                 start = time.perf_counter()
-                model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                      past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
+                hf_compat.forward_with_cache(model, hf_compat.new_cache(model), input_ids=ids,
+                                             attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
                 synchronize(model.device)
                 return time.perf_counter() - start
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from decoding import hf_compat
+
 __all__ = ["damped_pair", "llama_intermediate_size"]
 
 
@@ -88,8 +90,8 @@ def damped_pair(
         torch.manual_seed(seed)
         if device.type == "cuda":
             torch.cuda.manual_seed(seed)
-        target = LlamaForCausalLM._from_config(target_config, dtype=dtype)
-        draft = LlamaForCausalLM._from_config(draft_config, dtype=dtype)
+        target = hf_compat.from_config(LlamaForCausalLM, target_config, dtype)
+        draft = hf_compat.from_config(LlamaForCausalLM, draft_config, dtype)
         target.lm_head.weight.mul_(head_scale)
         for layer in target.model.layers[1:]:
             layer.self_attn.o_proj.weight.mul_(damping)

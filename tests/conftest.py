@@ -4,6 +4,7 @@ Profiles (registered here, selected with hypothesis' own pytest option):
 
 - ``ci`` (default): few examples, no deadline, derandomized so CI runs are reproducible and never flaky,
   ``too_slow`` / ``data_too_large`` health checks suppressed (each example runs tiny models).
+- ``fast``: fewer examples still, for the CI run on the declared floor versions.
 - ``thorough``: many examples, randomized, for a long local run:
   ``pytest --hypothesis-profile=thorough``.
 
@@ -27,6 +28,14 @@ _SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.fil
 settings.register_profile(
     "ci",
     max_examples=10,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=_SUPPRESSED,
+)
+settings.register_profile(
+    "fast",
+    max_examples=4,
     deadline=None,
     derandomize=True,
     print_blob=True,

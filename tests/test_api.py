@@ -181,8 +181,9 @@ def test_streamer_receives_prompt_then_every_new_token_in_order(arch, path):
         decoding.enable(target)
         out = target.generate(input_ids, max_new_tokens=14, do_sample=False, strategy=strategy, streamer=recorder)
     else:
+        # transformers never hands streamer= to a custom_generate callable: it goes in as decoding_streamer=.
         out = tiny_model(arch).generate(input_ids, max_new_tokens=14, do_sample=False, custom_generate=strategy,
-                                        streamer=recorder)
+                                        decoding_streamer=recorder)
     assert torch.equal(out, ref)
     assert recorder.ended == 1
     assert torch.equal(recorder.puts[0].reshape(-1), input_ids[0]), "the first put() must be the prompt"
@@ -207,7 +208,7 @@ def test_text_streamer_prints_what_transformers_prints(path, capsys):
         out = target.generate(input_ids, max_new_tokens=12, do_sample=False, strategy=strategy, streamer=streamer)
     else:
         out = tiny_model("llama").generate(input_ids, max_new_tokens=12, do_sample=False, custom_generate=strategy,
-                                           streamer=streamer)
+                                           decoding_streamer=streamer)
     assert capsys.readouterr().out == expected
     assert expected.strip() == tokenizer.decode(out[0, 4:].tolist()).strip()
 

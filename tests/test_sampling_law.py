@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
+from packaging import version
 
 import decoding
 from decoding import kernels
@@ -39,7 +41,11 @@ CASES = [
     pytest.param("gpt2", "noisy_copy", dict(temperature=0.8, top_k=6), id="gpt2-noisy-t0.8-topk6"),
     pytest.param("qwen2", "noisy_copy", dict(temperature=1.3, top_p=0.85), id="qwen2-noisy-t1.3-topp0.85"),
     pytest.param("opt", "noisy_copy", dict(temperature=1.5, min_p=0.05), id="opt-noisy-t1.5-minp0.05"),
-    pytest.param("gpt_neox", "noisy_copy", dict(temperature=1.2, repetition_penalty=1.5), id="neox-noisy-rep1.5"),
+    pytest.param("gpt_neox", "noisy_copy", dict(temperature=1.2, repetition_penalty=1.5), id="neox-noisy-rep1.5",
+                 marks=pytest.mark.skipif(
+                     version.parse(transformers.__version__) < version.parse("5.23"),
+                     reason="before 5.23 transformers' repetition penalty also penalises left-pad ids in a padded "
+                            "batch (its own generate and ours alike), so the law differs from the unpadded oracle")),
 ]
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BartConfig, BartForConditionalGeneration, DynamicCache, T5Config, T5ForConditionalGeneration
+from transformers import (AutoModelForCausalLM, BartConfig, BartForConditionalGeneration, DynamicCache, MistralConfig,
+                          T5Config, T5ForConditionalGeneration)
 
 import decoding
-from tests.models import PAD_ID, fresh_model
+from decoding import hf_compat
+from tests.models import PAD_ID, VOCAB, fresh_model
 
 
 class ForwardCalled(AssertionError):
@@ -188,12 +190,22 @@ def test_prefilled_past_key_values():
     target = fresh_model("llama")
     cache = DynamicCache(config=target.config)
     with torch.no_grad():
-        target(PROMPT, past_key_values=cache, use_cache=True)
+        hf_compat.forward_with_cache(target, cache, input_ids=PROMPT, use_cache=True)
     forbid_forward(target)
     draft = forbid_forward(fresh_model("llama", seed=1000, num_layers=1))
     decoding.enable(target)
-    with pytest.raises(ValueError, match="prefilled past_key_values"):
-        generate(target, draft, input_ids=torch.cat([PROMPT, PROMPT], dim=1), past_key_values=cache)
+    with pytest.raises(ValueError, match="prefilled cache"):
+        generate(target, draft, input_ids=torch.cat([PROMPT, PROMPT], dim=1), **{hf_compat.cache_argument(target): cache})
+
+
+def test_sliding_window_caches_are_refused_before_any_work():
+    config = MistralConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, sliding_window=4, pad_token_id=PAD_ID)
+    target = forbid_forward(AutoModelForCausalLM.from_config(config))
+    draft = forbid_forward(fresh_model("llama", seed=1000, num_layers=1))
+    decoding.enable(target)
+    with pytest.raises(ValueError, match="DynamicSlidingWindowLayer cache layer"):
+        generate(target, draft)
 
 
 def test_vocab_mismatch_is_checked_before_any_work():

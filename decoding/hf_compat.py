@@ -1,0 +1,135 @@
+"""The one place that touches transformers' private or version-dependent details.
+
+Each function wraps one such detail and is pinned by a test of the same name in ``tests/test_hf_compat.py``, so
+that when a transformers release renames or changes it, one named test fails. Everything else in the library
+uses transformers' public API only.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.generation import logits_process as lp
+
+# transformers 5.24 renamed the cache argument of ``generate``'s model kwargs and of model forwards from
+# ``past_key_values`` to ``cache`` (the old name is deprecated until 5.40 / 6.0).
+CACHE_ARGUMENTS = ("cache", "past_key_values")
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(model_class: type) -> frozenset:
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
+def cache_argument(model) -> str:
+    """The name under which ``model``'s forward takes its KV cache: ``"cache"`` (transformers >= 5.24) or
+    ``"past_key_values"``. Read from the forward's signature, so either version is called without a warning
+    (5.23 silently ignores ``cache=``; 5.24 warns on ``past_key_values=``)."""
+    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
+
+
+def forward_with_cache(model, cache, **inputs):
+    """``model(**inputs)`` with ``cache`` passed under the name the installed transformers expects."""
+    return model(**inputs, **{cache_argument(model): cache})
+
+
+def generate_cache(model_kwargs: dict):
+    """The cache ``generate`` hands a ``custom_generate`` callable (``cache=`` from 5.24, ``past_key_values=``
+    before), or None."""
+    for name in CACHE_ARGUMENTS:
+        if model_kwargs.get(name) is not None:
+            return model_kwargs[name]
+    return None
+
+
+def pad_token_tensor(generation_config) -> torch.Tensor | None:
+    """The pad id tensor ``generate`` resolved into the generation config (private ``_pad_token_tensor``)."""
+    return generation_config._pad_token_tensor
+
+
+def eos_token_tensor(generation_config) -> torch.Tensor | None:
+    """The EOS ids tensor ``generate`` resolved into the generation config (private ``_eos_token_tensor``)."""
+    return generation_config._eos_token_tensor
+
+
+def supports_logits_to_keep(model) -> bool:
+    """Whether ``model``'s forward takes ``logits_to_keep`` (private ``_supports_logits_to_keep``)."""
+    return model._supports_logits_to_keep()
+
+
+def from_config(model_class, config, dtype: torch.dtype):
+    """A randomly initialised ``model_class`` of ``config`` in ``dtype``, created on the current default device
+    (private ``_from_config``: ``from_config`` exists only on the Auto classes)."""
+    return model_class._from_config(config, dtype=dtype)
+
+
+def new_cache(model) -> DynamicCache:
+    """An empty ``DynamicCache`` laid out for ``model``'s config (per-layer types: full, sliding, ...)."""
+    return DynamicCache(config=model.config)
+
+
+def rollback_unsupported_layers(cache: DynamicCache) -> list[str]:
+    """Type names of the cache's layers whose slots cannot be rolled back or gathered: anything but a plain
+    full-attention ``DynamicLayer`` (exact type: sliding-window and quantized layers subclass it)."""
+    return [type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer]
+
+
+def crop_cache(cache: DynamicCache, remove: int) -> None:
+    """Drop the last ``remove`` slots of every layer (``DynamicCache.crop`` takes a negative count)."""
+    if remove > 0:
+        cache.crop(-remove)
+
+
+def select_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """Keep only batch rows ``rows  # [b']`` of every layer, in place (``batch_select_indices``)."""
+    cache.batch_select_indices(rows)
+
+
+def gather_cache_slots(cache: DynamicCache, order: torch.Tensor) -> None:
+    """Reorder every layer's slots in place: slot ``j`` of row ``r`` becomes old slot ``order[r, j]``
+    (``order  # [b, T']``). Rewrites ``DynamicLayer.keys`` / ``.values`` (``[b, heads, T, head_dim]``)."""
+    for layer in cache.layers:
+        if layer.is_initialized and layer.keys.numel():
+            index = order[:, None, :, None].to(layer.keys.device)
+            layer.keys = layer.keys.gather(2, index.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3]))
+            layer.values = layer.values.gather(2, index.expand(-1, layer.values.shape[1], -1, layer.values.shape[3]))
+
+
+def warper_parameters(processor) -> tuple[str, float, float, int] | None:
+    """``(setting, value, filter_value, min_tokens_to_keep)`` of a temperature, top-k or top-p warper (setting
+    ``"temperature"``, ``"top_k"`` or ``"top_p"``, read from the warpers' attributes), None for anything else."""
+    kind = type(processor)
+    if kind is lp.TemperatureLogitsWarper:
+        return "temperature", float(processor.temperature), -float("inf"), 1
+    if kind is lp.TopKLogitsWarper:  # top_k already holds max(top_k, min_tokens_to_keep)
+        return "top_k", int(processor.top_k), processor.filter_value, 1
+    if kind is lp.TopPLogitsWarper:
+        return "top_p", float(processor.top_p), processor.filter_value, processor.min_tokens_to_keep
+    return None
+
+
+def per_row_state(processor) -> dict:
+    """Tensors ``# [B, ...]`` a processor holds for every row of the batch, by attribute name.
+
+    From 5.23 ``generate`` gives ``RepetitionPenaltyLogitsProcessor`` each row's left-padding length
+    (``prompt_ignore_length``, so that pad tokens are not penalised); before, none.
+    """
+    if isinstance(processor, lp.RepetitionPenaltyLogitsProcessor) and isinstance(
+        getattr(processor, "prompt_ignore_length", None), torch.Tensor
+    ):
+        return {"prompt_ignore_length": processor.prompt_ignore_length}
+    return {}
+
+
+def generate_with_strategy(generate, strategy, streamer, *args, **kwargs):
+    """transformers' ``generate`` running ``strategy`` as its ``custom_generate`` callable.
+
+    ``streamer`` reaches the strategy as its ``decoding_streamer`` argument: transformers never hands
+    ``streamer`` to a callable, but forwards the keyword arguments named in the callable's signature that its
+    own ``_sample`` does not take.
+    """
+    return generate(*args, custom_generate=strategy, decoding_streamer=streamer, **kwargs)

@@ -1,0 +1,188 @@
+"""One test per function of :mod:`decoding.hf_compat`, named after it: each pins one private or version-dependent
+transformers detail the library relies on, so that a transformers release that changes it fails here, by name."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM, MistralConfig
+from transformers.generation import logits_process as lp
+
+from decoding import hf_compat
+from tests.laws import left_pad
+from tests.models import PAD_ID, fresh_model, tiny_model
+
+IDS = torch.tensor([[5, 9, 14, 3, 7, 11]])
+
+
+def _capture_call(model, **generate_kwargs) -> dict:
+    """What ``generate`` hands a ``custom_generate`` callable."""
+    seen = {}
+
+    def callable_(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None, **kwargs):
+        seen.update(kwargs, logits_processor=logits_processor, generation_config=generation_config)
+        return input_ids
+
+    model.generate(custom_generate=callable_, **generate_kwargs)
+    return seen
+
+
+def _filled_cache(model, ids=IDS) -> DynamicCache:
+    cache = hf_compat.new_cache(model)
+    with torch.no_grad():
+        hf_compat.forward_with_cache(model, cache, input_ids=ids, use_cache=True)
+    return cache
+
+
+def test_cache_argument():
+    model = tiny_model("llama")
+    name = hf_compat.cache_argument(model)
+    assert name in hf_compat.CACHE_ARGUMENTS
+    cache = hf_compat.new_cache(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right name never warns
+        with torch.no_grad():
+            model(input_ids=IDS, use_cache=True, **{name: cache})
+    assert cache.get_seq_length() == IDS.shape[1], "the cache passed under that name must be the one filled"
+
+
+def test_forward_with_cache():
+    model = tiny_model("gpt2")
+    cache = _filled_cache(model, IDS[:, :4])
+    with torch.no_grad():
+        step = hf_compat.forward_with_cache(model, cache, input_ids=IDS[:, 4:], use_cache=True).logits
+        full = model(input_ids=IDS).logits
+    assert cache.get_seq_length() == IDS.shape[1]
+    torch.testing.assert_close(step, full[:, 4:])
+
+
+def test_generate_cache():
+    model = tiny_model("llama")
+    seen = _capture_call(model, input_ids=IDS, max_new_tokens=2)
+    assert isinstance(hf_compat.generate_cache(seen), DynamicCache)
+    cache = DynamicCache(config=model.config)
+    for name in hf_compat.CACHE_ARGUMENTS:
+        assert hf_compat.generate_cache({name: cache, "attention_mask": None}) is cache
+    assert hf_compat.generate_cache({"attention_mask": None}) is None
+
+
+def test_pad_token_tensor():
+    seen = _capture_call(tiny_model("llama"), input_ids=IDS, max_new_tokens=2, pad_token_id=7)
+    assert torch.equal(hf_compat.pad_token_tensor(seen["generation_config"]).reshape(-1), torch.tensor([7]))
+
+
+def test_eos_token_tensor():
+    seen = _capture_call(tiny_model("llama"), input_ids=IDS, max_new_tokens=2, eos_token_id=[2, 9])
+    assert hf_compat.eos_token_tensor(seen["generation_config"]).reshape(-1).tolist() == [2, 9]
+    seen = _capture_call(tiny_model("llama"), input_ids=IDS, max_new_tokens=2)
+    assert hf_compat.eos_token_tensor(seen["generation_config"]) is None  # the tiny models have no EOS
+
+
+def test_supports_logits_to_keep():
+    model = tiny_model("llama")
+    assert hf_compat.supports_logits_to_keep(model)
+    with torch.no_grad():
+        assert model(input_ids=IDS, logits_to_keep=2).logits.shape[1] == 2
+
+
+def test_from_config():
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    model = hf_compat.from_config(LlamaForCausalLM, config, torch.float64)
+    assert type(model) is LlamaForCausalLM and model.dtype == torch.float64 and model.config.vocab_size == 40
+
+
+def test_new_cache():
+    model = tiny_model("qwen2", num_layers=3)
+    cache = hf_compat.new_cache(model)
+    assert isinstance(cache, DynamicCache) and cache.get_seq_length() == 0
+    assert len(cache.layers) == 3
+
+
+def test_rollback_unsupported_layers():
+    assert hf_compat.rollback_unsupported_layers(hf_compat.new_cache(tiny_model("llama"))) == []
+    config = MistralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, sliding_window=4)
+    sliding = AutoModelForCausalLM.from_config(config)
+    found = hf_compat.rollback_unsupported_layers(hf_compat.new_cache(sliding))
+    assert len(found) == 2 and all("Sliding" in name for name in found)
+
+
+def test_crop_cache():
+    model = tiny_model("llama")
+    cache = _filled_cache(model)
+    reference = _filled_cache(model, IDS[:, :4])
+    hf_compat.crop_cache(cache, 2)
+    assert cache.get_seq_length() == 4
+    for layer, expected in zip(cache.layers, reference.layers):
+        torch.testing.assert_close(layer.keys, expected.keys)
+        torch.testing.assert_close(layer.values, expected.values)
+    hf_compat.crop_cache(cache, 0)
+    assert cache.get_seq_length() == 4
+
+
+def test_select_cache_rows():
+    model = tiny_model("llama")
+    batch = torch.tensor([[5, 9, 14], [3, 7, 11], [20, 21, 22]])
+    cache = _filled_cache(model, batch)
+    alone = _filled_cache(model, batch[[2, 0]])
+    hf_compat.select_cache_rows(cache, torch.tensor([2, 0]))
+    for layer, expected in zip(cache.layers, alone.layers):
+        torch.testing.assert_close(layer.keys, expected.keys)
+
+
+def test_gather_cache_slots():
+    model = tiny_model("llama")
+    cache = _filled_cache(model, torch.tensor([[5, 9, 14, 3], [3, 7, 11, 4]]))
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    order = torch.tensor([[3, 1], [0, 2]])
+    hf_compat.gather_cache_slots(cache, order)
+    for layer, (keys, values) in zip(cache.layers, before):
+        assert layer.keys.shape[2] == 2
+        for row in range(2):
+            assert torch.equal(layer.keys[row], keys[row][:, order[row]])
+            assert torch.equal(layer.values[row], values[row][:, order[row]])
+
+
+def test_warper_parameters():
+    inf = float("inf")
+    assert hf_compat.warper_parameters(lp.TemperatureLogitsWarper(0.7)) == ("temperature", 0.7, -inf, 1)
+    assert hf_compat.warper_parameters(lp.TopKLogitsWarper(3, min_tokens_to_keep=5)) == ("top_k", 5, -inf, 1)
+    assert hf_compat.warper_parameters(lp.TopKLogitsWarper(8, filter_value=-1e4)) == ("top_k", 8, -1e4, 1)
+    assert hf_compat.warper_parameters(lp.TopPLogitsWarper(0.9, min_tokens_to_keep=2)) == ("top_p", 0.9, -inf, 2)
+    assert hf_compat.warper_parameters(lp.MinPLogitsWarper(0.1)) is None
+    # What generate builds from a sampling config is what the function reads.
+    seen = _capture_call(tiny_model("llama"), input_ids=IDS, max_new_tokens=2, do_sample=True, temperature=0.5,
+                         top_k=7, top_p=0.8)
+    found = [hf_compat.warper_parameters(p) for p in seen["logits_processor"]]
+    assert found == [("temperature", 0.5, -inf, 1), ("top_k", 7, -inf, 1), ("top_p", 0.8, -inf, 1)]
+
+
+def test_per_row_state():
+    model = fresh_model("llama")
+    model.generation_config.pad_token_id = PAD_ID
+    ids, mask = left_pad([[5, 9, 14], [3, 7, 11, 4, 8]])
+    seen = _capture_call(model, input_ids=ids, attention_mask=mask, max_new_tokens=2, repetition_penalty=1.5)
+    (penalty,) = [p for p in seen["logits_processor"] if isinstance(p, lp.RepetitionPenaltyLogitsProcessor)]
+    state = hf_compat.per_row_state(penalty)
+    if isinstance(getattr(penalty, "prompt_ignore_length", None), torch.Tensor):  # transformers >= 5.23
+        assert list(state) == ["prompt_ignore_length"]
+        assert state["prompt_ignore_length"].reshape(-1).tolist() == [2, 0]
+    else:
+        assert state == {}
+    assert hf_compat.per_row_state(lp.TemperatureLogitsWarper(0.7)) == {}
+
+
+def test_generate_with_strategy():
+    seen = {}
+
+    def strategy(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+                 decoding_streamer=None, **kwargs):
+        seen["streamer"] = decoding_streamer
+        return input_ids
+
+    marker = object()
+    model = tiny_model("llama")
+    out = hf_compat.generate_with_strategy(model.generate, strategy, marker, IDS, max_new_tokens=2)
+    assert seen["streamer"] is marker and torch.equal(out, IDS)
