@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import types
 
@@ -45,23 +46,39 @@ def _generate(self, *args, strategy: Strategy | None = None, **kwargs):
         raise ValueError("pass either strategy= or assistant_model=, not both")
     check_decoder_only(self)
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
-    if isinstance(input_ids, torch.Tensor):
-        check_prompt(input_ids)
+    if input_ids is not None and not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a tensor of shape [batch, length] (e.g. tokenizer(..., "
+                        f"return_tensors='pt')), got {type(input_ids).__name__}")
+    if input_ids is not None:
+        mask = kwargs.get("attention_mask")
+        check_prompt(input_ids, mask if isinstance(mask, torch.Tensor) else None)
     streamer = kwargs.pop("streamer", None)
-    kwargs = _stop_strings_as_criteria(kwargs)
+    kwargs = _stop_strings_as_criteria(self, kwargs)
     return hf_compat.generate_with_strategy(original, strategy, streamer, *args, **kwargs)
 
 
-def _stop_strings_as_criteria(kwargs: dict) -> dict:
-    """Turn ``stop_strings=`` (with ``tokenizer=``) into a ``StopStringCriteria`` among ``stopping_criteria``.
+def _stop_strings_as_criteria(model, kwargs: dict) -> dict:
+    """Turn ``stop_strings`` (a keyword, or set in the generation config passed or the model's) with
+    ``tokenizer=`` into a ``StopStringCriteria`` among ``stopping_criteria``.
 
     transformers drops ``tokenizer=`` before it calls a ``custom_generate`` callable, so its own handling of
-    ``stop_strings`` would raise for want of a tokenizer; the criterion built here is the one it would build.
+    ``stop_strings`` would raise for want of a tokenizer; the criterion built here is the one it would build, and
+    ``generate`` is handed no stop strings (the user's generation config is copied, never modified).
     """
-    stop_strings, tokenizer = kwargs.get("stop_strings"), kwargs.get("tokenizer")
+    tokenizer, provided = kwargs.get("tokenizer"), kwargs.get("generation_config")
+    stop_strings = next((s for s in (kwargs.get("stop_strings"), getattr(provided, "stop_strings", None),
+                                     model.generation_config.stop_strings) if s is not None), None)
     if stop_strings is None or tokenizer is None:
         return kwargs
-    kwargs = {key: value for key, value in kwargs.items() if key != "stop_strings"}
+    kwargs = dict(kwargs)
+    if provided is not None:
+        kwargs["generation_config"] = copy.deepcopy(provided)
+        kwargs["generation_config"].stop_strings = None
+    # generate fills a provided config's unset fields from the model's: a keyword None clears it last.
+    if provided is None or model.generation_config.stop_strings is not None:
+        kwargs["stop_strings"] = None
+    else:
+        kwargs.pop("stop_strings", None)
     criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
     criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
     kwargs["stopping_criteria"] = criteria

@@ -18,9 +18,12 @@ import torch
 from . import kernels
 from .mixing import LogitMixing, recent_window
 from .ragged_cache import RaggedCache
+from .validation import check_int, check_real
 
 
 def check_contrastive_settings(alpha: float, beta: float, form: str, amateur_temperature: float) -> None:
+    for name, value in (("alpha", alpha), ("beta", beta), ("amateur_temperature", amateur_temperature)):
+        check_real(value, name)
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1] (the plausibility threshold p >= alpha * max p), got {alpha}")
     if beta < 0:
@@ -51,8 +54,8 @@ class ContrastiveDecoding(LogitMixing):
     def __init__(self, amateur, alpha: float = 0.1, beta: float = 0.5, amateur_temperature: float = 1.0, *,
                  form: str = "logit", amateur_window: int | None = None, tokenizers=None):
         check_contrastive_settings(alpha, beta, form, amateur_temperature)
-        if amateur_window is not None and (not isinstance(amateur_window, int) or amateur_window < 1):
-            raise ValueError(f"amateur_window must be None or an int >= 1, got {amateur_window!r}")
+        if amateur_window is not None:
+            check_int(amateur_window, "amateur_window", 1)
         super().__init__({"amateur": amateur}, {"amateur": tokenizers} if tokenizers else None)
         self.alpha, self.beta, self.form = alpha, beta, form
         self.amateur_temperature = amateur_temperature
@@ -91,6 +94,7 @@ class ProxyTuning(LogitMixing):
     """
 
     def __init__(self, base, tuned, alpha: float = 1.0, *, tokenizers: dict | None = None):
+        check_real(alpha, "alpha")
         super().__init__({"base": base, "tuned": tuned}, tokenizers)
         self.alpha = alpha
 

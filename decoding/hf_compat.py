@@ -7,6 +7,7 @@ uses transformers' public API only.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 
@@ -113,16 +114,42 @@ def warper_parameters(processor) -> tuple[str, float, float, int] | None:
 
 
 def per_row_state(processor) -> dict:
-    """Tensors ``# [B, ...]`` a processor holds for every row of the batch, by attribute name.
+    """State a logits processor holds for every row of the batch, by attribute name (tensors ``# [B, ...]`` or
+    lists of ``B`` entries), as transformers' ``generate`` builds them:
 
-    From 5.23 ``generate`` gives ``RepetitionPenaltyLogitsProcessor`` each row's left-padding length
-    (``prompt_ignore_length``, so that pad tokens are not penalised); before, none.
+    - ``RepetitionPenaltyLogitsProcessor.prompt_ignore_length``: each row's left-padding length, so that pad
+      tokens are not penalised (a tensor from 5.23; none before);
+    - ``EncoderRepetitionPenaltyLogitsProcessor.encoder_input_ids``: the prompt, for decoder-only models;
+    - ``EncoderNoRepeatNGramLogitsProcessor.generated_ngrams``: the prompt's n-grams, one dict per row.
     """
-    if isinstance(processor, lp.RepetitionPenaltyLogitsProcessor) and isinstance(
-        getattr(processor, "prompt_ignore_length", None), torch.Tensor
-    ):
-        return {"prompt_ignore_length": processor.prompt_ignore_length}
+    if isinstance(processor, lp.RepetitionPenaltyLogitsProcessor):
+        value = getattr(processor, "prompt_ignore_length", None)
+        return {"prompt_ignore_length": value} if isinstance(value, torch.Tensor) else {}
+    if isinstance(processor, lp.EncoderRepetitionPenaltyLogitsProcessor):
+        return {"encoder_input_ids": processor.encoder_input_ids}
+    if isinstance(processor, lp.EncoderNoRepeatNGramLogitsProcessor):
+        return {"generated_ngrams": processor.generated_ngrams}
     return {}
+
+
+def restrict_to_rows(processor, rows: torch.Tensor, batch_size: int):
+    """``processor`` itself, or a shallow copy whose per-row state (:func:`per_row_state`) holds only batch rows
+    ``rows  # [m]`` of a batch of ``batch_size`` (state built before ``num_return_sequences`` expanded the
+    batch is expanded the same way first)."""
+    state = per_row_state(processor)
+    if not state:
+        return processor
+    clone = copy.copy(processor)
+    for name, full in state.items():
+        repeat = max(batch_size // len(full), 1)
+        if isinstance(full, torch.Tensor):
+            index = torch.div(rows.to(full.device), repeat, rounding_mode="floor")
+            setattr(clone, name, full[index])
+        else:
+            setattr(clone, name, [full[row // repeat] for row in rows.tolist()])
+    if isinstance(processor, lp.EncoderNoRepeatNGramLogitsProcessor):
+        clone.batch_size = len(rows)  # its __call__ divides the rows it gets by this
+    return clone
 
 
 def generate_with_strategy(generate, strategy, streamer, *args, **kwargs):

@@ -17,7 +17,8 @@ import torch
 from . import kernels
 from .ragged_cache import RaggedCache
 from .strategy import Run, Strategy
-from .vocab import check_vocab_compatibility, to_vocab, vocab_size
+from .validation import check_model
+from .vocab import check_prompt_ids, check_vocab_compatibility, to_vocab, vocab_size
 
 
 @dataclass
@@ -40,6 +41,8 @@ class LogitMixing(Strategy):
     """
 
     def __init__(self, helpers: dict, tokenizers: dict | None = None):
+        for role, model in helpers.items():
+            check_model(model, role)
         self.helpers = helpers
         self.tokenizers = tokenizers or {}
         self.stats = MixingStats()
@@ -47,9 +50,10 @@ class LogitMixing(Strategy):
     def models(self) -> dict:
         return dict(self.helpers)
 
-    def validate(self, model, generation_config) -> None:
+    def validate(self, model, generation_config, input_ids, attention_mask) -> None:
         for role, helper in self.helpers.items():
             check_vocab_compatibility(model, helper, self.tokenizers.get(role), role=role)
+            check_prompt_ids(input_ids, attention_mask, helper, role)
 
     def combine(self, target_logits: torch.Tensor, helper_logits: dict) -> torch.Tensor:
         """Scores ``# [b, V]`` from raw ``target_logits  # [b, V]`` and ``helper_logits`` (role -> ``[b, V]``)."""

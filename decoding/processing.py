@@ -10,8 +10,6 @@ would show it there.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from transformers import LogitsProcessorList
 from transformers.generation import logits_process as lp
@@ -46,12 +44,13 @@ SIMPLE_STOPPING = (sc.MaxLengthCriteria, sc.EosTokenCriteria)
 class LogitsProcessing:
     """Apply a ``LogitsProcessorList`` to ``logits  # [b, n, V]`` of ragged rows; returns float32 scores."""
 
-    def __init__(self, processors):
+    def __init__(self, processors, batch_size: int):
         for processor in processors:
             for kind, reason in UNSUPPORTED_PROCESSORS.items():
                 if isinstance(processor, kind):
                     raise ValueError(f"{type(processor).__name__} is not supported with a strategy: {reason}.")
         self.processors = processors
+        self.batch_size = batch_size
         self.score_only = all(isinstance(p, SCORE_ONLY_PROCESSORS) for p in processors)
         self.has_row_state = any(hf_compat.per_row_state(p) for p in processors)
         self.warpers = warper_settings(processors)
@@ -79,7 +78,7 @@ class LogitsProcessing:
         """The processors as they must act on the batch rows ``rows  # [m]`` alone."""
         if not self.has_row_state:
             return self.processors
-        return LogitsProcessorList(_restricted(p, rows) for p in self.processors)
+        return LogitsProcessorList(hf_compat.restrict_to_rows(p, rows, self.batch_size) for p in self.processors)
 
 
 def warper_settings(processors) -> tuple[float, int, float] | None:
@@ -103,17 +102,6 @@ def warper_settings(processors) -> tuple[float, int, float] | None:
         last = order.index(name)
         settings[name] = value
     return settings["temperature"], settings["top_k"], settings["top_p"]
-
-
-def _restricted(processor, rows: torch.Tensor):
-    """``processor`` itself, or a shallow copy whose per-row state holds only ``rows``."""
-    state = hf_compat.per_row_state(processor)
-    if not state:
-        return processor
-    clone = copy.copy(processor)
-    for name, full in state.items():
-        setattr(clone, name, full[rows.to(full.device)])
-    return clone
 
 
 class Stopping:

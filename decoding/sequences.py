@@ -14,8 +14,14 @@ from collections.abc import Callable, Iterator
 import torch
 
 
+# Columns the buffer starts with beyond the prompt; it doubles as rows grow (a huge max_new_tokens that an EOS
+# cuts short allocates nothing up front).
+INITIAL_ROOM = 256
+
+
 class Sequences:
-    """Token buffer ``tokens  # [B, max_length + slack]`` and committed ``lengths  # [B]``.
+    """Token buffer ``tokens  # [B, width]`` and committed ``lengths  # [B]``; ``width`` grows on demand up to
+    ``max_length + slack``.
 
     ``rows  # [b]`` always names the active rows (original batch indices) an operation applies to.
     """
@@ -25,9 +31,20 @@ class Sequences:
         self.prompt_length = prompt_length
         self.max_length = max_length
         self.pad_token_id = pad_token_id
-        self.tokens = prompt.new_full((batch, max(max_length, prompt_length) + slack), pad_token_id)
+        self.capacity = max(max_length, prompt_length) + slack
+        self.tokens = prompt.new_full((batch, min(prompt_length + INITIAL_ROOM + slack, self.capacity)), pad_token_id)
         self.tokens[:, :prompt_length] = prompt
         self.lengths = torch.full((batch,), prompt_length, dtype=torch.int64, device=prompt.device)
+        self.longest = prompt_length  # max(lengths), kept on the host
+
+    def _reserve(self, columns: int) -> None:
+        """Make the buffer at least ``columns`` wide (doubling, capped at the capacity)."""
+        width = self.tokens.shape[1]
+        if columns <= width:
+            return
+        grown = min(max(columns, 2 * width), self.capacity)
+        self.tokens = torch.cat([self.tokens, self.tokens.new_full((self.tokens.shape[0], grown - width),
+                                                                   self.pad_token_id)], dim=1)
 
     def window(self, rows: torch.Tensor, width: int) -> torch.Tensor:
         """The last ``width`` committed tokens of each row, ``# [b, width]``."""
@@ -36,6 +53,7 @@ class Sequences:
 
     def write(self, rows: torch.Tensor, offset: int, ids: torch.Tensor) -> None:
         """Write ``ids  # [b, n]`` at columns ``lengths + offset ...`` of each row (ids < 0 are skipped)."""
+        self._reserve(self.longest + offset + ids.shape[1])
         columns = self.lengths[rows, None] + offset + torch.arange(ids.shape[1], device=rows.device)  # [b, n]
         current = self.tokens[rows[:, None], columns]
         self.tokens[rows[:, None], columns] = torch.where(ids >= 0, ids, current)
@@ -47,6 +65,7 @@ class Sequences:
         current = self.tokens[rows[:, None], columns]
         self.tokens[rows[:, None], columns] = torch.where(keep, current, self.pad_token_id)
         self.lengths[rows] += counts
+        self.longest = int(self.lengths.max())
 
     def views(self, rows: torch.Tensor, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(members, input_ids)`` per group of rows with equal view length at ``offset``.

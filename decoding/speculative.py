@@ -14,6 +14,7 @@ import torch
 from . import kernels
 from .ragged_cache import RaggedCache
 from .strategy import Run, Strategy
+from .validation import check_int, check_model
 from .vocab import check_vocab_compatibility, to_vocab, vocab_size
 
 
@@ -86,10 +87,11 @@ class SpeculativeDecoding(Strategy):
     reads_last_draft = False  # whether the draft also reads its last draft token (see _propose)
 
     def __init__(self, draft_model, num_draft_tokens: int = 4, *, tokenizers=None, compact_threshold: float = 0.25):
-        if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
-            raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
-        if not 0 <= compact_threshold:
-            raise ValueError(f"compact_threshold must be >= 0, got {compact_threshold}")
+        check_model(draft_model, self.draft_role)
+        check_int(num_draft_tokens, "num_draft_tokens", 1)
+        if isinstance(compact_threshold, bool) or not isinstance(compact_threshold, (int, float)) \
+                or not compact_threshold >= 0:  # inf: never compact
+            raise ValueError(f"compact_threshold must be a number >= 0, got {compact_threshold!r}")
         self.draft_model = draft_model
         self.num_draft_tokens = num_draft_tokens
         self.tokenizers = tokenizers
@@ -99,7 +101,7 @@ class SpeculativeDecoding(Strategy):
     def models(self) -> dict:
         return {self.draft_role: self.draft_model}
 
-    def validate(self, model, generation_config) -> None:
+    def validate(self, model, generation_config, input_ids, attention_mask) -> None:
         check_vocab_compatibility(model, self.draft_model, self.tokenizers, role=self.draft_role)
 
     def decode(self, run: Run) -> None:

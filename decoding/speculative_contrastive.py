@@ -16,7 +16,7 @@ from . import kernels
 from .contrastive import check_contrastive_settings
 from .speculative import SpeculativeDecoding
 from .strategy import Run
-from .vocab import to_vocab, vocab_size
+from .vocab import check_prompt_ids, to_vocab, vocab_size
 
 
 class SpeculativeContrastiveDecoding(SpeculativeDecoding):
@@ -34,6 +34,10 @@ class SpeculativeContrastiveDecoding(SpeculativeDecoding):
         super().__init__(amateur, num_draft_tokens, tokenizers=tokenizers, compact_threshold=compact_threshold)
         self.alpha, self.beta, self.form = alpha, beta, form
         self.amateur_temperature = amateur_temperature
+
+    def validate(self, model, generation_config, input_ids, attention_mask) -> None:
+        super().validate(model, generation_config, input_ids, attention_mask)
+        check_prompt_ids(input_ids, attention_mask, self.draft_model, self.draft_role)
 
     def _target_logits(self, run: Run, logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
         """Contrastive scores ``# [b, g+1, V]`` (before the user's processing) from expert and amateur logits

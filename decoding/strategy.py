@@ -100,8 +100,9 @@ class Strategy:
         """Extra models this strategy runs beside the target, by role (for validation)."""
         return {}
 
-    def validate(self, model, generation_config) -> None:
-        """Strategy-specific checks, run before any forward pass."""
+    def validate(self, model, generation_config, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Strategy-specific checks of one call (``input_ids``, ``attention_mask  # [B, P]``), run before any
+        forward pass."""
 
     def __call__(
         self,
@@ -120,7 +121,8 @@ class Strategy:
             streamer.put(input_ids.cpu())
         attention_mask = _prompt_mask(input_ids, model_kwargs)
         check_call(self, model, input_ids, attention_mask, generation_config, model_kwargs)
-        self.validate(model, generation_config)
+        input_ids = input_ids.to(torch.int64)  # transformers accepts int32 ids too; the token buffer is int64
+        self.validate(model, generation_config, input_ids, attention_mask)
         run = _make_run(self, model, input_ids, attention_mask, logits_processor, stopping_criteria,
                         generation_config, streamer)
         self.decode(run)
@@ -143,7 +145,7 @@ def _make_run(strategy, model, input_ids, attention_mask, processors, criteria, 
         model=model,
         sequences=Sequences(input_ids, config.max_length, slack, pad_id),
         prompt_mask=attention_mask,
-        processing=LogitsProcessing(processors or []),
+        processing=LogitsProcessing(processors or [], input_ids.shape[0]),
         stopping=Stopping(criteria or [], None if eos is None else eos.to(input_ids.device).reshape(-1)),
         do_sample=bool(config.do_sample),
         streamer=streamer,

@@ -6,12 +6,34 @@ which would otherwise run an encoder or fail on an empty prompt with an IndexErr
 
 from __future__ import annotations
 
+import math
+
 import torch
+from transformers.generation import GenerationMode
 
 from . import hf_compat
 
 # Model inputs the strategies know how to feed; anything else is refused rather than silently dropped.
 ACCEPTED_MODEL_KWARGS = {"attention_mask", "position_ids", "use_cache", "logits_to_keep", *hf_compat.CACHE_ARGUMENTS}
+
+
+def check_model(model, role: str) -> None:
+    """A strategy's helper model must be a transformers model (``torch.nn.Module`` with a ``config``)."""
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"the {role} model must be a transformers model (a PreTrainedModel, e.g. from "
+                        f"AutoModelForCausalLM.from_pretrained), got {type(model).__name__}")
+
+
+def check_int(value, name: str, minimum: int) -> None:
+    """An ``int`` (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_real(value, name: str) -> None:
+    """A finite real number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def check_decoder_only(model, role: str = "target") -> None:
@@ -20,6 +42,19 @@ def check_decoder_only(model, role: str = "target") -> None:
 
 
 def check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape [batch, length], got {tuple(input_ids.shape)}; wrap a single "
+                         "prompt as input_ids[None].")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}")
+    if input_ids.shape[0] == 0:
+        raise ValueError("empty batch: input_ids has 0 rows; pass at least one prompt.")
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
+                             f"{tuple(input_ids.shape)}: they must match.")
+        if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token).")
     empty = input_ids.shape[-1] == 0
     if not empty and attention_mask is not None:
         empty = bool((attention_mask.sum(dim=1) == 0).any())
@@ -29,6 +64,15 @@ def check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = 
         raise ValueError("the prompt is right-padded; pad on the left (tokenizer.padding_side = 'left').")
 
 
+def check_ids_in_vocab(input_ids: torch.Tensor, attention_mask: torch.Tensor, model) -> None:
+    """Real prompt ids must be in ``[0, vocab)`` of the target (where an embedding lookup would fail later)."""
+    real = input_ids[attention_mask.bool()]
+    size = model.config.get_text_config().vocab_size
+    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= size):
+        bad = int(real.min()) if int(real.min()) < 0 else int(real.max())
+        raise ValueError(f"the prompt holds token id {bad}, outside the target's vocabulary [0, {size}).")
+
+
 def check_call(strategy, model, input_ids, attention_mask, config, model_kwargs) -> None:
     """Every check of one ``generate`` call with ``strategy`` on target ``model``."""
     check_decoder_only(model)  # first: an encoder-decoder call also brings encoder_outputs
@@ -36,6 +80,13 @@ def check_call(strategy, model, input_ids, attention_mask, config, model_kwargs)
         raise ValueError(
             f"num_beams={config.num_beams}: beam search cannot be combined with a decoding strategy; "
             "use num_beams=1 (greedy or sampling)."
+        )
+    mode = config.get_generation_mode()
+    if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
+        raise ValueError(
+            f"the generation settings select transformers' {mode.value!r} mode (penalty_alpha with top_k > 1, "
+            "dola_layers, prompt_lookup_num_tokens, assistant_model, beams or constraints), which cannot run inside "
+            "a decoding strategy: remove those settings, or call generate without strategy=."
         )
     unknown = sorted(k for k, v in model_kwargs.items() if v is not None and k not in ACCEPTED_MODEL_KWARGS)
     if unknown:
@@ -50,6 +101,7 @@ def check_call(strategy, model, input_ids, attention_mask, config, model_kwargs)
         if getattr(config, name, False):
             raise ValueError(f"{name}=True is not supported with a decoding strategy.")
     check_prompt(input_ids, attention_mask)
+    check_ids_in_vocab(input_ids, attention_mask, model)
     if input_ids.shape[0] > 1 and hf_compat.pad_token_tensor(config) is None:
         raise ValueError(
             "batch size > 1 needs a pad token to fill finished rows: set generation_config.pad_token_id "

@@ -50,6 +50,19 @@ def check_tokenizers(target_tokenizer, other_tokenizer, shared: int, role: str =
         )
 
 
+def check_prompt_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, model, role: str) -> None:
+    """Every real (unmasked) prompt id needs a row in ``model``'s embedding: a model whose logits enter the score
+    cannot read an id it has no embedding for (a target's embedding padding, say)."""
+    real = input_ids[attention_mask.bool()]
+    size = vocab_size(model)
+    if real.numel() and int(real.max()) >= size:
+        raise ValueError(
+            f"the prompt holds id {int(real.max())}, beyond the {role} model's vocabulary of {size} rows; its logits "
+            f"enter every score, so it must read every prompt id. Remove such ids from the prompt, or use a {role} "
+            "with the target's full vocabulary."
+        )
+
+
 def to_vocab(logits: torch.Tensor, size: int) -> torch.Tensor:
     """Logits ``# [..., V_other]`` as logits over ``size`` ids: extra ids cut, missing ids at -inf."""
     have = logits.shape[-1]

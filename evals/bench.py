@@ -189,11 +189,25 @@ def _run(args: argparse.Namespace) -> dict:
     }
     if state.is_main_process:
         _print_report(result, args)
-        if args.json is not None:
-            print(f"wrote {report.write_json(result, args.json)}")
-        if args.plot is not None:
-            print(f"wrote {report.plot_speedup(cells, args.plot, _title(result, 'speedup'))}")
+        _write_outputs(result, args)
     return result
+
+
+def _write_outputs(result: dict, args) -> None:
+    """``--json`` then ``--plot``; a late write failure still leaves the JSON somewhere, and says where."""
+    json_error = plot_error = None
+    if args.json is not None:
+        written, json_error = report.write_json_or_fallback(result, args.json)
+        print(f"wrote {written}")
+    if args.plot is not None:
+        try:
+            print(f"wrote {report.plot_speedup(result['cells'], args.plot, _title(result, 'speedup'))}")
+        except OSError as error:
+            plot_error = error
+    if json_error is not None:
+        raise SetupError(f"--json {args.json} could not be written ({json_error}); the results are in {written}")
+    if plot_error is not None:
+        raise SetupError(f"--plot {args.plot} could not be written ({plot_error})")
 
 
 def _one_line(error: BaseException) -> str:

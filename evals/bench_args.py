@@ -193,4 +193,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise UsageError(str(error)) from None
     if args.plot is not None and args.plot.suffix.lower() not in ("", ".png"):
         raise UsageError(f"--plot writes a PNG: give a .png path, not {args.plot}")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            try:
+                report.check_writable(path, option)
+            except OSError as error:
+                raise UsageError(str(error)) from None
     return args

@@ -59,8 +59,10 @@ import torch
 import transformers
 
 import decoding
+from decoding.contrastive import check_contrastive_settings
 
 from .measure import device_name, git_commit, library_versions
+from .report import check_writable
 # PromptItem, synthetic_pair and METRIC_KEYS are only re-exported: they were defined here before the split, and
 # callers import them from here.
 from .quality_generate import DEFAULT_METHODS, METHODS
@@ -222,6 +224,21 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.num_prompts < 0:
         parser.error("--num-prompts must be >= 0")
+    try:
+        check_contrastive_settings(args.alpha, args.beta, args.form, args.amateur_temperature)
+    except ValueError as error:
+        parser.error(f"{error} (--alpha, --beta, --form, --amateur-temperature)")
+    if args.prompt_set is not None and not args.prompt_set.exists():
+        parser.error(f"--prompt-set {args.prompt_set} does not exist")
+    if args.from_text is not None and not args.from_text.is_file():
+        parser.error(f"--from-text {args.from_text} is not a file")
+    for option, path in (("--json", args.json), ("--save-generations", args.save_generations),
+                         ("--write-prompt-set", args.write_prompt_set)):
+        if path is not None:
+            try:
+                check_writable(path, option)
+            except OSError as error:
+                parser.error(str(error))
     return args
 
 
@@ -231,8 +248,14 @@ def _environment(device) -> dict:
             "device": device_name(device), "threads": torch.get_num_threads()}
 
 
-def main(argv=None) -> dict | None:
-    """Run the CLI; returns the result dict (also written with ``--json``)."""
+def main(argv=None) -> int:
+    """Console entry point: run the evaluation and print its table; returns the exit status (0 on success)."""
+    run(argv)
+    return 0
+
+
+def run(argv=None) -> dict | None:
+    """Run the CLI; returns the result dict (also written with ``--json``), None for ``--write-prompt-set``."""
     args = parse_args(argv)
     if args.write_prompt_set is not None:
         records = text_prompt_set(args.from_text) if args.from_text else build_code_prompt_set()
@@ -277,4 +300,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

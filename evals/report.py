@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -120,6 +121,34 @@ def write_json(result: dict, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Raise ``OSError`` naming ``option`` unless a file can be written at ``path`` (checked before a long run,
+    by creating it; a file that did not exist is removed again)."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        raise OSError(f"{option} {path} cannot be written ({error.strerror or error}): choose another path") from None
+    if not existed:
+        path.unlink()
+
+
+def write_json_or_fallback(result: dict, path: str | os.PathLike) -> tuple[Path, OSError | None]:
+    """Write ``result`` at ``path``; if that fails late (disk full, folder removed), write it to a temporary
+    file instead. Returns ``(where it was written, the error or None)``, so results are never lost."""
+    try:
+        return write_json(result, path), None
+    except OSError as error:
+        handle, fallback = tempfile.mkstemp(prefix="decoding-results-", suffix=".json")
+        os.close(handle)
+        return write_json(result, fallback), error
 
 
 def check_plotting() -> None:

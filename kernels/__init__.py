@@ -44,6 +44,8 @@ def verify(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused speculative verification from raw target logits; see :func:`reference.verify`.
     Returns ``output_ids  # [B, g+1]`` int64 padded with -1 and ``num_accepted  # [B]`` int64."""
+    if draft_probs is not None:
+        reference.check_samplable(target_logits)
     return _backend(target_logits).verify(target_logits, draft_ids, draft_probs, uniforms, temperature=temperature,
                                           top_k=top_k, top_p=top_p)
 
@@ -59,6 +61,7 @@ def sample_logits(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One sample per row from processed raw logits: ``ids  # [N]`` and the law ``# [N, V]`` float32 (or
     None); see :func:`reference.sample_logits`."""
+    reference.check_samplable(logits)
     return _backend(logits).sample_logits(logits, uniforms, temperature=temperature, top_k=top_k, top_p=top_p,
                                           return_probs=return_probs)
 
@@ -93,6 +96,9 @@ def contrastive_choose(
 ) -> torch.Tensor:
     """Contrastive decoding's next id per row ``# [N]`` int64, greedy or sampled with temperature / top-k /
     top-p; see :func:`reference.contrastive_choose`."""
+    if uniforms is not None:
+        reference.check_samplable(expert_logits)
+        reference.check_samplable(amateur_logits)
     return _backend(expert_logits).contrastive_choose(
         expert_logits, amateur_logits, uniforms, alpha=alpha, beta=beta, form=form,
         amateur_temperature=amateur_temperature, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -51,8 +51,22 @@ def sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.minimum(ids, last_positive)
 
 
+def check_samplable(scores: torch.Tensor) -> None:
+    """Raise ``ValueError`` when a row of ``scores  # [..., V]`` has nothing to sample from: a NaN or +inf score,
+    or every score -inf (where transformers' own sampling raises too, rather than emit garbage)."""
+    bad = scores.isnan().any(dim=-1) | scores.isposinf().any(dim=-1) | scores.isneginf().all(dim=-1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"cannot sample: {int(bad.sum())} of {bad.numel()} rows have a NaN or +inf score, or no finite score "
+            "at all. A logits processor removed every token, a strategy parameter is not finite, or the model "
+            "produced NaN (float16 overflow?)."
+        )
+
+
 def probabilities(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax in float32 (or float64 if given), as transformers' own sampling does. ``# [..., V]``."""
+    """Softmax in float32 (or float64 if given), as transformers' own sampling does. ``# [..., V]``; raises
+    ``ValueError`` for rows that cannot be sampled (:func:`check_samplable`)."""
+    check_samplable(scores)
     dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
     return torch.softmax(scores.to(dtype), dim=-1)
 

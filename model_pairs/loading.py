@@ -226,9 +226,11 @@ def _registry_pair(target: str | os.PathLike, draft) -> tuple[ModelPair | None, 
     """``(pair, target, draft)``: a registry name expanded to its ids, anything else passed through."""
     if not isinstance(target, str) or target.strip().lower() not in names():
         if draft is None:
+            _source(target, "target")  # a path that does not exist is reported as such first
             raise UnknownPairError(
-                f"{os.fspath(target)!r} is not a registered pair, so a draft is needed: pass draft= (a hub id or "
-                f"local directory), or use a registered pair: {', '.join(names())}."
+                f"{os.fspath(target)!r} is not a registered pair, so a draft is needed: pass one (draft=, or "
+                f"--draft on the command line: a hub id or local directory), or use a registered pair: "
+                f"{', '.join(names())}."
             )
         return None, target, draft
     pair = from_name(target)

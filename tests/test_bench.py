@@ -152,6 +152,47 @@ def test_bad_prompt_set_and_category(capsys, tmp_path):
     assert "unknown category poetry" in error_line(capsys)
 
 
+def test_missing_target_path_says_it_does_not_exist(capsys):
+    assert bench.main(["--target", "does/not/exist", "--quiet"]) == 1
+    line = error_line(capsys)
+    assert "'does/not/exist' does not exist" in line and "draft=" not in line
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+def test_unwritable_output_paths_fail_before_running(option, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "measure_share", lambda *a, **k: pytest.fail("the benchmark ran"))
+    folder = tmp_path / "a-folder.png"
+    folder.mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for path in (folder, blocker / "under-a-file.png"):
+        assert bench.main([*TINY, option, str(path)]) == 2
+        assert f"{option} {path} cannot be written" in error_line(capsys)
+    assert not (blocker / "under-a-file.png").exists() and blocker.read_text() == ""
+
+
+def test_a_late_json_failure_keeps_the_results_and_says_where(tmp_path, capsys, monkeypatch):
+    target = tmp_path / "out" / "bench.json"
+    real_write = bench.report.write_json
+
+    def failing(result, path):
+        if Path(path) == target:
+            raise OSError(28, "No space left on device")
+        return real_write(result, path)
+
+    monkeypatch.setattr(bench.report, "write_json", failing)
+    argv = [*TINY, "--batch-sizes", "1", "--draft-lengths", "1", "--prompts-per-category", "1", "--categories",
+            "math", "--modes", "greedy", "--no-assisted", "--json", str(target)]
+    assert bench.main(argv) == 1
+    line = error_line(capsys)
+    assert "No space left on device" in line
+    fallback = Path(line.rsplit("the results are in ", 1)[1])
+    try:
+        assert json.loads(fallback.read_text())["cells"]
+    finally:
+        fallback.unlink()
+
+
 @pytest.fixture(scope="module")
 def saved_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")

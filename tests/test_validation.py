@@ -214,3 +214,57 @@ def test_vocab_mismatch_is_checked_before_any_work():
     decoding.enable(target)
     with pytest.raises(ValueError, match="vocab"):
         generate(target, draft)
+
+
+@pytest.mark.parametrize("settings, mode", [
+    (dict(penalty_alpha=0.6, top_k=4), "contrastive_search"),
+    (dict(dola_layers="high"), "dola_generation"),
+    (dict(prompt_lookup_num_tokens=3), "assisted_generation"),
+])
+@pytest.mark.parametrize("path", ["enable", "custom_generate"])
+def test_settings_of_other_generation_modes_are_refused(pair, path, settings, mode):
+    with pytest.raises(ValueError, match=f"'{mode}' mode"):
+        generate(*pair, path=path, **settings)
+
+
+@pytest.mark.parametrize("input_ids, error, needle", [
+    (torch.zeros(0, 3, dtype=torch.int64), ValueError, "empty batch"),
+    (torch.tensor([5, 6, 7]), ValueError, r"shape \[batch, length\]"),
+    (torch.tensor([[5.0, 6.0]]), TypeError, "integer token ids"),
+    (torch.tensor([[5, VOCAB]]), ValueError, f"token id {VOCAB}, outside the target's vocabulary"),
+    (torch.tensor([[5, -3]]), ValueError, "token id -3, outside"),
+], ids=["no-rows", "1-d", "float", "too-large", "negative"])
+@pytest.mark.parametrize("path", ["enable", "custom_generate"])
+def test_malformed_input_ids(pair, path, input_ids, error, needle):
+    if path == "custom_generate" and needle in ("empty batch", r"shape \[batch, length\]", "integer token ids"):
+        pytest.skip("transformers' own setup fails first on this input without strategy= (its own error)")
+    with pytest.raises(error, match=needle):
+        generate(*pair, input_ids=input_ids, path=path)
+
+
+@pytest.mark.parametrize("mask, needle", [
+    (torch.ones(1, 3, dtype=torch.int64), "attention_mask has shape"),
+    (torch.full((1, 4), 2), "only 0 .padding. and 1"),
+], ids=["shape", "values"])
+@pytest.mark.parametrize("path", ["enable", "custom_generate"])
+def test_malformed_attention_mask(pair, path, mask, needle):
+    if path == "custom_generate" and needle == "attention_mask has shape":
+        pytest.skip("transformers' own setup fails first on this input without strategy= (its own error)")
+    with pytest.raises(ValueError, match=needle):
+        generate(*pair, input_ids=torch.tensor([[5, 6, 7, 8]]), attention_mask=mask, path=path)
+
+
+def test_input_ids_that_are_not_a_tensor(pair):
+    with pytest.raises(TypeError, match="input_ids must be a tensor"):
+        pair[0].generate([[5, 6, 7]], strategy=decoding.SpeculativeDecoding(pair[1]), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("threshold, ok", [(float("inf"), True), (0, True), (float("nan"), False), (-1, False),
+                                          (True, False)])
+def test_compact_threshold(threshold, ok):
+    draft = fresh_model("llama", seed=1000, num_layers=1)
+    if ok:
+        assert decoding.SpeculativeDecoding(draft, compact_threshold=threshold).compact_threshold == threshold
+    else:
+        with pytest.raises(ValueError, match="compact_threshold must be a number >= 0"):
+            decoding.SpeculativeDecoding(draft, compact_threshold=threshold)
