@@ -7,9 +7,10 @@
 
 from .api import enable, is_enabled
 from .contrastive import ContrastiveDecoding, ProxyTuning
-from .mixing import LogitMixing, MixingStats
-from .speculative import AcceptanceStats, SpeculativeDecoding
+from .mixing import LogitMixing
+from .speculative import SpeculativeDecoding
 from .speculative_contrastive import SpeculativeContrastiveDecoding
+from .stats import AcceptanceStats, MixingStats
 from .strategy import Strategy
 
 __all__ = [

@@ -1,42 +1,40 @@
 """Strategies that pick each token from a combination of several models' logits: contrastive decoding and
 proxy-tuning.
 
-The target (the model whose ``generate`` is called: the expert, or the large model) and each helper model keep
-their own :class:`~decoding.ragged_cache.RaggedCache` across steps. A step feeds every model the last committed
-token, combines the next-token logits into scores through a :mod:`decoding.kernels` function, applies the
-user's logits processors to the scores (per-row views, as in :mod:`decoding.processing`) and picks the token
-greedily or by sampling. All rows advance together; finished rows leave the batch.
+The target (the model whose ``generate`` is called: the expert, or the large model) and each helper read the last
+committed token every step; the strategy's :meth:`LogitMixing.pick` combines their next-token logits and has the
+call's sampler pick a token, after the user's processing. All rows advance together; finished rows leave the batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from . import kernels
 from .ragged_cache import RaggedCache
-from .strategy import Run, Strategy
+from .run import Run
+from .stats import MixingStats
+from .strategy import Strategy
 from .validation import check_model
 from .vocab import check_prompt_ids, check_vocab_compatibility, to_vocab, vocab_size
 
 
-@dataclass
-class MixingStats:
-    """Counts of the last ``generate`` call: ``steps`` are row-steps (tokens decided, per row), ``forwards``
-    the forward passes each model ran (by role: ``"target"`` and the helper roles)."""
+class CacheReader:
+    """A model reading each step's new tokens into its own KV cache: next-token logits ``# [b, V_model]``."""
 
-    steps: int = 0
-    forwards: dict = field(default_factory=dict)
+    def __init__(self, model, run: Run):
+        self.cache = RaggedCache(model, run.prompt_mask.shape[0], run.prompt_mask.device)
 
-    def count_forward(self, role: str) -> None:
-        self.forwards[role] = self.forwards.get(role, 0) + 1
+    def next_logits(self, feed: tuple, run: Run) -> torch.Tensor:
+        return self.cache.forward(*feed, logits_to_keep=1)[:, 0]
+
+    def select_rows(self, survivors: torch.Tensor) -> None:
+        self.cache.select_rows(survivors)
 
 
 class LogitMixing(Strategy):
     """Base of token-by-token strategies over the target and ``helpers`` (role -> model).
 
-    Subclasses implement :meth:`combine`. ``tokenizers`` maps a role to ``(target_tokenizer, helper_tokenizer)``
+    Subclasses implement :meth:`pick`. ``tokenizers`` maps a role to ``(target_tokenizer, helper_tokenizer)``
     when vocabularies must be proved compatible from tokenizers (see :mod:`decoding.vocab`).
     """
 
@@ -45,7 +43,10 @@ class LogitMixing(Strategy):
             check_model(model, role)
         self.helpers = helpers
         self.tokenizers = tokenizers or {}
-        self.stats = MixingStats()
+        self.stats = self.new_stats()
+
+    def new_stats(self) -> MixingStats:
+        return MixingStats()
 
     def models(self) -> dict:
         return dict(self.helpers)
@@ -55,67 +56,39 @@ class LogitMixing(Strategy):
             check_vocab_compatibility(model, helper, self.tokenizers.get(role), role=role)
             check_prompt_ids(input_ids, attention_mask, helper, role)
 
-    def combine(self, target_logits: torch.Tensor, helper_logits: dict) -> torch.Tensor:
-        """Scores ``# [b, V]`` from raw ``target_logits  # [b, V]`` and ``helper_logits`` (role -> ``[b, V]``)."""
+    def pick(self, run: Run, target_logits: torch.Tensor, helper_logits: dict) -> tuple:
+        """One token per active row from raw ``target_logits  # [b, V]`` and ``helper_logits`` (role -> ``[b, V]``,
+        ``-inf`` past a helper's vocabulary), through ``run.sampler``: ``ids  # [b]`` and the processed scores
+        ``# [b, V]`` (None on the fused route)."""
         raise NotImplementedError
 
-    def helper_logits(self, role: str, cache: RaggedCache, feed: tuple, run: Run) -> torch.Tensor:
-        """Next-token logits ``# [b, V_helper]`` of one helper; by default from its cache, like the target's."""
-        return cache.forward(*feed, logits_to_keep=1)[:, 0]
+    def reader(self, role: str, model, run: Run):
+        """How a helper reads the context; by default from its own cache, like the target."""
+        return CacheReader(model, run)
 
     def decode(self, run: Run) -> None:
-        self.stats = MixingStats()
-        batch, device = run.prompt_mask.shape[0], run.prompt_mask.device
+        """Every step: each model reads the last token, the combined scores give one token per row."""
         vocab = vocab_size(run.model)
-        shared = min([vocab] + [vocab_size(m) for m in self.helpers.values()])
-        target = RaggedCache(run.model, batch, device)
-        helpers = {role: RaggedCache(m, batch, device) for role, m in self.helpers.items()}
-        feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)
-        fused = run.fused_warpers()  # (temperature, top_k, top_p) on the fused kernel route, else None
+        target = CacheReader(run.model, run)
+        readers = {role: self.reader(role, model, run) for role, model in self.helpers.items()}
+        feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)  # the prompt first
         while True:
-            logits = target.forward(*feed, logits_to_keep=1)[:, 0]  # [b, V]
-            self.stats.count_forward("target")
-            others = {}
-            for role, cache in helpers.items():
-                others[role] = to_vocab(self.helper_logits(role, cache, feed, run), vocab)  # [b, V]
-                self.stats.count_forward(role)
-            # Ids past the smallest vocabulary are embedding padding that some model cannot score: the scores
-            # (and contrastive decoding's plausibility set, relative to the expert's best id) are computed over
-            # the shared ids only, and the others get -inf.
-            shared_logits = {r: o[:, :shared] for r, o in others.items()}
-            if fused is not None:
-                token, scores = self.choose(run, logits[:, :shared], shared_logits, fused), None
-            else:
-                mixed = to_vocab(self.combine(logits[:, :shared], shared_logits), vocab)
-                scores = run.process(mixed[:, None], offset=0)[:, 0]  # [b, V]
-                token = self._pick(run, scores)
+            logits = target.next_logits(feed, run)  # [b, V]
+            run.stats.count_forward("target")
+            helper_logits = {}
+            for role, reader in readers.items():
+                helper_logits[role] = to_vocab(reader.next_logits(feed, run), vocab)  # [b, V]
+                run.stats.count_forward(role)
+            token, scores = self.pick(run, logits, helper_logits)  # [b], [b, V] or None
             finished = run.commit(token[:, None], None if scores is None else scores[:, None], logits[:, None])
-            self.stats.steps += token.shape[0]
-            keep = run.drop(finished)
-            if keep.numel() == 0:
-                break
-            if keep.numel() < finished.numel():
-                for cache in (target, *helpers.values()):
-                    cache.select_rows(keep)
-            feed = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])
-
-    def choose(self, run: Run, target_logits: torch.Tensor, helper_logits: dict, warpers: tuple) -> torch.Tensor:
-        """The fused route's next id per row ``# [b]`` from raw logits ``# [b, V]`` (no processed scores are
-        materialised): greedy, or a sample under ``warpers = (temperature, top_k, top_p)``."""
-        mixed = self.combine(target_logits, helper_logits)
-        if not run.do_sample:
-            return kernels.greedy(mixed)
-        temperature, top_k, top_p = warpers
-        uniforms = torch.rand(mixed.shape[0], device=mixed.device)
-        return kernels.sample_logits(mixed, uniforms, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     return_probs=False)[0]
-
-    @staticmethod
-    def _pick(run: Run, scores: torch.Tensor) -> torch.Tensor:
-        if not run.do_sample:
-            return kernels.greedy(scores)
-        uniforms = torch.rand(scores.shape[0], device=scores.device)
-        return kernels.sample(kernels.probabilities(scores), uniforms)
+            run.stats.steps += token.shape[0]
+            survivors = run.drop_finished(finished)
+            if survivors.numel() == 0:
+                return
+            if survivors.numel() < finished.numel():
+                for reader in (target, *readers.values()):
+                    reader.select_rows(survivors)
+            feed = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])  # the new token
 
 
 def recent_window(run: Run, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +97,7 @@ def recent_window(run: Run, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     Columns before a row's start, and the prompt's left padding, are marked invalid.
     """
     prompt_length = run.sequences.prompt_length
-    columns = run.sequences.lengths[run.rows, None] - width + torch.arange(width, device=run.rows.device)
+    columns = run.sequences.columns(run.rows, width, -width)
     inside = columns >= 0
     columns = columns.clamp_min(0)
     tokens = run.sequences.tokens[run.rows[:, None], columns]

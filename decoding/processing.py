@@ -10,12 +10,15 @@ would show it there.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers import LogitsProcessorList
 from transformers.generation import logits_process as lp
 from transformers.generation import stopping_criteria as sc
 
 from . import hf_compat
+from .kernels.reference import compute_dtype
 from .sequences import Sequences, apply_per_view
 
 # Processors whose output depends on the scores alone, never on input_ids (tests/test_processing.py checks it).
@@ -57,22 +60,20 @@ class LogitsProcessing:
 
     def __call__(self, sequences: Sequences, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
         """Position ``i`` of row ``r`` is processed with view ``offset + i`` of that row."""
-        scores = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32, copy=True)
+        scores = logits.to(compute_dtype(logits), copy=True)
         if not self.processors:
             return scores
         batch, n, vocab = scores.shape
         if self.score_only:
             no_ids = torch.empty(batch * n, 0, dtype=torch.int64, device=scores.device)
             return self.processors(no_ids, scores.reshape(batch * n, vocab)).reshape(batch, n, vocab)
-        columns = [self._per_view(sequences, rows, scores[:, i], offset + i) for i in range(n)]
+        columns = [apply_per_view(functools.partial(self._process_view, rows, scores[:, i]), sequences, rows, offset + i)
+                   for i in range(n)]
         return torch.stack(columns, dim=1)
 
-    def _per_view(self, sequences: Sequences, rows: torch.Tensor, scores: torch.Tensor, offset: int) -> torch.Tensor:
-        """Processed ``scores  # [b, V]``, one call per group of equal-length views."""
-        out = torch.empty_like(scores)
-        for members, input_ids in sequences.views(rows, offset):
-            out[members] = self._for_rows(rows[members])(input_ids, scores[members])
-        return out
+    def _process_view(self, rows: torch.Tensor, scores: torch.Tensor, members: torch.Tensor, input_ids: torch.Tensor):
+        """Processed ``scores[members]  # [m, V]`` of the group of rows ``rows[members]`` whose views are ``input_ids``."""
+        return self._for_rows(rows[members])(input_ids, scores[members])
 
     def _for_rows(self, rows: torch.Tensor) -> LogitsProcessorList:
         """The processors as they must act on the batch rows ``rows  # [m]`` alone."""
@@ -125,20 +126,20 @@ class Stopping:
             live = (offset < kept).nonzero().squeeze(1)
             if live.numel() == 0:
                 break
-            done = apply_per_view(self._done, sequences, rows[live], live, offset + 1)
+            done = apply_per_view(self._done, sequences, rows[live], offset + 1)
             stop = live[done]
             kept[stop] = offset + 1
             finished[stop] = True
         return kept, finished
 
-    def _done(self, input_ids: torch.Tensor, _members: torch.Tensor) -> torch.Tensor:
+    def _done(self, _members: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return self.criteria(input_ids, None).to(torch.bool)
 
     def _first_eos(self, sequences, rows, kept, finished):
         if self.eos_token_ids is None or kept.max() == 0:
             return kept, finished
         width = int(kept.max())
-        columns = sequences.lengths[rows, None] + torch.arange(width, device=rows.device)  # [b, width]
+        columns = sequences.columns(rows, width)  # [b, width]
         new = sequences.tokens[rows[:, None], columns]
         is_eos = torch.isin(new, self.eos_token_ids) & (torch.arange(width, device=rows.device) < kept[:, None])
         has_eos = is_eos.any(dim=1)

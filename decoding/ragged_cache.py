@@ -76,6 +76,11 @@ class RaggedCache:
         """Slots that compaction would free: ``T`` minus the longest row's valid count."""
         return self.mask.shape[1] - int(self.num_valid.max()) if self.mask.shape[0] else 0
 
+    def compact_if_holes_exceed(self, threshold: float) -> None:
+        """:meth:`compact` when the holes compaction would free exceed ``threshold`` of the slots."""
+        if self.mask.shape[0] and self.holes() > threshold * self.mask.shape[1]:
+            self.compact()
+
     def compact(self) -> None:
         """Move every row's valid slots, in order, to the right end; what is left of them becomes left padding."""
         width = int(self.num_valid.max())

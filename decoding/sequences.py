@@ -46,21 +46,24 @@ class Sequences:
         self.tokens = torch.cat([self.tokens, self.tokens.new_full((self.tokens.shape[0], grown - width),
                                                                    self.pad_token_id)], dim=1)
 
+    def columns(self, rows: torch.Tensor, width: int, offset: int = 0) -> torch.Tensor:
+        """Column indices ``# [b, width]``: ``lengths[rows] + offset``, ``+ 1``, ... of each row."""
+        return self.lengths[rows, None] + offset + torch.arange(width, device=rows.device)
+
     def window(self, rows: torch.Tensor, width: int) -> torch.Tensor:
         """The last ``width`` committed tokens of each row, ``# [b, width]``."""
-        columns = self.lengths[rows, None] - width + torch.arange(width, device=rows.device)  # [b, width]
-        return self.tokens[rows[:, None], columns]
+        return self.tokens[rows[:, None], self.columns(rows, width, -width)]
 
     def write(self, rows: torch.Tensor, offset: int, ids: torch.Tensor) -> None:
         """Write ``ids  # [b, n]`` at columns ``lengths + offset ...`` of each row (ids < 0 are skipped)."""
         self._reserve(self.longest + offset + ids.shape[1])
-        columns = self.lengths[rows, None] + offset + torch.arange(ids.shape[1], device=rows.device)  # [b, n]
+        columns = self.columns(rows, ids.shape[1], offset)  # [b, n]
         current = self.tokens[rows[:, None], columns]
         self.tokens[rows[:, None], columns] = torch.where(ids >= 0, ids, current)
 
     def commit(self, rows: torch.Tensor, counts: torch.Tensor, written: int) -> None:
         """Advance rows by ``counts  # [b]`` and clear the rest of the ``written`` tentative columns."""
-        columns = self.lengths[rows, None] + torch.arange(written, device=rows.device)  # [b, written]
+        columns = self.columns(rows, written)  # [b, written]
         keep = torch.arange(written, device=rows.device) < counts[:, None]
         current = self.tokens[rows[:, None], columns]
         self.tokens[rows[:, None], columns] = torch.where(keep, current, self.pad_token_id)
@@ -86,13 +89,13 @@ def apply_per_view(
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     sequences: Sequences,
     rows: torch.Tensor,
-    values: torch.Tensor,
     offset: int,
 ) -> torch.Tensor:
-    """Call ``fn(input_ids, values[members])`` per group of equal-length views; stitch results by row."""
+    """Call ``fn(members, input_ids)`` per group of equal-length views (see :meth:`Sequences.views`); returns the
+    results stitched in the order of ``rows``, ``# [b, ...]``."""
     out = None
     for members, input_ids in sequences.views(rows, offset):
-        result = fn(input_ids, values[members])
+        result = fn(members, input_ids)
         out = result.new_empty((len(rows),) + result.shape[1:]) if out is None else out
         out[members] = result
     return out

@@ -63,6 +63,16 @@ def check_prompt_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, mode
         )
 
 
+def on_shared_ids(combine, helper_vocab: int, target_logits: torch.Tensor, *helper_logits: torch.Tensor):
+    """``combine(target, *helpers)`` over the ids every model has, ``-inf`` for the rest: ids past the smallest
+    vocabulary are embedding padding that some model cannot score. All logits ``# [..., V]`` over the target's
+    ``V`` ids; ``helper_vocab`` is the smallest helper's size."""
+    vocab = target_logits.shape[-1]
+    shared = min(vocab, helper_vocab)
+    mixed = combine(target_logits[..., :shared], *(h[..., :shared] for h in helper_logits))
+    return to_vocab(mixed, vocab)
+
+
 def to_vocab(logits: torch.Tensor, size: int) -> torch.Tensor:
     """Logits ``# [..., V_other]`` as logits over ``size`` ids: extra ids cut, missing ids at -inf."""
     have = logits.shape[-1]

@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from decoding.kernels.reference import compute_dtype
+
 __all__ = [
     "Encoder",
     "MetricUnavailable",
@@ -215,8 +217,7 @@ def continuation_nll(model, prompts: Sequence[Sequence[int]], continuations: Seq
             mask[i, : len(x) + len(y)] = 1
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # [b, L, V]
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        logprobs = torch.log_softmax(logits[:, :-1].to(dtype), dim=-1)  # position t predicts token t+1
+        logprobs = torch.log_softmax(logits[:, :-1].to(compute_dtype(logits)), dim=-1)  # position t predicts token t+1
         token_lp = logprobs.gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()  # [b, L-1]
         for i, (x, y) in enumerate(rows):
             scored = token_lp[i, len(x) - 1 : len(x) - 1 + len(y)]

@@ -14,13 +14,13 @@ Vocabulary of one verification step (used with these meanings everywhere in the 
 Randomness is explicit: every random choice reads a uniform from a tensor the caller passes, so that a fused
 kernel fed the same uniforms must make the same choices (compared with atol=0).
 
-Two generations of functions live here:
+The functions serve the two samplers of :mod:`decoding.sampler`:
 
-- :func:`verify_greedy`, :func:`verify_sampling`, :func:`sample`, :func:`probabilities`: they take scores or
-  probabilities already processed by transformers' logits processors (the general path of the strategies).
-- The fused operations, each the specification of a CUDA kernel in ``kernels/*.cu``: :func:`verify`,
-  :func:`sample_logits` and :func:`contrastive_choose` apply temperature / top-k / top-p themselves (see
-  :func:`processed_law`) and decide with integer arithmetic, so that a kernel summing in another order makes
+- :func:`verify_greedy`, :func:`verify_sampling`, :func:`sample`, :func:`probabilities` take scores or
+  probabilities already processed by transformers' logits processors (``ProcessorSampler``).
+- :func:`verify`, :func:`sample_logits`, :func:`contrastive_choose` are fused operations, each the specification
+  of a CUDA kernel in ``kernels/*.cu`` (``FusedSampler``): they apply temperature / top-k / top-p themselves
+  (:func:`processed_law`) and decide with integer arithmetic, so that a kernel summing in another order makes
   exactly the same choices. docs/KERNELS.md states the contract.
 """
 
@@ -29,6 +29,11 @@ from __future__ import annotations
 import math
 
 import torch
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype scores are computed in: float64 for float64 input (the tests' exact runs), else float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
 def greedy(scores: torch.Tensor) -> torch.Tensor:
@@ -67,8 +72,7 @@ def probabilities(scores: torch.Tensor) -> torch.Tensor:
     """Softmax in float32 (or float64 if given), as transformers' own sampling does. ``# [..., V]``; raises
     ``ValueError`` for rows that cannot be sampled (:func:`check_samplable`)."""
     check_samplable(scores)
-    dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
-    return torch.softmax(scores.to(dtype), dim=-1)
+    return torch.softmax(scores.to(compute_dtype(scores)), dim=-1)
 
 
 def _emit(draft_ids: torch.Tensor, num_accepted: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -186,7 +190,7 @@ def contrastive_scores(
 
 def _contrastive(expert_logits, amateur_logits, alpha, beta, form, amateur_temperature, *, shift_free):
     """Contrastive scores; ``shift_free`` drops the log-probability form's per-row constant (choices only)."""
-    dtype = torch.float64 if expert_logits.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(expert_logits)
     expert = expert_logits.to(dtype)
     # A multiply by 1 / T (not a divide): the same operation on every device and in the kernels (torch's CUDA
     # division by a scalar is itself a multiply by the reciprocal).
@@ -207,7 +211,7 @@ def proxy_tuning_scores(
     large_logits: torch.Tensor, tuned_logits: torch.Tensor, base_logits: torch.Tensor, *, alpha: float = 1.0
 ) -> torch.Tensor:
     """Proxy-tuning / DExperts: ``s_large + alpha * (s_tuned - s_base)``, all ``# [N, V]`` -> ``# [N, V]``."""
-    dtype = torch.float64 if large_logits.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(large_logits)
     return large_logits.to(dtype) + alpha * (tuned_logits.to(dtype) - base_logits.to(dtype))
 
 
@@ -240,8 +244,7 @@ def check_processing(temperature: float, top_k: int, top_p: float) -> None:
 
 def scaled_scores(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``logits  # [..., V]`` as float32 (float64 stays float64) times ``1 / temperature``."""
-    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-    return x * (1.0 / temperature)
+    return logits.to(compute_dtype(logits)) * (1.0 / temperature)
 
 
 def processed_law(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -257,3 +257,61 @@ def test_deepcopy_of_an_enabled_model_generates_with_the_copys_weights():
         reference = expected.generate(ids, max_new_tokens=6, do_sample=False)
         assert torch.equal(clone.generate(ids, max_new_tokens=6, do_sample=False), reference)
         assert not torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False), reference)
+
+
+def test_one_strategy_object_serves_two_threads_at_once():
+    """A strategy holds no per-call state: concurrent calls give each its own output and its own statistics."""
+    import threading
+
+    target, draft = tiny_pair("llama", draft_kind="noisy_copy", noise=0.1)
+    decoding.enable(target)
+    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=3)
+    batches = [ragged_batch(seed=s) for s in (1, 2)]
+
+    def call(i):
+        ids, mask = batches[i]
+        return target.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, strategy=strategy,
+                               return_dict_in_generate=True)
+
+    alone = [call(i) for i in range(2)]
+    results = [None, None]
+    start = threading.Barrier(2)
+
+    def work(i):
+        start.wait()
+        results[i] = call(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for result, reference in zip(results, alone):
+        assert torch.equal(result.sequences, reference.sequences)
+        assert result.stats == reference.stats and result.stats.steps > 0
+    assert strategy.stats in (results[0].stats, results[1].stats)
+
+
+def test_an_interrupted_call_leaves_the_strategy_usable():
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Interrupt(LogitsProcessor):
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, input_ids, scores):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return scores
+
+    target, draft = tiny_pair("llama", draft_kind="noisy_copy", noise=0.1)
+    decoding.enable(target)
+    ids, mask = ragged_batch(seed=3)
+    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=3)
+    with pytest.raises(KeyboardInterrupt):
+        target.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, strategy=strategy,
+                        logits_processor=LogitsProcessorList([Interrupt()]))
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, strategy=strategy)
+    assert torch.equal(out, greedy_reference(target, ids, mask, 12))
+    assert strategy.stats.steps > 0

@@ -252,8 +252,7 @@ def test_exact_law_check_detects_verification_against_the_expert(monkeypatch):
     prefixes = [list(p) for p in SAMPLING_PROMPTS]
 
     def verify_against_expert(mp):
-        mp.setattr(decoding.SpeculativeContrastiveDecoding, "_target_scores",
-                   lambda self, run, logits, draft_logits: run.process(logits, offset=0))
+        mp.setattr(decoding.SpeculativeContrastiveDecoding, "target_scores", lambda self, logits, proposal: logits)
 
     law, _ = measured_first_token_law(expert, amateur, cd, warpers, monkeypatch, patch=verify_against_expert)
     torch.testing.assert_close(law, own_law(expert, prefixes, warpers), atol=1e-9, rtol=0)

@@ -1,0 +1,82 @@
+"""A small model that drafts ``g`` tokens per row from its own KV cache, rolled back after every verification.
+
+Per step the draft first reads the committed tokens it has not read yet (``unread`` per row: after a step, the
+emitted tokens it was not fed as drafts), then drafts ``g`` tokens one forward at a time, each fed back to draft
+the next. With ``score_bonus`` it also reads its last draft, so that its logits exist at all ``g + 1`` verified
+positions (speculative contrastive decoding contrasts them with the target's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ragged_cache import RaggedCache
+from ..vocab import to_vocab, vocab_size
+
+
+@dataclass
+class Proposal:
+    """One step's drafts: ``ids  # [b, g]``, the law each was drawn from ``probs  # [b, g, V]`` (None when greedy)
+    and, with ``score_bonus``, the draft's raw logits at the ``g + 1`` verified positions ``# [b, g+1, V]``."""
+
+    ids: torch.Tensor
+    probs: torch.Tensor | None
+    logits: torch.Tensor | None
+
+
+class DraftModelProposer:
+    """Drafts with ``model`` for the rows of one ``generate`` call (its state lives for that call only)."""
+
+    def __init__(self, model, run, *, score_bonus: bool = False):
+        batch, device = run.prompt_mask.shape[0], run.prompt_mask.device
+        self.model, self.score_bonus = model, score_bonus
+        self.cache = RaggedCache(model, batch, device)
+        self.unread = torch.full((batch,), run.sequences.prompt_length, dtype=torch.int64, device=device)
+        self.feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)  # the prompt first
+        self.forwards = 0  # draft forwards of the current step
+
+    def propose(self, run, sampler, g: int) -> Proposal:
+        """Draft ``g`` tokens for the active rows, written tentatively after each row's committed tokens."""
+        vocab = vocab_size(run.model)
+        # The target may emit ids of its embedding padding that a smaller draft has no row for: the draft reads
+        # its last id there instead (any id keeps speculative decoding exact: verification is the target's).
+        tokens, valid = self.feed[0].clamp_max(vocab_size(self.model) - 1), self.feed[1]
+        self.forwards = g + 1 if self.score_bonus else g
+        ids, probs, logits = [], [], []
+        for position in range(self.forwards):
+            step_logits = to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab)  # [b, 1, V]
+            logits.append(step_logits)
+            if position == g:  # score_bonus: the last draft has been read
+                break
+            token, q = sampler.draft(run.rows, step_logits[:, 0], position)
+            ids.append(token)
+            if q is not None:
+                probs.append(q)
+            run.sequences.write(run.rows, position, token[:, None])
+            tokens, valid = token[:, None], torch.ones_like(token)[:, None]
+        empty = torch.empty(run.rows.numel(), 0, dtype=torch.int64, device=run.rows.device)
+        return Proposal(ids=torch.stack(ids, dim=1) if ids else empty,
+                        probs=torch.stack(probs, dim=1) if probs else None,
+                        logits=torch.cat(logits, dim=1) if self.score_bonus else None)
+
+    def accept(self, num_accepted: torch.Tensor) -> None:
+        """Roll the cache back to the accepted drafts (``num_accepted  # [b]``) and count what is left unread."""
+        drafts_read = max(self.forwards - 1, 0)  # drafts fed back into the cache this step
+        self.cache.keep_last(torch.arange(drafts_read, device=num_accepted.device) < num_accepted[:, None])
+        # Emitted: the accepted drafts and one recovered or bonus token; the accepted drafts it read are not unread.
+        newly_unread = num_accepted + 1 - num_accepted.clamp_max(drafts_read)
+        self.unread = newly_unread if self.forwards else self.unread + newly_unread
+
+    def select_rows(self, survivors: torch.Tensor) -> None:
+        """Keep the rows ``survivors  # [b']`` (positions in the current batch)."""
+        self.cache.select_rows(survivors)
+        self.unread = self.unread[survivors]
+
+    def prepare(self, run, compact_threshold: float) -> None:
+        """Before the next step: compact the cache if it has too many holes, and queue the unread tokens."""
+        self.cache.compact_if_holes_exceed(compact_threshold)
+        width = int(self.unread.max())
+        valid = torch.arange(width, device=self.unread.device) >= (width - self.unread)[:, None]  # [b, width]
+        self.feed = (run.sequences.window(run.rows, width), valid.to(torch.int64))

@@ -1,0 +1,87 @@
+"""The state of one ``generate`` call that every decoding loop shares: tokens, active rows, sampler, stopping,
+streaming, kept scores and statistics (:class:`Run`, built by :func:`new_run`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import hf_compat
+from .processing import LogitsProcessing, Stopping
+from .sampler import make_sampler
+from .sequences import Sequences
+
+
+@dataclass
+class Run:
+    """One call's state. ``rows  # [b]`` are the original batch indices of the rows still generating."""
+
+    model: Any
+    sequences: Sequences
+    prompt_mask: torch.Tensor  # [B, P] int64
+    sampler: Any  # decoding.sampler.ProcessorSampler or FusedSampler
+    stopping: Stopping
+    do_sample: bool
+    streamer: Any
+    keep_scores: bool
+    keep_logits: bool
+    stats: Any
+    rows: torch.Tensor = field(init=False)  # [b]
+    scores: list = field(default_factory=list)  # (rows [b], counts [b], scores [b, n, V]) per step
+    logits: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.rows = torch.arange(self.prompt_mask.shape[0], device=self.prompt_mask.device)
+
+    def remaining(self) -> int:
+        """Most tokens any active row may still emit."""
+        return int((self.sequences.max_length - self.sequences.lengths[self.rows]).max())
+
+    def commit(self, output_ids: torch.Tensor, scores=None, logits=None) -> torch.Tensor:
+        """Emit ``output_ids  # [b, n]`` (-1 padded), apply stopping, stream; returns ``finished  # [b]``."""
+        emitted = (output_ids >= 0).sum(dim=1)  # [b]
+        self.sequences.write(self.rows, 0, output_ids)
+        kept, finished = self.stopping(self.sequences, self.rows, emitted)
+        if self.keep_scores:
+            self.scores.append((self.rows, kept, scores))
+        if self.keep_logits:
+            self.logits.append((self.rows, kept, logits))
+        if self.streamer is not None:
+            self._stream(kept)
+        self.sequences.commit(self.rows, kept, output_ids.shape[1])
+        return finished
+
+    def _stream(self, kept: torch.Tensor) -> None:
+        columns = self.sequences.columns(self.rows, int(kept.max()))  # [b, n]: the new tokens' columns
+        new = self.sequences.tokens[self.rows[:, None], columns]
+        ends = (self.sequences.lengths[self.rows] + kept)[:, None]
+        self.streamer.put(torch.where(columns < ends, new, self.sequences.pad_token_id).cpu())
+
+    def drop_finished(self, finished: torch.Tensor) -> torch.Tensor:
+        """Remove finished rows; returns ``survivors  # [b']``, the positions of the others in the old batch."""
+        survivors = (~finished).nonzero().squeeze(1)
+        self.rows = self.rows[survivors]
+        return survivors
+
+
+def new_run(model, input_ids, attention_mask, processors, criteria, config, streamer, *, slack: int, stats) -> Run:
+    """The :class:`Run` of a call; ``slack`` is the most columns a step writes beyond ``max_length``."""
+    pad = hf_compat.pad_token_tensor(config)
+    eos = hf_compat.eos_token_tensor(config)
+    sequences = Sequences(input_ids, config.max_length, slack, int(pad) if pad is not None else 0)
+    keep_scores = bool(config.return_dict_in_generate and config.output_scores)
+    processing = LogitsProcessing(processors or [], input_ids.shape[0])
+    return Run(
+        model=model,
+        sequences=sequences,
+        prompt_mask=attention_mask,
+        sampler=make_sampler(processing, sequences, bool(config.do_sample), keep_scores, input_ids.device),
+        stopping=Stopping(criteria or [], None if eos is None else eos.to(input_ids.device).reshape(-1)),
+        do_sample=bool(config.do_sample),
+        streamer=streamer,
+        keep_scores=keep_scores,
+        keep_logits=bool(config.return_dict_in_generate and config.output_logits),
+        stats=stats,
+    )

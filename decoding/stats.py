@@ -1,0 +1,73 @@
+"""Statistics of one ``generate`` call: :class:`AcceptanceStats` (speculative strategies) and :class:`MixingStats`
+(token-by-token strategies). Each call fills its own record (see :class:`decoding.strategy.Strategy`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class AcceptanceStats:
+    """Acceptance statistics of one call, counted over (row, step) pairs.
+
+    - ``acceptance_rate``: accepted / drafted (vLLM's definition).
+    - ``alpha``: the per-token acceptance probability of Leviathan et al.'s analysis, the ``a`` of the ceiling
+      ``(1 - a^(g+1)) / ((1 - a)(g*c + v))``: accepted / acceptance tests run, where a row-step tests its drafts
+      up to and including the first rejection (drafts after a rejection are never tested).
+    - ``mean_accepted_length``: the mean number of tokens a row emits per verification step, counting the
+      recovered or bonus token (1.0 for plain decoding): vLLM's and Spec-Bench's tau.
+    - ``per_position_acceptance[i]``: fraction of row-steps that accepted draft position ``i``.
+    """
+
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    rejected: int = 0  # row-steps that rejected one of their drafts
+    position_steps: list = field(default_factory=list)  # row-steps that drafted position i
+    position_accepted: list = field(default_factory=list)  # row-steps that accepted position i
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def alpha(self) -> float:
+        tests = self.accepted + self.rejected
+        return self.accepted / tests if tests else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        return 1.0 + self.accepted / self.steps if self.steps else 0.0
+
+    @property
+    def per_position_acceptance(self) -> list[float]:
+        return [a / s if s else 0.0 for a, s in zip(self.position_accepted, self.position_steps)]
+
+    def record(self, num_accepted: torch.Tensor, g: int) -> None:
+        """Count one step: ``num_accepted  # [b]`` of ``g`` drafts per active row."""
+        b = num_accepted.shape[0]
+        grow = max(g - len(self.position_steps), 0)
+        self.position_steps += [0] * grow
+        self.position_accepted += [0] * grow
+        per_position = (num_accepted[:, None] > torch.arange(g, device=num_accepted.device)).sum(dim=0)
+        for i, count in enumerate(per_position.tolist()):
+            self.position_steps[i] += b
+            self.position_accepted[i] += count
+        self.steps += b
+        self.drafted += b * g
+        self.accepted += int(num_accepted.sum())
+        self.rejected += int((num_accepted < g).sum())
+
+
+@dataclass
+class MixingStats:
+    """Counts of one call: ``steps`` are row-steps (tokens decided, per row), ``forwards`` the forward passes each
+    model ran (by role: ``"target"`` and the helper roles)."""
+
+    steps: int = 0
+    forwards: dict = field(default_factory=dict)
+
+    def count_forward(self, role: str) -> None:
+        self.forwards[role] = self.forwards.get(role, 0) + 1
