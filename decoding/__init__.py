@@ -8,6 +8,7 @@
 from .api import enable, is_enabled
 from .contrastive import ContrastiveDecoding, ProxyTuning
 from .mixing import LogitMixing
+from .proposers import DraftModel, PromptLookup, Proposer
 from .speculative import SpeculativeDecoding
 from .speculative_contrastive import SpeculativeContrastiveDecoding
 from .stats import AcceptanceStats, MixingStats
@@ -16,8 +17,11 @@ from .strategy import Strategy
 __all__ = [
     "AcceptanceStats",
     "ContrastiveDecoding",
+    "DraftModel",
     "LogitMixing",
     "MixingStats",
+    "PromptLookup",
+    "Proposer",
     "ProxyTuning",
     "SpeculativeContrastiveDecoding",
     "SpeculativeDecoding",

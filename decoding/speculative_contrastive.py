@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from .contrastive import Contrast
-from .proposers import DraftModelProposer, Proposal
-from .run import Run
+from .proposers import DraftModel, Proposal, Proposer
 from .speculative import SpeculativeDecoding
 from .vocab import check_prompt_ids, on_shared_ids, vocab_size
 
@@ -29,14 +28,17 @@ class SpeculativeContrastiveDecoding(SpeculativeDecoding):
                  amateur_temperature: float = 1.0, *, form: str = "logit", tokenizers=None,
                  compact_threshold: float = 0.25):
         self.contrast = Contrast(alpha, beta, form, amateur_temperature)
+        if isinstance(amateur, Proposer):
+            raise TypeError("the amateur must be a model: its logits enter the contrastive score")
         super().__init__(amateur, num_draft_tokens, tokenizers=tokenizers, compact_threshold=compact_threshold)
+
+    def draft_model_proposer(self, model, tokenizers) -> DraftModel:
+        """The amateur drafts, and also reads its last draft: its logits enter every verified position's score."""
+        return DraftModel(model, tokenizers=tokenizers, score_bonus=True, role=self.draft_role)
 
     def validate(self, model, generation_config, input_ids, attention_mask) -> None:
         super().validate(model, generation_config, input_ids, attention_mask)
         check_prompt_ids(input_ids, attention_mask, self.draft_model, self.draft_role)
-
-    def proposer(self, run: Run) -> DraftModelProposer:
-        return DraftModelProposer(self.draft_model, run, score_bonus=True)
 
     def target_scores(self, logits: torch.Tensor, proposal: Proposal) -> torch.Tensor:
         """Contrastive scores ``# [b, g+1, V]`` from the expert's and the amateur's logits ``# [b, g+1, V]``."""

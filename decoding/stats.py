@@ -45,20 +45,21 @@ class AcceptanceStats:
     def per_position_acceptance(self) -> list[float]:
         return [a / s if s else 0.0 for a, s in zip(self.position_accepted, self.position_steps)]
 
-    def record(self, num_accepted: torch.Tensor, g: int) -> None:
-        """Count one step: ``num_accepted  # [b]`` of ``g`` drafts per active row."""
-        b = num_accepted.shape[0]
+    def record(self, num_accepted: torch.Tensor, proposed: torch.Tensor, g: int) -> None:
+        """Count one step of the active rows: ``num_accepted  # [b]`` of ``proposed  # [b]`` drafts (at most ``g``)."""
         grow = max(g - len(self.position_steps), 0)
         self.position_steps += [0] * grow
         self.position_accepted += [0] * grow
-        per_position = (num_accepted[:, None] > torch.arange(g, device=num_accepted.device)).sum(dim=0)
-        for i, count in enumerate(per_position.tolist()):
-            self.position_steps[i] += b
-            self.position_accepted[i] += count
-        self.steps += b
-        self.drafted += b * g
+        positions = torch.arange(g, device=num_accepted.device)
+        drafted_at = (proposed[:, None] > positions).sum(dim=0).tolist()  # [g]
+        accepted_at = (num_accepted[:, None] > positions).sum(dim=0).tolist()
+        for i in range(g):
+            self.position_steps[i] += drafted_at[i]
+            self.position_accepted[i] += accepted_at[i]
+        self.steps += num_accepted.shape[0]
+        self.drafted += int(proposed.sum())
         self.accepted += int(num_accepted.sum())
-        self.rejected += int((num_accepted < g).sum())
+        self.rejected += int((num_accepted < proposed).sum())
 
 
 @dataclass

@@ -11,6 +11,10 @@ Vocabulary of one verification step (used with these meanings everywhere in the 
 - emitted tokens: the accepted tokens followed by exactly one recovered or bonus token, so a row emits
   ``num_accepted + 1`` tokens per step.
 
+A draft id of -1 marks a position where a row proposed nothing (proposers may propose fewer than ``g``): it is
+never accepted, and with an all-zero ``q`` row there, the token emitted at it is drawn from ``p`` itself (the
+bonus law). The CUDA kernels treat any id outside ``[0, V)`` the same way.
+
 Randomness is explicit: every random choice reads a uniform from a tensor the caller passes, so that a fused
 kernel fed the same uniforms must make the same choices (compared with atol=0).
 
@@ -133,9 +137,10 @@ def verify_sampling(
             f"uniforms must have shapes {(batch, g)} and {(batch,)}, "
             f"got {tuple(accept_uniforms.shape)} and {tuple(sample_uniforms.shape)}"
         )
-    p_draft = target_probs[:, :-1].gather(2, draft_ids[:, :, None]).squeeze(2)  # [B, g]
-    q_draft = draft_probs.gather(2, draft_ids[:, :, None]).squeeze(2)  # [B, g]
-    accepted = (accept_uniforms.to(q_draft.dtype) * q_draft < p_draft).to(torch.int64)  # [B, g]
+    x = draft_ids.clamp_min(0)[:, :, None]  # -1: no draft there, never accepted
+    p_draft = target_probs[:, :-1].gather(2, x).squeeze(2)  # [B, g]
+    q_draft = draft_probs.gather(2, x).squeeze(2)  # [B, g]
+    accepted = ((accept_uniforms.to(q_draft.dtype) * q_draft < p_draft) & (draft_ids >= 0)).to(torch.int64)
     num_accepted = accepted.cumprod(dim=1).sum(dim=1)  # [B]
     rows = torch.arange(batch, device=draft_ids.device)
     p_last = target_probs[rows, num_accepted]  # [B, V]

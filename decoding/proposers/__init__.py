@@ -1,5 +1,8 @@
-"""Proposers: where speculative decoding's draft tokens come from (a draft model today)."""
+"""Proposers: where speculative decoding's draft tokens come from (:mod:`decoding.proposers.base` defines the
+interface): a draft model, or n-gram lookup in each row's own text."""
 
-from .draft_model import DraftModelProposer, Proposal
+from .base import Drafter, Proposal, Proposer
+from .draft_model import DraftModel, DraftModelDrafter
+from .prompt_lookup import PromptLookup
 
-__all__ = ["DraftModelProposer", "Proposal"]
+__all__ = ["DraftModel", "DraftModelDrafter", "Drafter", "PromptLookup", "Proposal", "Proposer"]

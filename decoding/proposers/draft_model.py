@@ -8,26 +8,38 @@ positions (speculative contrastive decoding contrasts them with the target's).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..ragged_cache import RaggedCache
-from ..vocab import to_vocab, vocab_size
+from ..validation import check_model
+from ..vocab import check_vocab_compatibility, to_vocab, vocab_size
+from .base import Drafter, Proposal, Proposer
 
 
-@dataclass
-class Proposal:
-    """One step's drafts: ``ids  # [b, g]``, the law each was drawn from ``probs  # [b, g, V]`` (None when greedy)
-    and, with ``score_bonus``, the draft's raw logits at the ``g + 1`` verified positions ``# [b, g+1, V]``."""
+class DraftModel(Proposer):
+    """A small decoder-only model sharing the target's tokenizer (vocabularies may differ by embedding padding).
 
-    ids: torch.Tensor
-    probs: torch.Tensor | None
-    logits: torch.Tensor | None
+    ``tokenizers``: optional ``(target_tokenizer, draft_tokenizer)`` to prove the vocabularies compatible;
+    ``score_bonus``: the draft also reads its last draft token (speculative contrastive decoding needs its
+    logits at every verified position).
+    """
+
+    def __init__(self, model, *, tokenizers=None, score_bonus: bool = False, role: str = "draft"):
+        check_model(model, role)
+        self.model, self.tokenizers, self.score_bonus, self.role = model, tokenizers, score_bonus, role
+
+    def models(self) -> dict:
+        return {self.role: self.model}
+
+    def validate(self, target, input_ids, attention_mask) -> None:
+        check_vocab_compatibility(target, self.model, self.tokenizers, role=self.role)
+
+    def start(self, run) -> DraftModelDrafter:
+        return DraftModelDrafter(self.model, run, score_bonus=self.score_bonus)
 
 
-class DraftModelProposer:
-    """Drafts with ``model`` for the rows of one ``generate`` call (its state lives for that call only)."""
+class DraftModelDrafter(Drafter):
+    """Drafts with ``model`` for the rows of one ``generate`` call."""
 
     def __init__(self, model, run, *, score_bonus: bool = False):
         batch, device = run.prompt_mask.shape[0], run.prompt_mask.device

@@ -1,0 +1,71 @@
+"""The proposer interface: where speculative decoding's draft tokens come from.
+
+A :class:`Proposer` holds settings only; :meth:`Proposer.start` returns a :class:`Drafter` that lives for one
+``generate`` call. Each step the drafter proposes up to ``k`` tokens per active row (:class:`Proposal`), the
+target verifies them, and the drafter hears how many were accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Proposal:
+    """One step's drafts for the active rows.
+
+    - ``ids  # [b, k]`` int64: a row's proposals first, then -1 where it proposes nothing more.
+    - ``probs  # [b, k, V]``: the law each id was drawn from (one-hot for a deterministic proposer), an all-zero
+      row at -1 positions, so that the token emitted there is drawn from the target's law; None when greedy.
+    - ``logits  # [b, k+1, V]``: the draft model's raw logits at the verified positions (``score_bonus``), or None.
+    """
+
+    ids: torch.Tensor
+    probs: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    def lengths(self) -> torch.Tensor:
+        """Tokens each row proposes ``# [b]``."""
+        return (self.ids >= 0).sum(dim=1)
+
+
+class Drafter:
+    """A proposer's state during one call. Subclasses implement :meth:`propose`; the rest defaults to nothing."""
+
+    def propose(self, run, sampler, k: int) -> Proposal:
+        """Up to ``k`` draft tokens per active row, written tentatively after each row's committed tokens."""
+        raise NotImplementedError
+
+    def accept(self, num_accepted: torch.Tensor) -> None:
+        """After verification: ``num_accepted  # [b]`` drafts of each row were kept."""
+
+    def select_rows(self, survivors: torch.Tensor) -> None:
+        """Keep the rows ``survivors  # [b']`` (positions in the current batch)."""
+
+    def prepare(self, run, compact_threshold: float) -> None:
+        """Before the next step (caches may be compacted)."""
+
+
+class Proposer:
+    """Settings of a source of draft tokens; ``start(run)`` makes its per-call :class:`Drafter`."""
+
+    role = "draft"
+
+    def start(self, run) -> Drafter:
+        raise NotImplementedError
+
+    def models(self) -> dict:
+        """Models it runs beside the target, by role (for device and architecture checks)."""
+        return {}
+
+    def validate(self, target, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """Checks of one call, before any forward pass."""
+
+
+def one_hot_probs(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The law of a deterministic proposal: one-hot rows ``# [b, k, V]`` float32, all-zero where ``ids`` is -1."""
+    probs = torch.zeros(*ids.shape, vocab, dtype=torch.float32, device=ids.device)
+    probs.scatter_(2, ids.clamp_min(0)[..., None], (ids >= 0).to(torch.float32)[..., None])
+    return probs
