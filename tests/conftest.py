@@ -57,8 +57,14 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Every ``torch.empty`` the CuPy kernel backend allocates (outputs and scratch) starts full of garbage, so
-    a kernel that leaves a position unwritten fails its test."""
+    """Replace the global ``torch.empty`` for the test's duration by one whose tensors start full of garbage (NaN
+    for floating dtypes, -7 otherwise), so a CuPy-backend kernel that leaves a position of its outputs or scratch
+    unwritten fails its test.
+
+    ``cupy_backend.torch`` is the ``torch`` module itself, so the patch is not confined to the backend: every call
+    that looks up ``torch.empty`` during the test (the reference, the test, other library code) gets the same
+    filling.
+    """
     from decoding.kernels import cupy_backend
 
     real_empty = torch.empty

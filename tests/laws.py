@@ -1,61 +1,8 @@
-"""Helpers for tests of laws and of formulas: exact integration over uniforms, chi-square, hand-made oracles.
+"""Oracles for tests of laws and formulas: exact integration over uniforms by bisection, a chi-square test, and
+the contrastive, proxy and greedy computations written out by hand, independently of the library.
 
-Stable API (test modules rely on it; extend, do not change):
-
-``BISECTION_STEPS = 53``, ``threshold(predicate, n, steps=BISECTION_STEPS) -> (lo, hi)``, ``measure(lo, hi)``
-    Bisection over a uniform ``u`` in [0, 1) for ``n`` monotone predicates (true below a threshold), and the
-    measure of the set where a predicate holds. With float64 uniforms and 53 steps the bounds are 2^-53 apart;
-    fewer ``steps`` give a coarser (2^-steps) but equally exact-in-float64 answer. Used by
-    ``tests/test_verification.py`` on the kernels and by the contrastive tests on whole strategies.
-
-``left_pad(prefixes) -> (input_ids, attention_mask)`` - a left-padded batch (``PAD_ID``) of token lists.
-
-``chi_square_pvalue(observed, law) -> float`` - Pearson chi-square p-value of counts against a law; a count in
-    a cell of zero probability gives 0.0; cells of expected count < 5 are pooled.
-
-``next_token_logits(model, sequences) -> Tensor [n, V]``
-    Raw next-token logits of ``model`` after each token list in ``sequences``, by a plain forward pass over the
-    whole list (no cache, no padding, default positions 0..L-1); lists of equal length share one batch.
-
-``contrastive_by_hand(s_e, s_a, alpha=0.1, beta=0.5, form="logit", amateur_temperature=1.0) -> Tensor [n, V_e]``
-    The contrastive score written out from the papers, independently of the library: both logit vectors are
-    first cut to the ids both models have (embedding padding is never a token), then
-    ``(1 + beta) s_e - beta s_a / T`` (O'Brien & Lewis) or ``log_softmax(s_e) - log_softmax(s_a / T)`` (Li et
-    al.), ``-inf`` where ``s_e < log(alpha) + max s_e``; ids past the shared range are ``-inf``. ``beta = 0``
-    in the logit form is the expert's logits themselves (no mask): the expert's own decoding.
-
-``proxy_by_hand(s_large, s_tuned, s_base, alpha) -> Tensor [n, V_large]``
-    ``s_large + alpha (s_tuned - s_base)`` over the shared ids, ``-inf`` past them.
-
-``contrastive_law(expert, amateur, prefixes, cd, warpers) -> Tensor [n, V]``
-    ``softmax(warp(contrastive_by_hand(...)))`` after each token list: the law contrastive sampling must follow
-    (``cd``: keyword arguments of ``contrastive_by_hand``; ``warpers``: of ``warp``).
-
-``own_law(model, prefixes, warpers) -> Tensor [n, V]`` - a model's own processed sampling law.
-
-``warp(scores, temperature=None, top_k=None) -> Tensor`` - transformers' own temperature and top-k warpers, in
-    ``generate``'s order, applied to a ``[n, V]`` score tensor.
-
-``greedy_by_hand(models, combine, input_ids, attention_mask, max_new_tokens, eos_token_id=None, views=None,
-processors=None) -> LongTensor``
-    An oracle decoding loop with full recomputation: at every step each model (role -> model) reads each active
-    row's compact sequence (``views[role](tokens)`` if given, e.g. a recent window) by ``next_token_logits``,
-    ``combine(role -> [n, V] logits) -> [n, V]`` gives the scores, ``processors`` (a ``LogitsProcessorList``)
-    get each row's transformers-style view (padded prompt + new tokens), and the argmax is appended. Rows stop
-    after an EOS id; the result is shaped and padded like ``generate``'s (``[B, P + longest]``, ``PAD_ID``).
-
-``three_token_laws(next_law, prompt, vocab) -> (first [V], pair [V, V], third [V])``
-    The exact law of the first, first two and third generated tokens, by enumeration of every prefix, from
-    ``next_law(prefixes) -> [n, V]`` (the next-token law after each token list).
-
-``token_counts(tokens, vocab) -> (first [V], pair [V, V], third [V])`` - the matching empirical counts of
-    ``tokens  # [rows, >= 3]``.
-
-``scripted_rand(monkeypatch, script)``
-    Replace ``torch.rand`` for one ``generate`` call: the i-th call returns ``script[i]`` (a float64 tensor of
-    the requested shape; shapes are checked) and calls past the script draw from a fixed-seed generator. This
-    drives a strategy's own random choices from chosen uniforms, so its exact law can be integrated by
-    bisection. Returns the list of shapes requested, for assertions.
+Scores and laws are ``[n, V]`` tensors, one row per token list (a compact prefix: no padding); the by-hand
+formulas compute in float64, and ids past the vocabulary the models share score ``-inf`` (probability 0).
 """
 
 from __future__ import annotations
@@ -76,7 +23,10 @@ def threshold(predicate, n: int, steps: int = BISECTION_STEPS) -> tuple[torch.Te
 
     ``predicate(u  # [n] float64) -> bool [n]``. Returns ``lo, hi  # [n]`` with ``hi - lo = 2^-steps``: the
     predicate holds at ``lo`` (or is false everywhere and ``lo = 0``) and fails at ``hi`` (or holds at every
-    midpoint below 1 and ``hi = 1``). Every midpoint is a dyadic rational, exact in float64.
+    midpoint below 1 and ``hi = 1``). Every midpoint is a dyadic rational, exact in float64, so fewer ``steps``
+    give coarser but equally exact bounds. Used by ``tests/test_verification.py`` on the kernels and by the
+    contrastive tests on whole strategies (with ``scripted_rand``); ``measure(lo, hi)`` turns the bounds into a
+    probability.
     """
     lo = torch.zeros(n, dtype=torch.float64)
     hi = torch.ones(n, dtype=torch.float64)
@@ -94,6 +44,8 @@ def measure(lo, hi):
 
 
 def left_pad(prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded batch of token lists: ``(input_ids, attention_mask)``, both int64 ``[n, longest]``, padded
+    with ``PAD_ID`` (mask 0)."""
     width = max(len(p) for p in prefixes)
     ids = torch.full((len(prefixes), width), PAD_ID, dtype=torch.int64)
     mask = torch.zeros_like(ids)
@@ -106,8 +58,8 @@ def left_pad(prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 def chi_square_pvalue(observed: torch.Tensor, law: torch.Tensor) -> float:
     """Pearson chi-square p-value of ``observed`` counts against ``law`` (both flattened).
 
-    Cells the law gives no mass must be empty (that alone is a failure, reported as p = 0); cells with an
-    expected count below 5 are pooled into one cell.
+    Cells the law gives no mass must be empty (that alone is a failure, reported as p = 0.0); cells with an
+    expected count below 5 are pooled into one cell; fewer than two cells left gives p = 1.0.
     """
     observed, law = observed.flatten().to(torch.float64), law.flatten().to(torch.float64)
     total = float(observed.sum())
@@ -128,7 +80,11 @@ def chi_square_pvalue(observed: torch.Tensor, law: torch.Tensor) -> float:
 
 @torch.no_grad()
 def next_token_logits(model, sequences: list[list[int]]) -> torch.Tensor:
-    """Raw next-token logits ``# [len(sequences), V]`` by full recomputation of each compact sequence."""
+    """Raw next-token logits ``# [len(sequences), V]`` of ``model`` after each token list in ``sequences``.
+
+    A plain forward pass over the whole list (no cache, no padding, default positions 0..L-1); lists of equal
+    length share one batch. The logits keep the model's dtype.
+    """
     out = [None] * len(sequences)
     by_length: dict[int, list[int]] = {}
     for i, seq in enumerate(sequences):
@@ -153,6 +109,14 @@ def _pad_to(scores: torch.Tensor, size: int) -> torch.Tensor:
 
 def contrastive_by_hand(s_e, s_a, alpha: float = 0.1, beta: float = 0.5, form: str = "logit",
                         amateur_temperature: float = 1.0) -> torch.Tensor:
+    """The contrastive score ``[n, V_e]`` (float64), written out from the papers, independently of the library.
+
+    Both logit vectors are first cut to the ids both models have (embedding padding is never a token), then
+    ``form="logit"`` gives ``(1 + beta) s_e - beta s_a / T`` (O'Brien & Lewis) and ``form="logprob"`` gives
+    ``log_softmax(s_e) - log_softmax(s_a / T)`` (Li et al.), with ``T = amateur_temperature``; both are ``-inf``
+    where ``s_e < log(alpha) + max s_e`` (the plausibility mask). Ids past the shared range are ``-inf``.
+    ``beta = 0`` in the logit form returns the expert's logits themselves (no mask): the expert's own decoding.
+    """
     vocab = s_e.shape[-1]
     _, e, (a,) = _cut(s_e.to(torch.float64), [s_a.to(torch.float64)])
     a = a / amateur_temperature
@@ -169,21 +133,30 @@ def contrastive_by_hand(s_e, s_a, alpha: float = 0.1, beta: float = 0.5, form: s
 
 
 def proxy_by_hand(s_large, s_tuned, s_base, alpha: float) -> torch.Tensor:
+    """The proxy-tuning score ``s_large + alpha (s_tuned - s_base)`` ``[n, V_large]`` (float64) over the ids all
+    three models share, ``-inf`` past them."""
     vocab = s_large.shape[-1]
     _, big, (tuned, base) = _cut(s_large.to(torch.float64), [s_tuned.to(torch.float64), s_base.to(torch.float64)])
     return _pad_to(big + alpha * (tuned - base), vocab)
 
 
 def contrastive_law(expert, amateur, prefixes, cd: dict, warpers: dict) -> torch.Tensor:
+    """The law contrastive sampling must follow after each token list in ``prefixes``: ``[n, V]``
+    ``softmax(warp(contrastive_by_hand(...)))``. ``cd``: keyword arguments of ``contrastive_by_hand``;
+    ``warpers``: of ``warp``."""
     scores = contrastive_by_hand(next_token_logits(expert, prefixes), next_token_logits(amateur, prefixes), **cd)
     return torch.softmax(warp(scores, **warpers), dim=-1)
 
 
 def own_law(model, prefixes, warpers: dict) -> torch.Tensor:
+    """A model's own processed sampling law ``[n, V]`` (float64) after each token list in ``prefixes``;
+    ``warpers``: keyword arguments of ``warp``."""
     return torch.softmax(warp(next_token_logits(model, prefixes).to(torch.float64), **warpers), dim=-1)
 
 
 def warp(scores: torch.Tensor, temperature: float | None = None, top_k: int | None = None) -> torch.Tensor:
+    """Transformers' own temperature and top-k warpers, in ``generate``'s order, applied to ``scores [n, V]``;
+    a setting left at ``None`` skips its warper."""
     dummy_ids = torch.zeros(scores.shape[0], 1, dtype=torch.int64)
     if temperature is not None:
         scores = TemperatureLogitsWarper(temperature)(dummy_ids, scores)
@@ -195,6 +168,14 @@ def warp(scores: torch.Tensor, temperature: float | None = None, top_k: int | No
 @torch.no_grad()
 def greedy_by_hand(models: dict, combine, input_ids, attention_mask, max_new_tokens: int, eos_token_id=None,
                    views: dict | None = None, processors=None) -> torch.Tensor:
+    """An oracle greedy decoding loop with full recomputation, shaped and padded like ``generate``'s output.
+
+    At every step each model of ``models`` (role -> model) reads each active row's compact sequence
+    (``views[role](tokens)`` if given, e.g. a recent window) by ``next_token_logits``; ``combine(role -> [n, V]
+    logits) -> [n, V]`` gives the scores; ``processors`` (a ``LogitsProcessorList``) get each row's
+    transformers-style view (padded prompt + new tokens); the argmax is appended. A row stops after an id in
+    ``eos_token_id`` (an int or a list). Returns ``LongTensor [B, P + longest]``, padded with ``PAD_ID``.
+    """
     views = views or {}
     eos = set() if eos_token_id is None else ({eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id))
     batch, prompt_length = input_ids.shape
@@ -227,6 +208,9 @@ def greedy_by_hand(models: dict, combine, input_ids, attention_mask, max_new_tok
 
 
 def three_token_laws(next_law, prompt: list[int], vocab: int):
+    """The exact laws of the first, first two and third generated tokens after ``prompt``: ``(first [V],
+    pair [V, V], third [V])``, by enumeration of every prefix, from ``next_law(prefixes) -> [n, V]`` (the
+    next-token law after each token list)."""
     first = next_law([prompt])[0]  # [V]
     second = next_law([prompt + [a] for a in range(vocab)])  # [a, b]
     pair = first[:, None] * second
@@ -235,6 +219,8 @@ def three_token_laws(next_law, prompt: list[int], vocab: int):
 
 
 def token_counts(tokens: torch.Tensor, vocab: int):
+    """The empirical counts matching ``three_token_laws``: ``(first [V], pair [V, V], third [V])`` from
+    ``tokens  # [rows, >= 3]``, whose first three columns are the first three generated tokens."""
     first = torch.bincount(tokens[:, 0], minlength=vocab)
     pair = torch.bincount(tokens[:, 0] * vocab + tokens[:, 1], minlength=vocab * vocab).reshape(vocab, vocab)
     third = torch.bincount(tokens[:, 2], minlength=vocab)
@@ -242,6 +228,13 @@ def token_counts(tokens: torch.Tensor, vocab: int):
 
 
 def scripted_rand(monkeypatch, script: list[torch.Tensor]) -> list[tuple]:
+    """Replace ``torch.rand`` for the rest of the test (meant for one ``generate`` call) by a scripted one.
+
+    The i-th call returns ``script[i]`` (a float64 tensor of the requested shape; shapes are checked) and calls
+    past the script draw from a fixed-seed generator. This drives a strategy's own random choices from chosen
+    uniforms, so its exact law can be integrated by bisection (``threshold``). Returns the list of shapes
+    requested, filled in as calls come, for assertions.
+    """
     real_rand = torch.rand
     fallback = torch.Generator().manual_seed(0)
     shapes = []

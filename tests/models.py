@@ -1,58 +1,8 @@
-"""Tiny, seeded, float64 causal LMs built from configs (nothing is downloaded), for every test module.
-
-Stable API (other test modules rely on it; extend, do not change):
-
-Constants
-    ``ARCHS = ("llama", "gpt2", "qwen2", "opt", "gpt_neox")`` - the five decoder families the tests cover.
-    ``DRAFT_KINDS = ("independent", "noisy_copy", "self")``.
-    ``PAD_ID = 0``, ``BOS_ID = 1``, ``EOS_ID = 2`` - special ids set in every config (``pad_token_id``,
-    ``bos_token_id``, ``eos_token_id``). The models' ``generation_config`` keeps ``pad_token_id = PAD_ID`` but
-    has ``eos_token_id = None``: generation stops at an EOS only when a test passes ``eos_token_id=``
-    explicitly, so runs without EOS are really without EOS.
-    ``FIRST_REAL_ID = 3`` - the lowest id that is not special; prompt strategies draw tokens from here up.
-    ``VOCAB = 96`` - the default vocabulary size.
-
-``tiny_model(arch, vocab_size=VOCAB, seed=0, num_layers=2, hidden=32) -> PreTrainedModel``
-    A random model of family ``arch``, float64, eval mode, ``requires_grad_(False)``, on the CPU. Cached (``functools.lru_cache``) per
-    arguments: the same arguments give the *same object*. Do not modify cached models (weights, config,
-    generation_config); ``decoding.enable(model)`` is fine (idempotent and harmless without ``strategy=``).
-    Weights are drawn with a larger init scale than transformers' default so that next-token laws are
-    peaked and greedy argmaxes are well separated (no float ties).
-
-``fresh_model(arch, vocab_size=VOCAB, seed=0, num_layers=2, hidden=32) -> PreTrainedModel``
-    The same model as ``tiny_model`` with the same arguments (identical weights) but a new, uncached object:
-    use it when a test must mutate the model or needs one on which ``decoding.enable`` was never called.
-
-``tiny_pair(arch, vocab_size=VOCAB, seed=0, draft_kind="independent", draft_vocab_size=None, noise=0.02)``
-    ``-> (target, draft)``, cached like ``tiny_model``. The target is ``tiny_model(arch, vocab_size, seed)``
-    (2 layers). Draft kinds:
-
-    - ``"independent"``: a separate random 1-layer model of the same family (seed ``seed + 1000``), with
-      ``draft_vocab_size`` rows (default: the target's ``vocab_size``), so vocab-padding tests can use it.
-    - ``"noisy_copy"``: a deep copy of the target with Gaussian noise of relative scale ``noise`` added to
-      every weight (seeded): it agrees with the target's argmax most of the time, so long runs of drafts
-      are accepted, but not always.
-    - ``"self"``: the target object itself (every greedy draft is accepted).
-
-``greedy_reference(model, input_ids, attention_mask, max_new_tokens, **kwargs) -> LongTensor``
-    The target's own greedy ``generate`` (plain transformers, no strategy), ``do_sample=False``.
-
-Saved models, for tests that load from disk (``load_pair``, ``decoding-bench --target DIR``):
-
-``WORD_VOCAB = 64`` - the vocabulary of ``word_tokenizer`` and the default of ``save_llama``.
-
-``word_tokenizer(swap=False) -> PreTrainedTokenizerFast``
-    A word-level tokenizer of ``WORD_VOCAB`` ids: ``<unk>`` 0, ``<s>`` (``BOS_ID``), ``</s>`` (``EOS_ID``), then
-    the words ``w3`` ... ``w63`` with their number as id; whitespace-split, no pad token. ``swap`` exchanges ids
-    5 and 6 (a tokenizer that disagrees with the unswapped one).
-
-``save_llama(directory, num_layers, seed, tokenizer=None, *, vocab_size=WORD_VOCAB, eos_token_id=EOS_ID,``
-``dtype=torch.float32) -> directory``
-    A random tiny Llama (width 32, 2 heads, seeded with ``seed``) saved with ``save_pretrained`` to
-    ``directory``, with ``tokenizer`` beside it when given. No pad token in its config or generation config;
-    ``eos_token_id=None`` saves a model without EOS (generation then never stops early).
-
-All factories run under ``torch.random.fork_rng`` so they never disturb the global RNG of the caller.
+"""Tiny seeded causal LMs built from configs (nothing is downloaded): float64 models in memory for every test
+module, and small (float32 by default) Llamas with a word-level tokenizer saved to disk for the loading tests.
+Every model factory runs under ``torch.random.fork_rng``, so the caller's global RNG is untouched. Cached
+factories (``tiny_model``, ``tiny_pair``) return the same object for the same arguments: do not mutate what they
+return (use ``fresh_model``).
 """
 
 from __future__ import annotations
@@ -74,13 +24,15 @@ from transformers import (
     Qwen2Config,
 )
 
-ARCHS = ("llama", "gpt2", "qwen2", "opt", "gpt_neox")
-DRAFT_KINDS = ("independent", "noisy_copy", "self")
+ARCHS = ("llama", "gpt2", "qwen2", "opt", "gpt_neox")  # the five decoder families the tests cover
+DRAFT_KINDS = ("independent", "noisy_copy", "self")  # the draft kinds of ``tiny_pair``
+# Special ids, set in every config. The tiny models' generation_config keeps pad_token_id = PAD_ID but has
+# eos_token_id = None: generation stops at an EOS only when a test passes eos_token_id= explicitly.
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-FIRST_REAL_ID = 3
-VOCAB = 96
+FIRST_REAL_ID = 3  # the lowest id that is not special; prompt strategies draw tokens from here up
+VOCAB = 96  # the default vocabulary size
 MAX_POSITIONS = 256
-WORD_VOCAB = 64
+WORD_VOCAB = 64  # the vocabulary of ``word_tokenizer`` and the default of ``save_llama``
 
 # Init scale: transformers' default 0.02 gives near-uniform next-token laws on tiny random models.
 INIT_STD = 0.35
@@ -145,12 +97,19 @@ def _build(arch: str, vocab_size: int, seed: int, num_layers: int, hidden: int):
 
 @functools.lru_cache(maxsize=None)
 def tiny_model(arch: str, vocab_size: int = VOCAB, seed: int = 0, num_layers: int = 2, hidden: int = 32):
-    """A cached tiny float64 model (same arguments -> same object); see the module docstring."""
+    """A random model of family ``arch`` (one of ``ARCHS``): float64, eval mode, ``requires_grad_(False)``, CPU.
+
+    Weights are drawn with ``INIT_STD``, larger than transformers' default, so next-token laws are peaked and
+    greedy argmaxes well separated (no float ties); ``generation_config.eos_token_id`` is None (see ``EOS_ID``).
+    Cached: the same arguments give the *same object*. Do not modify it (weights, config, generation_config);
+    ``decoding.enable(model)`` is fine (idempotent and harmless without ``strategy=``).
+    """
     return _build(arch, vocab_size, seed, num_layers, hidden)
 
 
 def fresh_model(arch: str, vocab_size: int = VOCAB, seed: int = 0, num_layers: int = 2, hidden: int = 32):
-    """An uncached model with the same weights as ``tiny_model`` with the same arguments."""
+    """The model ``tiny_model`` gives for the same arguments (identical weights), as a new, uncached object: for
+    tests that must mutate the model or need one on which ``decoding.enable`` was never called."""
     return _build(arch, vocab_size, seed, num_layers, hidden)
 
 
@@ -174,7 +133,18 @@ def tiny_pair(
     draft_vocab_size: int | None = None,
     noise: float = 0.02,
 ):
-    """A cached ``(target, draft)`` pair; see the module docstring for the draft kinds."""
+    """A ``(target, draft)`` pair, cached like ``tiny_model``; the target is ``tiny_model(arch, vocab_size, seed)``
+    (2 layers).
+
+    Draft kinds:
+
+    - ``"independent"``: a separate random 1-layer model of the same family (seed ``seed + 1000``) with
+      ``draft_vocab_size`` rows (default: the target's ``vocab_size``), so vocab-padding tests can use it.
+    - ``"noisy_copy"``: a deep copy of the target with seeded Gaussian noise of relative scale ``noise`` added
+      to every weight: it agrees with the target's argmax most of the time, so long runs of drafts are
+      accepted, but not always.
+    - ``"self"``: the target object itself (every greedy draft is accepted).
+    """
     target = tiny_model(arch, vocab_size, seed)
     if draft_kind == "self":
         return target, target
@@ -186,7 +156,8 @@ def tiny_pair(
 
 
 def greedy_reference(model, input_ids, attention_mask, max_new_tokens: int, **kwargs) -> torch.Tensor:
-    """The model's own greedy ``generate`` (plain transformers, no strategy)."""
+    """The model's own greedy ``generate`` (plain transformers, no strategy, ``do_sample=False``); ``kwargs`` go
+    to ``generate``."""
     with torch.no_grad():
         return model.generate(
             input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False, **kwargs
@@ -194,7 +165,11 @@ def greedy_reference(model, input_ids, attention_mask, max_new_tokens: int, **kw
 
 
 def word_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer of ``WORD_VOCAB`` ids with BOS/EOS/UNK and no pad token; ``swap`` exchanges ids 5 and 6."""
+    """A word-level tokenizer of ``WORD_VOCAB`` ids, whitespace-split, with no pad token.
+
+    Ids: ``<unk>`` 0, ``<s>`` (``BOS_ID``), ``</s>`` (``EOS_ID``), then the words ``w3`` ... ``w63`` with their
+    number as id. ``swap`` exchanges ids 5 and 6 (a tokenizer that disagrees with the unswapped one).
+    """
     words = ["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(FIRST_REAL_ID, WORD_VOCAB))]
     if swap:
         words[5], words[6] = words[6], words[5]
@@ -205,7 +180,12 @@ def word_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
 
 def save_llama(directory, num_layers: int, seed: int, tokenizer=None, *, vocab_size: int = WORD_VOCAB,
                eos_token_id: int | None = EOS_ID, dtype: torch.dtype = torch.float32):
-    """Save a random tiny Llama (and ``tokenizer``, when given) to ``directory``; returns ``directory``."""
+    """Save a random tiny Llama (width 32, 2 heads, seeded with ``seed``) with ``save_pretrained`` to ``directory``,
+    with ``tokenizer`` beside it when given; returns ``directory``.
+
+    No pad token in its config or generation config; ``eos_token_id=None`` saves a model without EOS (generation
+    then never stops early). For tests that load from disk (``load_pair``, ``decoding-bench --target DIR``).
+    """
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=num_layers,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
