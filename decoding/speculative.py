@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .adaptive import AdaptiveLength, FixedLength
 from .proposers import DraftModel, Proposal, Proposer
 from .ragged_cache import RaggedCache
 from .run import Run
@@ -24,16 +25,22 @@ class SpeculativeDecoding(Strategy):
         draft: a draft model (a decoder-only transformers model on the target's device, sharing its tokenizer;
             vocabularies may differ by embedding padding), or any :class:`~decoding.proposers.Proposer` such as
             :class:`~decoding.PromptLookup`.
-        num_draft_tokens: ``g``, the most tokens proposed per row and step (>= 1).
+        num_draft_tokens: ``g``, the tokens proposed per row and step (>= 1), or ``"auto"``: as many as pay, per
+            row and step, from the call's measured costs and acceptance, up to ``max_draft_tokens``, down to none
+            (a plain target step); the rule is in :mod:`decoding.adaptive`.
         tokenizers: optional ``(target_tokenizer, draft_tokenizer)``, to prove a draft model's vocabulary compatible.
         compact_threshold: compact a cache when holes exceed this fraction of its slots (batch > 1 only).
     """
 
     draft_role = "draft"
 
-    def __init__(self, draft, num_draft_tokens: int = 4, *, tokenizers=None, compact_threshold: float = 0.25):
+    def __init__(self, draft, num_draft_tokens: int | str = 4, *, tokenizers=None, compact_threshold: float = 0.25,
+                 max_draft_tokens: int = 8):
         self.proposer = draft if isinstance(draft, Proposer) else self.draft_model_proposer(draft, tokenizers)
-        check_int(num_draft_tokens, "num_draft_tokens", 1)
+        if num_draft_tokens != "auto":
+            check_int(num_draft_tokens, "num_draft_tokens", 1)
+        check_int(max_draft_tokens, "max_draft_tokens", 1)
+        self.max_draft_tokens = max_draft_tokens
         if isinstance(compact_threshold, bool) or not isinstance(compact_threshold, (int, float)) \
                 or not compact_threshold >= 0:  # inf: never compact
             raise ValueError(f"compact_threshold must be a number >= 0, got {compact_threshold!r}")
@@ -56,7 +63,12 @@ class SpeculativeDecoding(Strategy):
         return self.proposer.models()
 
     def draft_length(self) -> int:
-        return self.num_draft_tokens
+        return self.max_draft_tokens if self.num_draft_tokens == "auto" else self.num_draft_tokens
+
+    def length_policy(self, run: Run):
+        if self.num_draft_tokens == "auto":
+            return AdaptiveLength(self.max_draft_tokens, run.prompt_mask.device)
+        return FixedLength(self.num_draft_tokens)
 
     def validate(self, model, generation_config, input_ids, attention_mask) -> None:
         self.proposer.validate(model, input_ids, attention_mask)
@@ -70,16 +82,22 @@ class SpeculativeDecoding(Strategy):
         """Propose, verify in one target pass, commit, roll both back; until every row has finished."""
         target = RaggedCache(run.model, run.prompt_mask.shape[0], run.prompt_mask.device)
         drafter = self.proposer.start(run)
+        length = self.length_policy(run)
         feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)  # the prompt first
         while True:
-            g = min(self.num_draft_tokens, run.remaining() - 1)
-            proposal = drafter.propose(run, run.sampler, g)  # ids [b, g], -1 where a row proposes nothing
+            started = length.clock()
+            proposal = drafter.propose(run, run.sampler, min(length.limit(), run.remaining() - 1), length)
+            g = proposal.ids.shape[1]  # ids [b, g], -1 where a row proposes nothing
             proposed = proposal.ids >= 0  # [b, g]
             tokens = torch.cat([feed[0], proposal.ids.clamp_min(0)], dim=1)  # no-proposal slots are holes
             valid = torch.cat([feed[1], proposed.to(torch.int64)], dim=1)
+            drafted = length.clock()
             logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
+            verified = length.clock()
             output_ids, num_accepted, scores = run.sampler.verify(
                 run.rows, self.target_scores(logits, proposal), proposal.ids, proposal.probs)  # [b, g+1], [b]
+            length.observe(proposal, num_accepted, drafted - started, verified - drafted,
+                           new_tokens=g + 1 if feed[0].shape[1] == 1 else 0)
             run.stats.record(num_accepted, proposed.sum(dim=1), g)
             finished = run.commit(output_ids, scores, logits)
             target.keep_last(torch.arange(g, device=num_accepted.device) < num_accepted[:, None])

@@ -20,11 +20,13 @@ class Proposal:
     - ``probs  # [b, k, V]``: the law each id was drawn from (one-hot for a deterministic proposer), an all-zero
       row at -1 positions, so that the token emitted there is drawn from the target's law; None when greedy.
     - ``logits  # [b, k+1, V]``: the draft model's raw logits at the verified positions (``score_bonus``), or None.
+    - ``confidence  # [b, k]``: the proposer's confidence in each id (a draft model's probability of it), or None.
     """
 
     ids: torch.Tensor
     probs: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
 
     def lengths(self) -> torch.Tensor:
         """Tokens each row proposes ``# [b]``."""
@@ -34,8 +36,9 @@ class Proposal:
 class Drafter:
     """A proposer's state during one call. Subclasses implement :meth:`propose`; the rest defaults to nothing."""
 
-    def propose(self, run, sampler, k: int) -> Proposal:
-        """Up to ``k`` draft tokens per active row, written tentatively after each row's committed tokens."""
+    def propose(self, run, sampler, k: int, length) -> Proposal:
+        """Up to ``k`` draft tokens per active row, written tentatively after each row's committed tokens;
+        ``length`` (:mod:`decoding.adaptive`) may stop a row, or the whole step, earlier."""
         raise NotImplementedError
 
     def accept(self, num_accepted: torch.Tensor) -> None:

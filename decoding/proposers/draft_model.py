@@ -49,29 +49,37 @@ class DraftModelDrafter(Drafter):
         self.feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)  # the prompt first
         self.forwards = 0  # draft forwards of the current step
 
-    def propose(self, run, sampler, g: int) -> Proposal:
-        """Draft ``g`` tokens for the active rows, written tentatively after each row's committed tokens."""
+    def propose(self, run, sampler, k: int, length) -> Proposal:
         vocab = vocab_size(run.model)
         # The target may emit ids of its embedding padding that a smaller draft has no row for: the draft reads
         # its last id there instead (any id keeps speculative decoding exact: verification is the target's).
         tokens, valid = self.feed[0].clamp_max(vocab_size(self.model) - 1), self.feed[1]
-        self.forwards = g + 1 if self.score_bonus else g
-        ids, probs, logits = [], [], []
-        for position in range(self.forwards):
-            step_logits = to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab)  # [b, 1, V]
-            logits.append(step_logits)
-            if position == g:  # score_bonus: the last draft has been read
-                break
-            token, q = sampler.draft(run.rows, step_logits[:, 0], position)
-            ids.append(token)
+        b, device = run.rows.numel(), run.rows.device
+        proposing = torch.ones(b, dtype=torch.bool, device=device)  # rows still proposing
+        reach = torch.ones(b, device=device)  # each row's estimated chance of accepting all its drafts so far
+        ids, probs, logits, confidence = [], [], [], []
+        for position in range(k):
+            logits.append(to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab))  # [b, 1, V]
+            token, q = sampler.draft(run.rows, logits[-1][:, 0], position)
+            sure = _confidence(logits[-1][:, 0], token, q)  # [b]
+            reach = reach * (sure * length.calibration()).clamp_max(1.0)
+            keep = length.proposes(position + 1, reach)
+            proposing = proposing if keep is None else proposing & keep
+            ids.append(torch.where(proposing, token, -1))
+            confidence.append(sure)
             if q is not None:
-                probs.append(q)
-            run.sequences.write(run.rows, position, token[:, None])
+                probs.append(q * proposing[:, None])  # no proposal: an all-zero law
+            run.sequences.write(run.rows, position, ids[-1][:, None])
             tokens, valid = token[:, None], torch.ones_like(token)[:, None]
-        empty = torch.empty(run.rows.numel(), 0, dtype=torch.int64, device=run.rows.device)
-        return Proposal(ids=torch.stack(ids, dim=1) if ids else empty,
+            if not bool(proposing.any()) or not length.drafts_next(position + 1, reach[proposing]):
+                break
+        if self.score_bonus:  # read the last draft too: logits at every verified position
+            logits.append(to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab))
+        self.forwards = len(logits)
+        return Proposal(ids=torch.stack(ids, dim=1) if ids else torch.empty(b, 0, dtype=torch.int64, device=device),
                         probs=torch.stack(probs, dim=1) if probs else None,
-                        logits=torch.cat(logits, dim=1) if self.score_bonus else None)
+                        logits=torch.cat(logits, dim=1) if self.score_bonus else None,
+                        confidence=torch.stack(confidence, dim=1) if confidence else None)
 
     def accept(self, num_accepted: torch.Tensor) -> None:
         """Roll the cache back to the accepted drafts (``num_accepted  # [b]``) and count what is left unread."""
@@ -92,3 +100,9 @@ class DraftModelDrafter(Drafter):
         width = int(self.unread.max())
         valid = torch.arange(width, device=self.unread.device) >= (width - self.unread)[:, None]  # [b, width]
         self.feed = (run.sequences.window(run.rows, width), valid.to(torch.int64))
+
+
+def _confidence(logits: torch.Tensor, token: torch.Tensor, q: torch.Tensor | None) -> torch.Tensor:
+    """The draft's probability of its token ``# [b]``: from its law ``q`` when sampling, else its raw softmax."""
+    law = q if q is not None else torch.softmax(logits.float(), dim=-1)
+    return law.gather(1, token[:, None]).squeeze(1).float()

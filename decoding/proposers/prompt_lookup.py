@@ -32,10 +32,16 @@ class PromptLookupDrafter(Drafter):
         self.settings = settings
         self.pads = (1 - run.prompt_mask).sum(dim=1)  # [B] left padding of every row
 
-    def propose(self, run, sampler, k: int) -> Proposal:
+    def propose(self, run, sampler, k: int, length) -> Proposal:
         rows = run.rows
         ids = lookup(run.sequences.tokens, run.sequences.lengths[rows], self.pads[rows], rows, k,
                      self.settings.max_ngram, self.settings.min_ngram)  # [b, k]
+        reach = torch.ones(rows.numel(), device=ids.device)
+        for position in range(k):  # positions the length policy says do not pay are not proposed
+            reach = reach * length.calibration()
+            keep = length.proposes(position + 1, reach)
+            if keep is not None:
+                ids[:, position:] = torch.where(keep[:, None], ids[:, position:], -1)
         run.sequences.write(rows, 0, ids)
         probs = one_hot_probs(ids, vocab_size(run.model)) if run.do_sample else None
         return Proposal(ids=ids, probs=probs)

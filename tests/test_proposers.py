@@ -1,0 +1,244 @@
+"""Proposers: prompt lookup against a brute-force oracle, rows that propose fewer drafts than ``g`` (the -1
+convention) in every verification implementation, and losslessness end to end (greedy equality with the
+target's own greedy output; the sampling law by chi-square against exact enumeration)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+import decoding
+from decoding import kernels
+from decoding.kernels import cupy_backend, reference
+from decoding.proposers.prompt_lookup import lookup
+from tests.kernel_emulator import Emulator
+from tests.laws import chi_square_pvalue, left_pad
+from tests.models import fresh_model, greedy_reference, tiny_pair
+from tests.strategies import draft_lengths, eos_choices, prompts, seeds
+from tests.test_sampling_law import ALPHA, PROMPTS, counts, exact_laws, pvalues
+
+
+def lookup_by_hand(row: list[int], k: int, max_ngram: int, min_ngram: int) -> list[int]:
+    """transformers' rule, row by row: the longest n-gram first, its earliest occurrence followed by a token."""
+    for n in range(max_ngram, min_ngram - 1, -1):
+        if len(row) <= n:
+            continue
+        for start in range(len(row) - n):
+            if row[start : start + n] == row[-n:]:
+                return row[start + n : start + n + k]
+    return []
+
+
+@given(data=st.data(), k=st.integers(1, 6), ngrams=st.sampled_from([(3, 1), (2, 2), (4, 2), (1, 1)]))
+def test_lookup_equals_the_row_by_row_rule(data, k, ngrams):
+    rows = data.draw(st.lists(st.lists(st.integers(3, 6), min_size=1, max_size=14), min_size=1, max_size=5))
+    ids, mask = left_pad(rows)
+    pads = (1 - mask).sum(dim=1)
+    lengths = torch.full((len(rows),), ids.shape[1])
+    out = lookup(ids, lengths, pads, torch.arange(len(rows)), k, *ngrams)
+    for r, row in enumerate(rows):
+        expected = lookup_by_hand(row, k, *ngrams)
+        assert out[r].tolist() == expected + [-1] * (k - len(expected)), (row, expected)
+
+
+# ------------------------------------------------------------------------------------------ -1: no draft there
+
+
+def _rows_proposing_fewer(seed: int, batch=5, g=4, vocab=11):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, g + 1, vocab, generator=gen, dtype=torch.float64) * 2
+    q = torch.softmax(torch.randn(batch, g, vocab, generator=gen, dtype=torch.float64), -1)
+    drafts = torch.multinomial(q.reshape(-1, vocab), 1, generator=gen).reshape(batch, g)
+    proposed = torch.randint(0, g + 1, (batch,), generator=gen)
+    beyond = torch.arange(g) >= proposed[:, None]
+    drafts = drafts.masked_fill(beyond, -1)
+    q = q.masked_fill(beyond[..., None], 0.0)
+    u = torch.rand(batch, g + 1, generator=gen, dtype=torch.float64)
+    return logits, drafts, q, u, proposed
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_position_without_draft_is_rejected_and_emits_a_draw_from_p(seed):
+    """The token emitted at a row's first position without a draft is exactly what a bonus draw from ``p``
+    with the same uniform gives, in the processed-scores path and the fused path alike."""
+    logits, drafts, q, u, proposed = _rows_proposing_fewer(seed)
+    p = torch.softmax(logits, -1)
+    ids, n = reference.verify_sampling(p, q, drafts, u[:, :-1], u[:, -1])
+    assert (n <= proposed).all()
+    fused_ids, fused_n = reference.verify(logits, drafts, q.float(), u)
+    assert (fused_n <= proposed).all()
+    rows = torch.arange(drafts.shape[0])
+    for out, count, bonus in ((ids, n, reference.sample(p[rows, n], u[:, -1])),
+                              (fused_ids, fused_n, reference.sample_logits(logits[rows, fused_n], u[:, -1])[0])):
+        at_end = count == proposed  # every proposal accepted: the emitted token is a draw from p there
+        assert torch.equal(out[rows, count][at_end], bonus[at_end])
+    greedy_ids, greedy_n = reference.verify_greedy(logits, drafts)
+    assert (greedy_n <= proposed).all()
+    assert torch.equal(greedy_ids[rows, greedy_n], logits[rows, greedy_n].argmax(-1))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kernels_treat_a_position_without_draft_as_the_reference_does(poisoned, seed):
+    logits, drafts, q, u, _ = _rows_proposing_fewer(seed)
+    logits, q = logits.float(), q.float()
+    emulator = Emulator(64, seed=seed)
+    for kw in (dict(), dict(temperature=0.8, top_k=5, top_p=0.9)):
+        got = cupy_backend.verify(logits, drafts, q, u, launcher=emulator, **kw)
+        expected = reference.verify(logits, drafts, q, u, **kw)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    got = cupy_backend.verify(logits, drafts, launcher=emulator)
+    expected = reference.verify(logits, drafts)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+def _repetitive(batch):
+    """Prompts that repeat their own n-grams, so that prompt lookup finds matches."""
+    ids, mask = batch
+    ids = torch.cat([ids, ids[:, -3:], ids], dim=1)
+    mask = torch.cat([mask, mask[:, -3:], mask], dim=1)
+    return ids, mask
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@given(batch=prompts(), g=draft_lengths(1, 6), seed=seeds(), data=st.data())
+def test_prompt_lookup_greedy_equals_the_targets_own_greedy(arch, batch, g, seed, data):
+    target, _ = tiny_pair(arch, draft_kind="noisy_copy", noise=0.1)
+    ids, mask = _repetitive(batch)
+    plain = greedy_reference(target, ids, mask, 10)
+    eos = data.draw(st.none() | eos_choices(plain[:, ids.shape[1]:].reshape(-1).tolist()))
+    reference_out = greedy_reference(target, ids, mask, 10, eos_token_id=eos)
+    decoding.enable(target)
+    strategy = decoding.SpeculativeDecoding(decoding.PromptLookup(max_ngram=3), num_draft_tokens=g)
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=eos,
+                          strategy=strategy)
+    note(f"drafted {strategy.stats.drafted}, accepted {strategy.stats.accepted}")
+    assert torch.equal(out, reference_out)
+    assert strategy.stats.accepted <= strategy.stats.drafted
+
+
+def test_prompt_lookup_proposes_and_gets_accepted_on_text_that_repeats():
+    """A target whose attention outputs are zeroed predicts the next token from the current one alone, so its greedy
+    text becomes periodic and every earlier occurrence of the last token is followed by what it will say next."""
+    target = fresh_model("llama")
+    for layer in target.model.layers:
+        layer.self_attn.o_proj.weight.data.zero_()
+    ids, mask = left_pad([[5, 9, 14], [3, 7, 11, 4]])
+    reference_out = greedy_reference(target, ids, mask, 40)
+    decoding.enable(target)
+    strategy = decoding.SpeculativeDecoding(decoding.PromptLookup(), num_draft_tokens=4)
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False, strategy=strategy)
+    assert torch.equal(out, reference_out)
+    assert strategy.stats.accepted > 0.5 * strategy.stats.drafted > 0
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"], ids=["processors", "fused"])
+def test_prompt_lookup_sampling_follows_the_target_law(backend):
+    """Chi-square against exact enumeration, as tests/test_sampling_law.py does for a draft model."""
+    from tests.test_sampling_law import NEW_TOKENS, ROWS_PER_PROMPT
+
+    target, _ = tiny_pair("gpt2", vocab_size=12, draft_kind="noisy_copy", noise=0.1)
+    settings = dict(temperature=0.9, top_k=8)
+    prompts_ = [p + p for p in PROMPTS]  # repeated: lookup proposes from the first half
+    ids, mask = left_pad([prompts_[r % len(prompts_)] for r in range(ROWS_PER_PROMPT * len(prompts_))])
+    decoding.enable(target)
+    strategy = decoding.SpeculativeDecoding(decoding.PromptLookup(max_ngram=2), num_draft_tokens=2)
+    torch.manual_seed(7)
+    with kernels.use_backend(backend), torch.no_grad():
+        out = target.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=True, strategy=strategy,
+                              **settings)
+    tokens = out[:, ids.shape[1]:]
+    assert 0 < strategy.stats.accepted < strategy.stats.drafted
+    for p, prompt in enumerate(prompts_):
+        rows = tokens[p :: len(prompts_)]
+        result = pvalues(rows, exact_laws(target, prompt, settings))
+        assert min(result.values()) > ALPHA, f"prompt {prompt}: chi-square p-values {result}"
+        assert chi_square_pvalue(counts(rows)[0], torch.nn.functional.one_hot(torch.tensor(prompt[len(prompt) // 2]),
+                                                                              12).double()) < 1e-9
+
+
+# ------------------------------------------------------------------------------------------ adaptive length
+
+
+class ScriptedLength:
+    """A length policy that makes adaptive-looking choices from a seed: limits from 0 to 5 (0: a plain target
+    step), rows dropping out at random positions, early stops; exactness must not depend on any of it."""
+
+    def __init__(self, seed: int):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _draw(self, high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=self.gen))
+
+    def limit(self) -> int:
+        return self._draw(6)
+
+    def calibration(self) -> float:
+        return 1.0
+
+    def proposes(self, position, reach):
+        return torch.rand(reach.shape, generator=self.gen) < 0.8
+
+    def drafts_next(self, position, reach) -> bool:
+        return self._draw(4) > 0
+
+    def clock(self) -> float:
+        return 0.0
+
+    def observe(self, *args, **kwargs) -> None:
+        pass
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@given(batch=prompts(), seed=seeds(), contrastive=st.booleans())
+def test_any_length_choices_keep_greedy_output_exact(arch, batch, seed, contrastive):
+    target, draft = tiny_pair(arch, draft_kind="noisy_copy", noise=0.1)
+    ids, mask = batch
+    decoding.enable(target)
+    if contrastive:
+        reference_out = target.generate(ids, attention_mask=mask, max_new_tokens=10,
+                                        strategy=decoding.ContrastiveDecoding(draft))
+        strategy = decoding.SpeculativeContrastiveDecoding(draft, num_draft_tokens=5)
+    else:
+        reference_out = greedy_reference(target, ids, mask, 10)
+        strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=5)
+    strategy.length_policy = lambda run: ScriptedLength(seed)
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, strategy=strategy)
+    assert torch.equal(out, reference_out)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"], ids=["processors", "fused"])
+def test_any_length_choices_keep_the_sampling_law(backend, monkeypatch):
+    from tests.test_sampling_law import speculative_samples
+
+    monkeypatch.setattr(decoding.SpeculativeDecoding, "length_policy", lambda self, run: ScriptedLength(11))
+    target, draft = tiny_pair("gpt2", vocab_size=12, draft_kind="noisy_copy", noise=0.1)
+    settings = dict(temperature=0.9, top_k=8)
+    with kernels.use_backend(backend):
+        tokens, stats = speculative_samples(target, draft, settings, seed=5)
+    assert 0 < stats.accepted < stats.drafted
+    for p, prompt in enumerate(PROMPTS):
+        rows = tokens[p :: len(PROMPTS)]
+        result = pvalues(rows, exact_laws(target, prompt, settings))
+        assert min(result.values()) > ALPHA, f"prompt {prompt}: chi-square p-values {result}"
+
+
+@pytest.mark.parametrize("damping", [0.03, 0.3])
+def test_auto_length_is_exact_and_stops_drafting_when_it_does_not_pay(damping):
+    from decoding.model_pairs.synthetic import damped_pair
+
+    target, draft = damped_pair(num_layers=3, hidden_size=64, vocab_size=256, damping=damping, seed=0,
+                                dtype=torch.float64)
+    decoding.enable(target)
+    ids = torch.randint(10, 250, (2, 8), generator=torch.Generator().manual_seed(0))
+    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens="auto")
+    out = target.generate(ids, max_new_tokens=40, do_sample=False, strategy=strategy)
+    assert torch.equal(out, greedy_reference(target, ids, torch.ones_like(ids), 40))
+    if damping == 0.3:  # the draft almost never agrees: after the first probes, the target steps alone
+        assert strategy.stats.drafted < 0.5 * strategy.stats.steps
+    else:
+        assert strategy.stats.accepted > strategy.stats.steps
