@@ -66,8 +66,10 @@ class Run:
         return survivors
 
 
-def new_run(model, input_ids, attention_mask, processors, criteria, config, streamer, *, slack: int, stats) -> Run:
-    """The :class:`Run` of a call; ``slack`` is the most columns a step writes beyond ``max_length``."""
+def new_run(model, input_ids, attention_mask, processors, criteria, config, streamer, *, slack: int, stats,
+            verification: str = "token") -> Run:
+    """The :class:`Run` of a call; ``slack`` is the most columns a step writes beyond ``max_length``;
+    ``verification``: ``"token"`` or ``"block"``, the rule that judges drafts when sampling."""
     pad = hf_compat.pad_token_tensor(config)
     eos = hf_compat.eos_token_tensor(config)
     sequences = Sequences(input_ids, config.max_length, slack, int(pad) if pad is not None else 0)
@@ -77,7 +79,8 @@ def new_run(model, input_ids, attention_mask, processors, criteria, config, stre
         model=model,
         sequences=sequences,
         prompt_mask=attention_mask,
-        sampler=make_sampler(processing, sequences, bool(config.do_sample), keep_scores, input_ids.device),
+        sampler=make_sampler(processing, sequences, bool(config.do_sample), keep_scores, input_ids.device,
+                             verification),
         stopping=Stopping(criteria or [], None if eos is None else eos.to(input_ids.device).reshape(-1)),
         do_sample=bool(config.do_sample),
         streamer=streamer,

@@ -29,16 +29,17 @@ from .vocab import to_vocab
 
 
 def make_sampler(processing: LogitsProcessing, sequences: Sequences, do_sample: bool, keep_scores: bool,
-                 device: torch.device):
+                 device: torch.device, verification: str = "token"):
     """The fused sampler when the processors are only temperature / top-k / top-p (none at all when greedy, whose
-    argmax they could only perturb through rounding ties), the processed scores are not kept for the output and
+    argmax they could only perturb through rounding ties), the processed scores are not kept for the output,
+    verification is token-wise when sampling (the kernels implement that rule only) and
     :func:`decoding.kernels.fused_route` says so (kernels available, or the torch reference forced); else the
     processors' sampler."""
     warpers = processing.warpers
     fused = warpers is not None and not keep_scores and kernels.fused_route(device)
-    if fused and (do_sample or warpers == (1.0, 0, 1.0)):
+    if fused and ((do_sample and verification == "token") or (not do_sample and warpers == (1.0, 0, 1.0))):
         return FusedSampler(*warpers, do_sample=do_sample)
-    return ProcessorSampler(processing, sequences, do_sample)
+    return ProcessorSampler(processing, sequences, do_sample, verification)
 
 
 def _uniforms(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -48,8 +49,9 @@ def _uniforms(like: torch.Tensor, *shape: int) -> torch.Tensor:
 class ProcessorSampler:
     """transformers' logits processors, then argmax or an inverse-CDF sample of the softmax."""
 
-    def __init__(self, processing: LogitsProcessing, sequences: Sequences, do_sample: bool):
+    def __init__(self, processing: LogitsProcessing, sequences: Sequences, do_sample: bool, verification: str = "token"):
         self.processing, self.sequences, self.do_sample = processing, sequences, do_sample
+        self.rule = kernels.verify_block if verification == "block" else kernels.verify_sampling
 
     def _scores(self, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
         """Processed ``# [b, n, V]`` scores of ``logits  # [b, n, V]``; position ``i`` sees view ``offset + i``."""
@@ -71,7 +73,7 @@ class ProcessorSampler:
             draft_probs = scores.new_zeros(b, 0, vocab)
         accept_u, sample_u = _uniforms(scores, b, g), _uniforms(scores, b)
         probs = kernels.probabilities(scores)
-        return (*kernels.verify_sampling(probs, draft_probs, draft_ids, accept_u, sample_u), scores)
+        return (*self.rule(probs, draft_probs, draft_ids, accept_u, sample_u), scores)
 
     def pick(self, rows, logits):
         scores = self._scores(rows, logits[:, None], 0)[:, 0]  # [b, V]

@@ -30,16 +30,22 @@ class SpeculativeDecoding(Strategy):
             (a plain target step); the rule is in :mod:`decoding.adaptive`.
         tokenizers: optional ``(target_tokenizer, draft_tokenizer)``, to prove a draft model's vocabulary compatible.
         compact_threshold: compact a cache when holes exceed this fraction of its slots (batch > 1 only).
+        verification: ``"token"`` (Leviathan et al.'s token-by-token rule) or ``"block"`` (Sun et al.'s block
+            verification: the same output law, never fewer accepted tokens in expectation; sampling only, greedy is
+            unchanged; the fused kernels implement the token rule, so block verification runs the processors' path).
     """
 
     draft_role = "draft"
 
     def __init__(self, draft, num_draft_tokens: int | str = 4, *, tokenizers=None, compact_threshold: float = 0.25,
-                 max_draft_tokens: int = 8):
+                 max_draft_tokens: int = 8, verification: str = "token"):
         self.proposer = draft if isinstance(draft, Proposer) else self.draft_model_proposer(draft, tokenizers)
         if num_draft_tokens != "auto":
             check_int(num_draft_tokens, "num_draft_tokens", 1)
         check_int(max_draft_tokens, "max_draft_tokens", 1)
+        if verification not in ("token", "block"):
+            raise ValueError(f"verification must be 'token' or 'block', got {verification!r}")
+        self.verification = verification
         self.max_draft_tokens = max_draft_tokens
         if isinstance(compact_threshold, bool) or not isinstance(compact_threshold, (int, float)) \
                 or not compact_threshold >= 0:  # inf: never compact

@@ -20,17 +20,19 @@ from .vocab import check_prompt_ids, on_shared_ids, vocab_size
 class SpeculativeContrastiveDecoding(SpeculativeDecoding):
     """Contrastive decoding whose amateur also drafts; arguments as :class:`~decoding.ContrastiveDecoding`
     (``alpha``, ``beta``, ``amateur_temperature``, ``form``) and :class:`~decoding.SpeculativeDecoding`
-    (``num_draft_tokens``, ``tokenizers``, ``compact_threshold``). Statistics as ``SpeculativeDecoding``'s."""
+    (``num_draft_tokens``, ``tokenizers``, ``compact_threshold``, ``verification``). Statistics as
+    ``SpeculativeDecoding``'s."""
 
     draft_role = "amateur"
 
     def __init__(self, amateur, alpha: float = 0.1, beta: float = 0.5, num_draft_tokens: int = 4,
                  amateur_temperature: float = 1.0, *, form: str = "logit", tokenizers=None,
-                 compact_threshold: float = 0.25):
+                 compact_threshold: float = 0.25, verification: str = "token"):
         self.contrast = Contrast(alpha, beta, form, amateur_temperature)
         if isinstance(amateur, Proposer):
             raise TypeError("the amateur must be a model: its logits enter the contrastive score")
-        super().__init__(amateur, num_draft_tokens, tokenizers=tokenizers, compact_threshold=compact_threshold)
+        super().__init__(amateur, num_draft_tokens, tokenizers=tokenizers, compact_threshold=compact_threshold,
+                         verification=verification)
 
     def draft_model_proposer(self, model, tokenizers) -> DraftModel:
         """The amateur drafts, and also reads its last draft: its logits enter every verified position's score."""

@@ -35,6 +35,7 @@ class Strategy:
     """
 
     stats: Any = None
+    verification = "token"  # how sampled drafts are judged: "token" or "block" (speculative strategies)
 
     def decode(self, run: Run) -> None:
         raise NotImplementedError
@@ -67,7 +68,7 @@ class Strategy:
         self.validate(model, generation_config, input_ids, attention_mask)
         input_ids = input_ids.to(torch.int64)  # transformers accepts int32 ids too; the token buffer is int64
         run = new_run(model, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config,
-                      streamer, slack=self.draft_length() + 1, stats=self.new_stats())
+                      streamer, slack=self.draft_length() + 1, stats=self.new_stats(), verification=self.verification)
         self.decode(run)
         self.stats = run.stats
         if streamer is not None:

@@ -14,7 +14,7 @@ import functools
 
 from . import dispatch, reference
 from .dispatch import cupy_status, fused_route, use_backend
-from .reference import greedy, probabilities, proxy_tuning_scores, sample, verify_greedy, verify_sampling
+from .reference import greedy, probabilities, proxy_tuning_scores, sample, verify_block, verify_greedy, verify_sampling
 
 
 def _backend(tensor):
@@ -53,6 +53,7 @@ __all__ = [
     "sample_logits",
     "use_backend",
     "verify",
+    "verify_block",
     "verify_greedy",
     "verify_sampling",
 ]
