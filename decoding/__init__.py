@@ -6,6 +6,7 @@
 """
 
 from .api import enable, is_enabled
+from .cascade import SpeculativeCascade
 from .contrastive import ContrastiveDecoding, ProxyTuning
 from .mixing import LogitMixing
 from .proposers import DraftModel, PromptLookup, Proposer
@@ -23,6 +24,7 @@ __all__ = [
     "PromptLookup",
     "Proposer",
     "ProxyTuning",
+    "SpeculativeCascade",
     "SpeculativeContrastiveDecoding",
     "SpeculativeDecoding",
     "Strategy",

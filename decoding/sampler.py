@@ -37,7 +37,8 @@ def make_sampler(processing: LogitsProcessing, sequences: Sequences, do_sample: 
     processors' sampler."""
     warpers = processing.warpers
     fused = warpers is not None and not keep_scores and kernels.fused_route(device)
-    if fused and ((do_sample and verification == "token") or (not do_sample and warpers == (1.0, 0, 1.0))):
+    token_rule = verification == "token"
+    if fused and token_rule and (do_sample or warpers == (1.0, 0, 1.0)):
         return FusedSampler(*warpers, do_sample=do_sample)
     return ProcessorSampler(processing, sequences, do_sample, verification)
 
@@ -49,9 +50,12 @@ def _uniforms(like: torch.Tensor, *shape: int) -> torch.Tensor:
 class ProcessorSampler:
     """transformers' logits processors, then argmax or an inverse-CDF sample of the softmax."""
 
-    def __init__(self, processing: LogitsProcessing, sequences: Sequences, do_sample: bool, verification: str = "token"):
+    def __init__(self, processing: LogitsProcessing, sequences: Sequences, do_sample: bool, verification="token"):
         self.processing, self.sequences, self.do_sample = processing, sequences, do_sample
         self.rule = kernels.verify_block if verification == "block" else kernels.verify_sampling
+        # A cascade (decoding.cascade.Cascade) verifies against a mixture of both laws: it needs the draft's law
+        # when greedy too.
+        self.cascade = verification if hasattr(verification, "law") else None
 
     def _scores(self, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
         """Processed ``# [b, n, V]`` scores of ``logits  # [b, n, V]``; position ``i`` sees view ``offset + i``."""
@@ -60,19 +64,24 @@ class ProcessorSampler:
     def draft(self, rows, logits, offset):
         scores = self._scores(rows, logits[:, None], offset)[:, 0]  # [b, V]
         if not self.do_sample:
-            return kernels.greedy(scores), None
+            return kernels.greedy(scores), (kernels.probabilities(scores) if self.cascade else None)
         q = kernels.probabilities(scores)
         return kernels.sample(q, _uniforms(q, q.shape[0])), q
 
     def verify(self, rows, logits, draft_ids, draft_probs):
         scores = self._scores(rows, logits, 0)  # [b, g+1, V]
-        if not self.do_sample:
-            return (*kernels.verify_greedy(scores, draft_ids), scores)
         (b, g), vocab = draft_ids.shape, scores.shape[-1]
         if draft_probs is None:  # g == 0
             draft_probs = scores.new_zeros(b, 0, vocab)
+        if self.cascade is not None:  # the law to verify against: the rule's mixture of both
+            probs = self.cascade.law(kernels.probabilities(scores), draft_probs, draft_ids)
+            if not self.do_sample:
+                return (*kernels.verify_greedy(probs, draft_ids), scores)
+        elif not self.do_sample:
+            return (*kernels.verify_greedy(scores, draft_ids), scores)
+        else:
+            probs = kernels.probabilities(scores)
         accept_u, sample_u = _uniforms(scores, b, g), _uniforms(scores, b)
-        probs = kernels.probabilities(scores)
         return (*self.rule(probs, draft_probs, draft_ids, accept_u, sample_u), scores)
 
     def pick(self, rows, logits):
