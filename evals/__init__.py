@@ -9,6 +9,6 @@
 
 None of the command-line modules is imported here, so that ``-m`` runs each cleanly."""
 
-from .measure import ceiling, cost_ratios, efficiency, time_calls, tokens_per_second
+from decoding.evals.common.measure import ceiling, cost_ratios, efficiency, time_calls, tokens_per_second
 
 __all__ = ["ceiling", "cost_ratios", "efficiency", "time_calls", "tokens_per_second"]

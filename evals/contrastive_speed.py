@@ -29,7 +29,8 @@ import torch
 
 import decoding
 
-from . import bench, measure
+from decoding.evals.bench import prompts as bench
+from decoding.evals.common import measure
 
 
 def _methods(expert, amateur, alpha: float, beta: float, draft_lengths) -> dict:
@@ -99,11 +100,11 @@ def _ratios(per_token: dict, outputs: dict, stats: dict, draft_lengths) -> dict:
 
 def _pair(args):
     if args.target == "synthetic":
-        from ..model_pairs.synthetic import damped_pair
+        from decoding.model_pairs.synthetic import damped_pair
 
         expert, amateur = damped_pair(seed=args.seed, intermediate_size=2048)
         return expert, amateur, None
-    from ..model_pairs import load_pair
+    from decoding.model_pairs import load_pair
 
     loaded = load_pair(args.target, args.amateur, dtype="float32")
     return loaded.target, loaded.draft, loaded.tokenizer

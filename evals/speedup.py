@@ -40,12 +40,13 @@ import transformers
 
 import decoding
 
-from ..model_pairs.synthetic import damped_pair
-from . import measure, report
-from .bench_cells import combine
-from .bench_grid import Progress, measure_share, work_units
-from .bench_pairs import Pair
-from .bench_prompts import Prompt, left_pad
+from decoding.evals.bench import report
+from decoding.evals.bench.cells import combine
+from decoding.evals.bench.grid import Progress, measure_share, work_units
+from decoding.evals.bench.pair import Pair
+from decoding.evals.bench.prompts import Prompt, left_pad
+from decoding.evals.common import measure
+from decoding.model_pairs.synthetic import damped_pair
 
 __all__ = ["main", "make_prompts", "left_pad", "run_benchmark"]
 

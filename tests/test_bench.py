@@ -16,7 +16,11 @@ import pytest
 import torch
 
 import decoding
-from decoding.evals import bench, bench_args, bench_prompts, measure, report
+from decoding.evals.bench import args as bench_args
+from decoding.evals.bench import cli as bench
+from decoding.evals.bench import prompts as bench_prompts
+from decoding.evals.bench import report
+from decoding.evals.common import measure
 from tests.models import save_llama, word_tokenizer
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -91,7 +95,7 @@ def test_prefill_ceiling_and_ratios():
 
 
 def test_decoding_rate_takes_the_prompt_encoding_off_each_round():
-    from decoding.evals.bench_cells import _decode_rate
+    from decoding.evals.bench.cells import _decode_rate
 
     method = {"tokens_per_round": [40, 40, 40], "seconds_per_round": [2.0, 3.0, 2.5]}
     prefill = {"tokens_per_round": [4, 4, 4], "seconds_per_round": [0.5, 1.0, 0.25]}
@@ -367,7 +371,7 @@ def test_two_cpu_processes_split_prompts_and_report_once(tmp_path):
 
 
 def test_generation_costs_time_the_forwards_of_real_calls():
-    from decoding.evals.generation_costs import forward_log, generation_cost_ratios
+    from decoding.evals.bench.generation_costs import forward_log, generation_cost_ratios
 
     from .models import tiny_pair
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding.evals import bench, contrastive_speed
+from decoding.evals import contrastive_speed
+from decoding.evals.bench import prompts as bench
 
 from .models import tiny_pair
 

@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from decoding.evals import metrics, quality
+from decoding.evals.quality import cli as quality
+from decoding.evals.quality import metrics
 from tests.models import tiny_model
 from tests.test_bench import ENV
 

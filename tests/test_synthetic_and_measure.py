@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from decoding.evals import measure, speedup
+from decoding.evals import speedup
+from decoding.evals.common import measure
 from decoding.model_pairs import damped_pair
 from decoding.model_pairs.synthetic import llama_intermediate_size
 

@@ -61,14 +61,15 @@ import torch
 
 import decoding
 
-from . import measure, report
-from .bench_args import PROG, SetupError, UsageError, parse_args
-from .bench_cells import combine, summarize
-from .bench_grid import Progress, gather_shares, measure_share, work_units
-from .bench_pairs import Pair, hub_pair, synthetic_pair, tokenize_prompts
+from decoding.evals.bench import report
+from decoding.evals.bench.args import PROG, SetupError, UsageError, parse_args
+from decoding.evals.bench.cells import combine, summarize
+from decoding.evals.bench.grid import Progress, gather_shares, measure_share, work_units
+from decoding.evals.bench.pair import Pair, hub_pair, synthetic_pair, tokenize_prompts
 # CATEGORIES, DEFAULT_MIX, Prompt, left_pad and make_batches are only re-exported: they were defined here before
 # the split, and callers import them from here.
-from .bench_prompts import CATEGORIES, DEFAULT_MIX, Prompt, left_pad, load_prompt_set, make_batches, select_prompts
+from decoding.evals.bench.prompts import CATEGORIES, DEFAULT_MIX, Prompt, left_pad, load_prompt_set, make_batches, select_prompts
+from decoding.evals.common import measure
 
 __all__ = ["CATEGORIES", "DEFAULT_MIX", "Prompt", "load_prompt_set", "left_pad", "main", "make_batches",
            "measure_share", "combine", "parse_args", "run", "select_prompts"]

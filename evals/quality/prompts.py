@@ -17,7 +17,7 @@ from pathlib import Path
 __all__ = ["PROMPT_SET_DIR", "PromptItem", "build_code_prompt_set", "default_prompt_set", "load_prompt_set",
            "text_prompt_set", "write_prompt_set"]
 
-PROMPT_SET_DIR = Path(__file__).parent / "prompts_quality"
+PROMPT_SET_DIR = Path(__file__).parent.parent / "prompts_quality"
 
 
 @dataclass
@@ -66,7 +66,7 @@ def build_code_prompt_set(root: str | Path | None = None, prompt_words: int = 24
     at least ``max_reference_words`` words or the file's end; at least ``min_reference_words``). Generated
     charmap codec tables (``encodings/*``) are skipped: they are near-identical boilerplate.
     """
-    from ..model_pairs.corpus import is_held_out, list_files, stdlib_root
+    from decoding.model_pairs.corpus import is_held_out, list_files, stdlib_root
 
     root = Path(root) if root is not None else stdlib_root()
     seen, records = set(), []

@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from . import metrics
-from .measure import acceptance_summary
-from .quality_generate import generate_all
-from .quality_pairs import Pair
-from .quality_prompts import PromptItem
+from decoding.evals.common.measure import acceptance_summary
+from decoding.evals.quality import metrics
+from decoding.evals.quality.generate import generate_all
+from decoding.evals.quality.pair import Pair
+from decoding.evals.quality.prompts import PromptItem
 
 __all__ = ["HUMAN", "METRIC_KEYS", "evaluate", "score_texts"]
 

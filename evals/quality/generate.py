@@ -15,8 +15,8 @@ import torch
 
 import decoding
 
-from .measure import merge_stats, rotated, time_calls
-from .quality_pairs import Pair
+from decoding.evals.common.measure import merge_stats, rotated, time_calls
+from decoding.evals.quality.pair import Pair
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "Generations", "generate_all"]
 

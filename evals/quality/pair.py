@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .quality_prompts import PromptItem
+from decoding.evals.quality.prompts import PromptItem
 
 __all__ = ["Pair", "load_models", "synthetic_pair"]
 
@@ -45,7 +45,7 @@ def synthetic_pair(items: list[PromptItem], seed: int = 0, vocab_size: int = 256
     """Tiny random Llama expert and amateur (:func:`decoding.model_pairs.synthetic.damped_pair`: the amateur is
     the expert's first layer) over a word-level tokenizer built from the prompt set. No EOS: every row
     generates ``max_new_tokens`` tokens. For tests of the pipeline; the numbers mean nothing."""
-    from ..model_pairs.synthetic import damped_pair
+    from decoding.model_pairs.synthetic import damped_pair
 
     tokenizer = _word_tokenizer([t for item in items for t in (item.prompt, item.reference or "")], vocab_size)
     target, amateur = damped_pair(num_layers=num_layers, hidden_size=hidden_size, vocab_size=len(tokenizer),
@@ -59,7 +59,7 @@ def load_models(args: argparse.Namespace, items: list[PromptItem]) -> Pair:
     """The pair the arguments name: ``--synthetic``, a registry name, or ``--target``/``--draft`` paths or ids."""
     if args.synthetic:
         return synthetic_pair(items, seed=args.seed, device=args.device)
-    from ..model_pairs import load_pair
+    from decoding.model_pairs import load_pair
 
     device_map = None if args.device in (None, "cpu") else {"": args.device}
     loaded = load_pair(args.target, args.draft, dtype=args.dtype, device_map=device_map)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bench_prompts import Prompt
+from decoding.evals.bench.prompts import Prompt
 
 __all__ = ["SYNTHETIC_DEFAULTS", "SYNTHETIC_KEYS", "Pair", "hub_pair", "parse_synthetic", "synthetic_pair",
            "tokenize_prompts"]
@@ -47,7 +47,7 @@ def _eos_ids(model, tokenizer=None) -> list[int]:
 def synthetic_pair(spec: str, dtype: torch.dtype | None, device, seed: int) -> Pair:
     """The damped synthetic pair (:func:`decoding.model_pairs.synthetic.damped_pair`) of a ``--synthetic`` spec
     such as ``"layers=2,hidden=32,vocab=96"``; prompt text is mapped to ids byte by byte."""
-    from ..model_pairs.synthetic import damped_pair
+    from decoding.model_pairs.synthetic import damped_pair
 
     settings = dict(SYNTHETIC_DEFAULTS)
     settings.update(parse_synthetic(spec))
@@ -84,7 +84,7 @@ def parse_synthetic(spec: str) -> dict:
 def hub_pair(args, device) -> Pair:
     """Load ``--target``/``--draft`` through :func:`decoding.model_pairs.load_pair` (registry names, hub ids or
     local folders)."""
-    from ..model_pairs import load_pair
+    from decoding.model_pairs import load_pair
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     device_map = args.device_map if args.device_map is not None else str(device)

@@ -8,9 +8,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import report
-from .bench_pairs import SYNTHETIC_KEYS, parse_synthetic
-from .bench_prompts import CATEGORIES, DEFAULT_MIX
+from decoding.evals.bench import report
+from decoding.evals.bench.pair import SYNTHETIC_KEYS, parse_synthetic
+from decoding.evals.bench.prompts import CATEGORIES, DEFAULT_MIX
 
 __all__ = ["DESCRIPTION", "EPILOG", "MAX_BATCH_SIZE", "MAX_DRAFT_LENGTH", "MAX_NEW_TOKENS", "MODES", "PROG", "QUICK_DEFAULTS", "SetupError",
            "UsageError", "build_parser", "parse_args"]

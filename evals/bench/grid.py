@@ -21,10 +21,10 @@ import torch
 
 import decoding
 
-from . import measure
-from .generation_costs import generation_cost_ratios
-from .bench_pairs import Pair
-from .bench_prompts import Batch, Prompt, make_batches
+from decoding.evals.bench.generation_costs import generation_cost_ratios
+from decoding.evals.bench.pair import Pair
+from decoding.evals.bench.prompts import Batch, Prompt, make_batches
+from decoding.evals.common import measure
 
 __all__ = ["Method", "Progress", "gather_shares", "generation_kwargs", "make_methods", "measure_share",
            "work_units"]

@@ -61,13 +61,13 @@ import transformers
 import decoding
 from decoding.contrastive import check_contrastive_settings
 
-from .measure import device_name, git_commit, library_versions
-from .report import check_writable
+from decoding.evals.bench.report import check_writable
+from decoding.evals.common.measure import device_name, git_commit, library_versions
 # PromptItem, synthetic_pair and METRIC_KEYS are only re-exported: they were defined here before the split, and
 # callers import them from here.
-from .quality_generate import DEFAULT_METHODS, METHODS
-from .quality_pairs import load_models, synthetic_pair
-from .quality_prompts import (
+from decoding.evals.quality.generate import DEFAULT_METHODS, METHODS
+from decoding.evals.quality.pair import load_models, synthetic_pair
+from decoding.evals.quality.prompts import (
     PromptItem,
     build_code_prompt_set,
     default_prompt_set,
@@ -75,7 +75,7 @@ from .quality_prompts import (
     text_prompt_set,
     write_prompt_set,
 )
-from .quality_scores import METRIC_KEYS, evaluate
+from decoding.evals.quality.scores import METRIC_KEYS, evaluate
 
 __all__ = [
     "DEFAULT_METHODS",

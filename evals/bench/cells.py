@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 
-from . import measure
+from decoding.evals.common import measure
 
 __all__ = ["combine", "summarize"]
 

@@ -18,7 +18,7 @@ import torch
 __all__ = ["CATEGORIES", "DEFAULT_MIX", "PROMPTS_DIR", "Batch", "Prompt", "left_pad", "load_prompt_set",
            "make_batches", "select_prompts"]
 
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 CATEGORIES = ("code_completion", "code_explanation", "summarization", "question_answering", "math", "retrieval")
 # The default prompt mix: the embedded pair is a Python code model, so code prompts dominate.
 DEFAULT_MIX = {"code_completion": 2, "code_explanation": 1, "retrieval": 1, "summarization": 1,

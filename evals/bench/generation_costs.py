@@ -29,7 +29,7 @@ import torch
 
 import decoding
 
-from .measure import synchronize
+from decoding.evals.common.measure import synchronize
 
 __all__ = ["forward_log", "generation_cost_ratios"]
 
