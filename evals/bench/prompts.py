@@ -1,28 +1,26 @@
-"""``decoding-bench``'s prompts: the shipped prompt set (``prompts/*.jsonl``), choosing a mix of categories, and
-left-padded batches of tokenized prompts.
-
-A prompt set is JSON lines ``{"id", "category", "prompt"}``; the shipped set has one file per category
-(:data:`CATEGORIES`). The default mix (:data:`DEFAULT_MIX`) favours code, since the embedded pair is a Python
-code model.
-"""
+"""``decoding-bench``'s prompts: the shipped prompt set (``prompts/*.jsonl``, lines ``{"id", "category",
+"prompt"}``, one file per category), the default mix of categories, and prompt text made ids."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["CATEGORIES", "DEFAULT_MIX", "PROMPTS_DIR", "Batch", "Prompt", "left_pad", "load_prompt_set",
-           "make_batches", "select_prompts"]
+from decoding.evals.common.pairs import Pair
+from decoding.evals.common.prompt_files import EVALS_DIR, read_jsonl
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+__all__ = ["CATEGORIES", "DEFAULT_MIX", "PROMPTS_DIR", "Prompt", "load_prompt_set", "select_prompts",
+           "tokenize_prompts"]
+
+PROMPTS_DIR = EVALS_DIR.resolve() / "prompts"
 CATEGORIES = ("code_completion", "code_explanation", "summarization", "question_answering", "math", "retrieval")
 # The default prompt mix: the embedded pair is a Python code model, so code prompts dominate.
 DEFAULT_MIX = {"code_completion": 2, "code_explanation": 1, "retrieval": 1, "summarization": 1,
                "question_answering": 1, "math": 1}
+FIELDS = ("id", "category", "prompt")
 
 
 @dataclass
@@ -42,27 +40,14 @@ def load_prompt_set(path: str | Path | None = None) -> list[Prompt]:
     (file and line named) for a malformed line, ``OSError`` for a missing file.
     """
     path = Path(path) if path is not None else PROMPTS_DIR
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-    if path.is_dir() and not files:
-        raise ValueError(f"no *.jsonl prompt files in {path}")
     prompts, seen = [], set()
-    for file in files:
-        with open(file, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{file}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record.get(k)
-                                                       for k in ("id", "category", "prompt")):
-                raise ValueError(f"{file}:{number}: expected an object with string fields id, category and prompt")
-            if record["id"] in seen:
-                raise ValueError(f"{file}:{number}: duplicate prompt id {record['id']!r}")
-            seen.add(record["id"])
-            prompts.append(Prompt(record["id"], record["category"], record["prompt"]))
+    for where, record in read_jsonl(path):
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record.get(k) for k in FIELDS):
+            raise ValueError(f"{where}: expected an object with string fields id, category and prompt")
+        if record["id"] in seen:
+            raise ValueError(f"{where}: duplicate prompt id {record['id']!r}")
+        seen.add(record["id"])
+        prompts.append(Prompt(record["id"], record["category"], record["prompt"]))
     if not prompts:
         raise ValueError(f"no prompts in {path}")
     return prompts
@@ -93,31 +78,11 @@ def select_prompts(prompts: list[Prompt], categories: Sequence[str] | None = Non
     return selected
 
 
-def left_pad(prompts: list[torch.Tensor], pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad 1-D prompts into ``input_ids, attention_mask  # [b, longest]``."""
-    width = max(p.numel() for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.int64)
-    mask = torch.zeros(len(prompts), width, dtype=torch.int64)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - prompt.numel():] = prompt
-        mask[row, width - prompt.numel():] = 1
-    return ids, mask
-
-
-@dataclass
-class Batch:
-    """One batch of prompts, left-padded to its longest."""
-
-    ids: torch.Tensor  # [b, width] left-padded
-    mask: torch.Tensor  # [b, width]
-    prompts: list[int]  # index into the prompt list, per row
-
-
-def make_batches(prompts: list[torch.Tensor], batch_size: int, device, pad_token_id: int = 0) -> list[Batch]:
-    """``ceil(len(prompts) / batch_size)`` full batches; the last one wraps around to the first prompts."""
-    out = []
-    for k in range(-(-len(prompts) // batch_size)):
-        rows = [(k * batch_size + i) % len(prompts) for i in range(batch_size)]
-        ids, mask = left_pad([prompts[r] for r in rows], pad_token_id)
-        out.append(Batch(ids.to(device), mask.to(device), rows))
-    return out
+def tokenize_prompts(pair: Pair, prompts: list[Prompt], max_prompt_tokens: int) -> list[Prompt]:
+    """Fill ``ids`` of every prompt, keeping its last ``max_prompt_tokens`` tokens."""
+    for prompt in prompts:
+        ids = pair.encode(prompt.text)[-max_prompt_tokens:]
+        if not ids:
+            raise ValueError(f"prompt {prompt.id} has no tokens")
+        prompt.ids = torch.tensor(ids, dtype=torch.int64)
+    return prompts
