@@ -1,19 +1,7 @@
 """Speed of the contrastive strategies: CD's overhead over its two models, and SCD's speedup over CD.
 
-Run ``python -m decoding.evals.contrastive_speed`` (``--help`` for options). By default it runs on the embedded
-pair (its draft as the amateur) and the shipped prompt set of ``decoding-bench``. For each batch size it times,
-on the same left-padded prompts, greedy generation of:
-
-- ``expert``: the expert alone; ``amateur``: the amateur alone (``model.generate``);
-- ``cd``: ``ContrastiveDecoding(amateur, alpha, beta)`` on the expert;
-- ``scd g``: ``SpeculativeContrastiveDecoding(amateur, alpha, beta, num_draft_tokens=g)``, for every ``g``.
-
-Every batch is run by every method in turn, in an order that rotates from batch to batch and round to round,
-so background load hits every method alike; one untimed warm-up call per method comes first, and the median of
-``--rounds`` rounds counts. It reports seconds per token step (wall time over the new positions of a batch,
-summed over batches), the CD overhead ``t_cd / (t_expert + t_amateur)`` (the goal is <= 1.15: the amateur costs
-its forward pass and nothing else), each SCD's speedup over CD with its per-token acceptance ``alpha`` and mean
-accepted length ``tau``, and checks that every SCD's greedy output equals CD's, row by row.
+``python -m decoding.evals.contrastive_speed``: greedy expert, amateur, CD and SCD per draft length, timed
+interleaved per batch size (manual: ``docs/BENCHMARKS.md``, "Other benchmarks").
 """
 
 from __future__ import annotations
@@ -28,8 +16,13 @@ from pathlib import Path
 import torch
 
 import decoding
+from decoding.evals.bench.prompts import load_prompt_set, select_prompts
+from decoding.evals.common.acceptance import acceptance_summary, merge_stats
+from decoding.evals.common.batches import make_batches
+from decoding.evals.common.measure import rotated, synchronize
+from decoding.evals.common.provenance import device_name, git_commit
 
-from . import bench, measure
+DESCRIPTION = "Speed of the contrastive strategies: CD's overhead over its two models, and SCD's speedup over CD."
 
 
 def _methods(expert, amateur, alpha: float, beta: float, draft_lengths) -> dict:
@@ -63,17 +56,17 @@ def measure_batches(expert, amateur, batches, *, new_tokens: int, alpha: float, 
             _generate(name, methods[name], expert, amateur, batches[0], min(new_tokens, 8), pad)
         for round_ in range(rounds):
             for b, batch in enumerate(batches):
-                for name in measure.rotated(names, round_ + b):
-                    measure.synchronize(batch.ids.device)
+                for name in rotated(names, round_ + b):
+                    synchronize(batch.ids.device)
                     start = time.perf_counter()
                     out = _generate(name, methods[name], expert, amateur, batch, new_tokens, pad)
-                    measure.synchronize(batch.ids.device)
+                    synchronize(batch.ids.device)
                     seconds[name][round_] += time.perf_counter() - start
                     steps[name][round_] += out.shape[1] - batch.ids.shape[1]
                     if round_ == 0:
                         outputs[name].append(out)
                         if name in stats:
-                            measure.merge_stats(stats[name], methods[name].stats)
+                            merge_stats(stats[name], methods[name].stats)
     per_token = {name: statistics.median(s / n for s, n in zip(seconds[name], steps[name])) for name in names}
     return _ratios(per_token, outputs, stats, draft_lengths)
 
@@ -82,7 +75,7 @@ def _ratios(per_token: dict, outputs: dict, stats: dict, draft_lengths) -> dict:
     scd = {}
     for g in draft_lengths:
         name = f"scd g={g}"
-        summary = measure.acceptance_summary(stats[name], g)
+        summary = acceptance_summary(stats[name], g)
         scd[g] = {
             "speedup_over_cd": per_token["cd"] / per_token[name],
             "equals_cd": all(torch.equal(a, b) for a, b in zip(outputs[name], outputs["cd"])),
@@ -99,11 +92,11 @@ def _ratios(per_token: dict, outputs: dict, stats: dict, draft_lengths) -> dict:
 
 def _pair(args):
     if args.target == "synthetic":
-        from ..model_pairs.synthetic import damped_pair
+        from decoding.model_pairs.synthetic import damped_pair
 
         expert, amateur = damped_pair(seed=args.seed, intermediate_size=2048)
         return expert, amateur, None
-    from ..model_pairs import load_pair
+    from decoding.model_pairs import load_pair
 
     loaded = load_pair(args.target, args.amateur, dtype="float32")
     return loaded.target, loaded.draft, loaded.tokenizer
@@ -114,7 +107,7 @@ def _prompts(tokenizer, vocab: int, args) -> list[torch.Tensor]:
     if tokenizer is None:
         generator = torch.Generator().manual_seed(args.seed)
         return [torch.randint(1, vocab, (48,), generator=generator) for _ in range(7)]
-    prompts = bench.select_prompts(bench.load_prompt_set())
+    prompts = select_prompts(load_prompt_set())
     return [torch.tensor(tokenizer(p.text)["input_ids"][-args.max_prompt_tokens:]) for p in prompts]
 
 
@@ -130,7 +123,7 @@ def _line(size: int, r: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m decoding.evals.contrastive_speed",
-                                     description=__doc__.split("\n")[0])
+                                     description=DESCRIPTION)
     parser.add_argument("--target", default="embedded",
                         help="registry name, hub id or path, or 'synthetic' (default: embedded)")
     parser.add_argument("--amateur", default=None, help="amateur path or id (default: the pair's draft)")
@@ -157,14 +150,14 @@ def main(argv=None) -> list[dict]:
     draft_lengths = [int(g) for g in args.draft_lengths.split(",")]
     results = []
     for size in (int(b) for b in args.batch_sizes.split(",")):
-        batches = bench.make_batches(prompts, size, expert.device, pad)
+        batches = make_batches(prompts, size, expert.device, pad)
         result = measure_batches(expert, amateur, batches, new_tokens=args.max_new_tokens, alpha=args.alpha,
                                  beta=args.beta, draft_lengths=draft_lengths, rounds=args.rounds, pad=pad)
         results.append({"batch_size": size, **result})
         print(_line(size, result), flush=True)
     if args.json:
-        meta = {"date": datetime.date.today().isoformat(), "device": measure.device_name(expert.device),
-                "threads": torch.get_num_threads(), "prompts": len(prompts), "commit": measure.git_commit()}
+        meta = {"date": datetime.date.today().isoformat(), "device": device_name(expert.device),
+                "threads": torch.get_num_threads(), "prompts": len(prompts), "commit": git_commit()}
         args.json.write_text(json.dumps({"arguments": vars(args) | {"json": str(args.json)}, "meta": meta,
                                          "results": results}, indent=2))
     return results

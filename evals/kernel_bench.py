@@ -1,21 +1,7 @@
 """Microbenchmark of the CuPy logit kernels against their torch reference, and a decoding-step comparison.
 
-``python -m decoding.evals.kernel_bench`` (``--help`` for options) needs a CUDA GPU and CuPy; without them it
-says so and exits with status 2. It measures:
-
-- the device-to-device copy bandwidth (a large ``tensor.copy_``, counting read + write bytes);
-- per dtype, with CUDA events (median of ``--repeats``): fused verification (greedy; sampling with temperature
-  only; sampling with top-k and top-p) at ``--batch`` x ``--draft`` x ``--vocab`` (default B=32, g=5, V=128k),
-  the draft's ``sample_logits``, contrastive scores and greedy / sampled contrastive choice at B x V; each by
-  the kernel, by the torch reference of the same fused operation, and (verification) by the strategies'
-  general path (processing, softmax, ``verify_sampling``);
-- the bandwidth fraction: the bytes each kernel must move (inputs read once, outputs written once) over its
-  time, divided by the copy bandwidth (goal: >= 0.7), and the speedup over the reference (goals: verification
-  >= 5x, contrastive scoring >= 3x);
-- with ``--e2e``: decoding-step time of speculative decoding on the synthetic pair at batch 1 and 8, with
-  kernels and with the reference (goal: kernels faster).
-
-``--json PATH`` writes every number; ``--kernels`` limits the timed implementations (``auto``: both).
+``python -m decoding.evals.kernel_bench`` needs a CUDA GPU and CuPy; without them it says so and exits with
+status 2. What it measures: ``docs/BENCHMARKS.md``, "Other benchmarks".
 """
 
 from __future__ import annotations

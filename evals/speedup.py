@@ -1,36 +1,12 @@
 """Greedy speedup benchmark on the synthetic damped pair: target alone vs ``assistant_model=`` vs this library.
 
-Run ``python -m decoding.evals.speedup`` (``--help`` for options); ``decoding-bench`` (:mod:`decoding.evals.bench`)
-is the same measurement on real pairs and prompts, in greedy and sampling modes, and this module uses its
-measuring loop. For each batch size it times, on the same prompts, interleaved (every batch is run by every
-method in turn, in an order that rotates from batch to batch and round to round, so background load hits every
-method alike) over ``--rounds`` rounds (the median round counts):
-
-- ``target``: ``target.generate`` alone, greedy (the baseline);
-- ``assisted``: transformers' ``assistant_model=draft`` drafting exactly ``g`` tokens per step (batch 1 only:
-  transformers refuses larger batches);
-- ``speculative``: ``decoding.SpeculativeDecoding(draft, num_draft_tokens=g)``.
-
-It checks that both greedy outputs equal the target's own, and reports per cell: tokens/s, speedup over the
-target, the strategy's acceptance rate (``acc`` = accepted / drafted, vLLM's definition), mean accepted length
-(``tau``, tokens per row and step, counts the bonus token), per-position acceptance (accepted at position i /
-steps), the measured cost ratios ``c`` and ``v`` (see :mod:`decoding.evals.measure`), the ceiling
-``(1-a^(g+1)) / ((1-a)(g*c+v))`` and the efficiency (speedup / ceiling). In the ceiling ``a`` is the per-token
-acceptance probability ``alpha`` (the table's ``alpha``), obtained from ``tau`` so that the formula's expected
-tokens per step equal the measured ones: ``ceiling = tau / (g*c + v)``. (``acc`` is ``E[accepted] / g``, lower
-than ``alpha``; see :func:`decoding.evals.measure.per_token_acceptance`.) The assisted cell's ceiling uses the
-strategy's ``alpha`` at the same ``g``: both verify the same greedy drafts.
-
-Prompts are random token ids (lengths drawn in ``[--min-prompt-length, --max-prompt-length]``), left-padded
-into batches of different lengths; the pair has no EOS, so every row generates ``--max-new-tokens`` tokens.
-``c`` and ``v`` are measured with a cache prefix of the mean context length during generation (mean prompt
-length + max_new_tokens / 2).
+``python -m decoding.evals.speedup``: ``decoding-bench``'s measuring loop on random prompts (manual:
+``docs/BENCHMARKS.md``, "Other benchmarks").
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import platform
 import time
 from pathlib import Path
@@ -39,15 +15,22 @@ import torch
 import transformers
 
 import decoding
+from decoding.evals.bench import report
+from decoding.evals.bench.cells import combine
+from decoding.evals.bench.grid import measure_share
+from decoding.evals.bench.progress import Progress, work_units
+from decoding.evals.bench.prompts import Prompt
+from decoding.evals.common import files
+from decoding.evals.common.cli_args import int_list
+from decoding.evals.common.console import quiet_transformers
+from decoding.evals.common.pairs import Pair
+from decoding.evals.common.provenance import device_name, git_commit, utc_now
+from decoding.model_pairs.synthetic import damped_pair
 
-from ..model_pairs.synthetic import damped_pair
-from . import measure, report
-from .bench_cells import combine
-from .bench_grid import Progress, measure_share, work_units
-from .bench_pairs import Pair
-from .bench_prompts import Prompt, left_pad
+__all__ = ["main", "make_prompts", "run_benchmark"]
 
-__all__ = ["main", "make_prompts", "left_pad", "run_benchmark"]
+DESCRIPTION = ("Greedy speedup benchmark on the synthetic damped pair: target alone vs ``assistant_model=`` vs this "
+               "library.")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -67,7 +50,7 @@ def run_benchmark(target, draft, prompts, batch_sizes, draft_lengths, max_new_to
                   cost_repeats=31, quiet=False) -> tuple[list[dict], dict]:
     """Time every method on every batch size, greedy; returns ``(cells, costs)`` (see :func:`main` for the keys).
 
-    The measuring loop is ``decoding-bench``'s (:func:`decoding.evals.bench_grid.measure_share`), on random prompts.
+    The measuring loop is ``decoding-bench``'s (:func:`decoding.evals.bench.grid.measure_share`), on random prompts.
     """
     pair = Pair(target, draft, "synthetic damped pair", "one-layer draft", encode=None, pad_token_id=0,
                 eos_token_ids=[])
@@ -79,31 +62,21 @@ def run_benchmark(target, draft, prompts, batch_sizes, draft_lengths, max_new_to
                             cost_repeats=cost_repeats, warmup_tokens=None, progress=progress)
     finally:
         progress.close()
-    cells, costs, _ = combine([raw])
+    records, costs, _ = combine([raw])
+    cells = [cell.to_dict() for cell in records]
     for cell in cells:
         cell.pop("per_category", None)
-    costs = {b: {**cost, "v": {str(g): v for g, v in cost["v"].items()}} for b, cost in costs.items()}
-    return cells, costs
+    return cells, {b: cost.to_dict() for b, cost in costs.items()}
 
 
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m decoding.evals.speedup", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m decoding.evals.speedup", description=DESCRIPTION,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--batch-sizes", type=_int_list, default=[1, 4], help="comma-separated, e.g. 1,4")
-    parser.add_argument("--draft-lengths", type=_int_list, default=[4], help="comma-separated g values, e.g. 2,4,6")
+    parser.add_argument("--batch-sizes", type=int_list("batch size"), default=[1, 4], help="comma-separated, e.g. 1,4")
+    parser.add_argument("--draft-lengths", type=int_list("draft length"), default=[4], help="comma-separated g values, e.g. 2,4,6")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per row (no EOS)")
     parser.add_argument("--prompts", type=int, default=4, help="number of prompts (each batch size uses them all)")
     parser.add_argument("--min-prompt-length", type=int, default=32, help="random prompt lengths are drawn in")
@@ -134,21 +107,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    """Run the benchmark from command-line arguments; print the table, write JSON if asked, return the results.
-
-    The result (and the JSON file) has keys ``meta`` (versions, device, commit, date, arguments, pair shape),
-    ``costs`` (per batch size: ``c``, ``v`` per g, median seconds of each forward, ``context_length``),
-    ``checks`` (greedy equality with the target per cell) and ``cells`` (one dict per batch size and method with
-    ``tokens_per_s``, ``speedup``, ``matches_target`` and, for draft methods, ``acceptance_rate``,
-    ``mean_accepted_length``, ``per_position_acceptance``, ``c``, ``v``, ``ceiling``, ``efficiency``).
-    """
+    """Run the benchmark from command-line arguments; print the table, write JSON if asked, return the results
+    (keys ``meta``, ``costs``, ``checks``, ``cells``: those of ``decoding-bench``, greedy only)."""
     args = parse_args(argv)
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # no per-call generation warnings between progress lines
-    try:
+    with quiet_transformers():  # no per-call generation warnings between progress lines
         return _main(args)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 def _main(args: argparse.Namespace) -> dict:
@@ -161,26 +124,7 @@ def _main(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     cells, costs = run_benchmark(target, draft, prompts, args.batch_sizes, args.draft_lengths, args.max_new_tokens,
                                  rounds=args.rounds, cost_repeats=args.cost_repeats, quiet=args.quiet)
-    meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": measure.git_commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "decoding": decoding.__version__,
-        "device": str(target.device),
-        "device_name": measure.device_name(target.device),
-        "torch_threads": torch.get_num_threads(),
-        "dtype": args.dtype,
-        "target_parameters": sum(p.numel() for p in target.parameters()),
-        "draft_parameters": sum(p.numel() for p in draft.parameters()),
-        "pair": {"num_layers": args.num_layers, "hidden_size": args.hidden_size, "vocab_size": args.vocab_size,
-                 "intermediate_size": target.config.intermediate_size, "damping": args.damping,
-                 "head_scale": args.head_scale},
-        "prompt_lengths": [p.numel() for p in prompts],
-        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "benchmark_seconds": time.perf_counter() - started,
-    }
+    meta = _meta(args, target, draft, prompts, time.perf_counter() - started)
     checks = [{"batch_size": c["batch_size"], "name": c["name"], "matches_target": c["matches_target"],
                "rows_matching_target": c["rows_matching_target"]} for c in cells if c["method"] != "target"]
     result = {"meta": meta, "costs": {str(b): v for b, v in costs.items()}, "checks": checks, "cells": cells}
@@ -191,8 +135,31 @@ def _main(args: argparse.Namespace) -> dict:
     report.print_table(cells, title)
     report.print_checks(checks)
     if args.json is not None:
-        print(f"wrote {report.write_json(result, args.json)}")
+        print(f"wrote {files.write_json(result, args.json)}")
     return result
+
+
+def _meta(args: argparse.Namespace, target, draft, prompts: list[torch.Tensor], seconds: float) -> dict:
+    return {
+        "date": utc_now(),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "decoding": decoding.__version__,
+        "device": str(target.device),
+        "device_name": device_name(target.device),
+        "torch_threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+        "target_parameters": sum(p.numel() for p in target.parameters()),
+        "draft_parameters": sum(p.numel() for p in draft.parameters()),
+        "pair": {"num_layers": args.num_layers, "hidden_size": args.hidden_size, "vocab_size": args.vocab_size,
+                 "intermediate_size": target.config.intermediate_size, "damping": args.damping,
+                 "head_scale": args.head_scale},
+        "prompt_lengths": [p.numel() for p in prompts],
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "benchmark_seconds": seconds,
+    }
 
 
 if __name__ == "__main__":

@@ -16,7 +16,12 @@ import pytest
 import torch
 
 import decoding
-from decoding.evals import bench, bench_args, bench_prompts, measure, report
+from decoding.evals.bench import args as bench_args
+from decoding.evals.bench import cli as bench
+from decoding.evals.bench import plot, report
+from decoding.evals.bench import prompts as bench_prompts
+from decoding.evals.common import measure
+from decoding.evals.common.batches import make_batches
 from tests.models import save_llama, word_tokenizer
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -91,7 +96,7 @@ def test_prefill_ceiling_and_ratios():
 
 
 def test_decoding_rate_takes_the_prompt_encoding_off_each_round():
-    from decoding.evals.bench_cells import _decode_rate
+    from decoding.evals.bench.cells import _decode_rate
 
     method = {"tokens_per_round": [40, 40, 40], "seconds_per_round": [2.0, 3.0, 2.5]}
     prefill = {"tokens_per_round": [4, 4, 4], "seconds_per_round": [0.5, 1.0, 0.25]}
@@ -104,7 +109,7 @@ def test_decoding_rate_takes_the_prompt_encoding_off_each_round():
 
 def test_batches_wrap_and_new_token_counts():
     prompts = [torch.tensor([5, 6, 7]), torch.tensor([8])]
-    batches = bench_prompts.make_batches(prompts, 3, "cpu", pad_token_id=0)
+    batches = make_batches(prompts, 3, "cpu", pad_token_id=0)
     assert len(batches) == 1 and batches[0].prompts == [0, 1, 0]
     assert batches[0].ids.tolist() == [[5, 6, 7], [0, 0, 8], [5, 6, 7]]
     out = torch.tensor([[1, 2, 9, 3, 3], [1, 2, 4, 5, 6]])
@@ -173,14 +178,14 @@ def test_unwritable_output_paths_fail_before_running(option, tmp_path, capsys, m
 
 def test_a_late_json_failure_keeps_the_results_and_says_where(tmp_path, capsys, monkeypatch):
     target = tmp_path / "out" / "bench.json"
-    real_write = bench.report.write_json
+    real_write = bench.files.write_json
 
     def failing(result, path):
         if Path(path) == target:
             raise OSError(28, "No space left on device")
         return real_write(result, path)
 
-    monkeypatch.setattr(bench.report, "write_json", failing)
+    monkeypatch.setattr(bench.files, "write_json", failing)
     argv = [*TINY, "--batch-sizes", "1", "--draft-lengths", "1", "--prompts-per-category", "1", "--categories",
             "math", "--modes", "greedy", "--no-assisted", "--json", str(target)]
     assert bench.main(argv) == 1
@@ -304,7 +309,7 @@ def test_plot_from_cells(tmp_path):
     cells = [{"mode": mode, "batch_size": b, "method": kind, "num_draft_tokens": g, "speedup": 1.0 + 0.1 * g,
               "ceiling": 1.2 + 0.1 * g} for mode in ("greedy", "sample") for b in (1, 4) for g in (2, 3, 4)
              for kind in (("speculative", "assisted") if b == 1 else ("speculative",))]
-    path = report.plot_speedup(cells, tmp_path / "plot.png", "title")
+    path = plot.plot_speedup(cells, tmp_path / "plot.png", "title")
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -367,7 +372,7 @@ def test_two_cpu_processes_split_prompts_and_report_once(tmp_path):
 
 
 def test_generation_costs_time_the_forwards_of_real_calls():
-    from decoding.evals.generation_costs import forward_log, generation_cost_ratios
+    from decoding.evals.bench.generation_costs import forward_log, generation_cost_ratios
 
     from .models import tiny_pair
 

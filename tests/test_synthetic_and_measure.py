@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-from decoding.evals import measure, speedup
+from decoding.evals import speedup
+from decoding.evals.common import measure
+from decoding.evals.common.batches import left_pad
 from decoding.model_pairs import damped_pair
 from decoding.model_pairs.synthetic import llama_intermediate_size
 
@@ -119,7 +121,7 @@ def test_left_pad_and_prompts():
     prompts = speedup.make_prompts(3, 50, 2, 5, seed=1)
     assert [p.numel() for p in prompts] == [p.numel() for p in speedup.make_prompts(3, 50, 2, 5, seed=1)]
     assert all(2 <= p.numel() <= 5 and int(p.min()) >= 1 and int(p.max()) < 50 for p in prompts)
-    ids, mask = speedup.left_pad([torch.tensor([5, 6, 7]), torch.tensor([8])])
+    ids, mask = left_pad([torch.tensor([5, 6, 7]), torch.tensor([8])])
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 

@@ -1,24 +1,22 @@
 """``decoding-eval``'s scores: every method's continuations generated
-(:func:`decoding.evals.quality_generate.generate_all`) and scored (rep-n, diversity, length, coherence, MAUVE, the
-expert's perplexity, tokens/s), with the human references as a row of their own.
-
-Metric definitions: :mod:`decoding.evals.metrics`. Coherence and MAUVE are reported unavailable, with the reason,
-when their optional packages or features are missing; everything else still runs.
-"""
+(:func:`decoding.evals.quality.generate.generate_all`) and scored (:mod:`decoding.evals.quality.metrics`), with
+the human references as a row of their own; coherence and MAUVE are reported unavailable, with the reason, when
+their optional packages or features are missing."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
-from . import metrics
-from .measure import acceptance_summary
-from .quality_generate import generate_all
-from .quality_pairs import Pair
-from .quality_prompts import PromptItem
+from decoding.evals.common.acceptance import acceptance_summary
+from decoding.evals.common.pairs import Pair
+from decoding.evals.quality import metrics
+from decoding.evals.quality.generate import Generations, generate_all
+from decoding.evals.quality.prompts import PromptItem
 
 __all__ = ["HUMAN", "METRIC_KEYS", "evaluate", "score_texts"]
 
@@ -94,65 +92,90 @@ def score_texts(prompts: list[str], texts: list[str], coherence: _Embeddings, fe
     return out
 
 
+@dataclass
+class _Scoring:
+    """What every row is scored with: the prompts (text and ids), the encoders and the human features."""
+
+    pair: Pair
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    coherence: _Embeddings
+    features: _Embeddings | None  # MAUVE's; None when MAUVE is unavailable
+    args: object
+    human_features: torch.Tensor | None = None
+
+    def text(self, ids: list[int]) -> str:
+        return self.pair.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def perplexity(self, continuations: list[list[int]]) -> float:
+        return _mean(metrics.perplexities(self.pair.target, self.prompt_ids, continuations, self.args.batch_size,
+                                          self.pair.pad_token_id))
+
+
 def evaluate(pair: Pair, items: list[PromptItem], methods: list[str], args, log=print) -> dict:
-    """Generate with every method and score it; the JSON-ready result (see
-    :func:`decoding.evals.quality.main`)."""
-    tokenizer = pair.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    """Generate with every method and score it; the JSON-ready result (``docs/QUALITY.md``, "Output"), with the
+    texts of every method under ``_generations``."""
     prompts = [item.prompt for item in items]
-    prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    prompt_ids = [pair.tokenizer(p)["input_ids"] for p in prompts]
     started = time.perf_counter()
     generations = generate_all(pair, prompt_ids, methods, args, log)
     log(f"generation: {time.perf_counter() - started:.1f} s; scoring")
-
-    def text(ids):
-        return tokenizer.decode(ids, skip_special_tokens=True)
-
     coherence = _coherence_encoder(args.encoder, args.device)
     features = coherence
     if args.mauve_features:
         features = _Embeddings(lambda: metrics.causal_lm_featurizer(args.mauve_features, device=args.device),
                                f"the MAUVE featurizer {args.mauve_features!r}")
     unavailable = {"coherence": coherence.reason, "mauve": _mauve_reason(features, items)}
-    if unavailable["mauve"] is not None:
-        features = None
-
-    rows, human_features = {}, None
+    scoring = _Scoring(pair, prompts, prompt_ids, coherence, features if unavailable["mauve"] is None else None, args)
+    rows = {}
     if all(item.reference for item in items):
-        # References cut to the continuations' token budget, as in the literature (both 256 tokens there).
-        reference_ids = [tokenizer(item.reference, add_special_tokens=False)["input_ids"][: args.max_new_tokens]
-                         for item in items]
-        references = [text(ids) for ids in reference_ids]
-        if features is not None:
-            human_features = features(references)
-        rows[HUMAN] = score_texts(prompts, references, coherence, None, None, args.seed)
-        rows[HUMAN]["perplexity"] = _mean(metrics.perplexities(pair.target, prompt_ids, reference_ids,
-                                                               args.batch_size, pad))
-        rows[HUMAN]["tokens_per_second"] = None
+        rows[HUMAN] = _human_row(scoring, items)
     samples = {}
     for method in methods:
-        gen = generations[method]
-        continuations = [gen.continuations[i] for i in range(len(items))]
-        texts = [text(ids) for ids in continuations]
-        samples[method] = texts
-        row = score_texts(prompts, texts, coherence, features, human_features, args.seed)
-        row["perplexity"] = _mean(metrics.perplexities(pair.target, prompt_ids, continuations, args.batch_size, pad))
-        row["tokens_per_second"] = gen.tokens / gen.seconds if gen.seconds > 0 else None
-        row["new_tokens"], row["seconds"] = gen.tokens, gen.seconds
-        row["stats"] = acceptance_summary(gen.stats, args.num_draft_tokens) if "drafted" in gen.stats else gen.stats
-        rows[method] = row
-    checks = {}
-    for fast, exact in (("speculative_contrastive", "contrastive"),):
-        if fast in generations and exact in generations:
-            same = sum(generations[fast].continuations[i] == generations[exact].continuations[i]
-                       for i in range(len(items)))
-            checks[f"{fast}_equals_{exact}"] = same / len(items)
+        samples[method], rows[method] = _method_row(scoring, generations[method], len(items))
     return {
         "methods": rows,
         "unavailable": {key: reason for key, reason in unavailable.items() if reason is not None},
-        "checks": checks,
+        "checks": _checks(generations, len(items)),
         "encoder": coherence.description,
-        "mauve_features": features.description if features is not None else None,
+        "mauve_features": scoring.features.description if scoring.features is not None else None,
         "samples": {method: texts[: args.show_samples] for method, texts in samples.items()} if args.show_samples else {},
         "_generations": samples,
     }
+
+
+def _human_row(scoring: _Scoring, items: list[PromptItem]) -> dict:
+    """The references, cut to the continuations' token budget as in the literature (both 256 tokens there);
+    their features become MAUVE's human side."""
+    tokenizer, budget = scoring.pair.tokenizer, scoring.args.max_new_tokens
+    reference_ids = [tokenizer(item.reference, add_special_tokens=False)["input_ids"][:budget] for item in items]
+    references = [scoring.text(ids) for ids in reference_ids]
+    if scoring.features is not None:
+        scoring.human_features = scoring.features(references)
+    row = score_texts(scoring.prompts, references, scoring.coherence, None, None, scoring.args.seed)
+    row["perplexity"] = scoring.perplexity(reference_ids)
+    row["tokens_per_second"] = None
+    return row
+
+
+def _method_row(scoring: _Scoring, gen: Generations, count: int) -> tuple[list[str], dict]:
+    """One method's texts and row: text metrics, the expert's perplexity, speed and strategy statistics."""
+    continuations = [gen.continuations[i] for i in range(count)]
+    texts = [scoring.text(ids) for ids in continuations]
+    row = score_texts(scoring.prompts, texts, scoring.coherence, scoring.features, scoring.human_features,
+                      scoring.args.seed)
+    row["perplexity"] = scoring.perplexity(continuations)
+    row["tokens_per_second"] = gen.tokens / gen.seconds if gen.seconds > 0 else None
+    row["new_tokens"], row["seconds"] = gen.tokens, gen.seconds
+    row["stats"] = acceptance_summary(gen.stats, scoring.args.num_draft_tokens) if "drafted" in gen.stats else gen.stats
+    return texts, row
+
+
+def _checks(generations: dict, count: int) -> dict:
+    """The fraction of prompts where a fast method's greedy output equals its exact counterpart's."""
+    checks = {}
+    for fast, exact in (("speculative_contrastive", "contrastive"),):
+        if fast in generations and exact in generations:
+            same = sum(generations[fast].continuations[i] == generations[exact].continuations[i] for i in range(count))
+            checks[f"{fast}_equals_{exact}"] = same / count
+    return checks

@@ -1,55 +1,22 @@
-"""Small measurement helpers for speedup benchmarks: timing, model cost ratios and the speculative ceiling.
+"""Timing, model cost ratios and the speculative ceiling (manual: ``docs/BENCHMARKS.md``, "Measurement").
 
-Conventions: timed regions exclude warm-up calls and are wrapped in ``torch.cuda.synchronize()`` when a model
-runs on CUDA; every reported time is a median over repetitions. The cost ratios follow REFERENCES.md §1:
-
-- ``c = t(draft forward of 1 new token) / t(target forward of 1 new token)``,
-- ``v = t(target forward of g+1 new tokens) / t(target forward of 1 new token)``,
-
-both with a real ``DynamicCache`` prefix of a given length in front, at a given batch size. With the acceptance
-rate ``a`` and draft length ``g``, the hardware-aware ceiling on speedup is
-``(1 - a^(g+1)) / ((1 - a)(g*c + v))``; ``v = 1`` gives Leviathan et al.'s formula.
-
-Also here, shared by the benchmarks: acceptance counters summed over calls and processes
-(:func:`merge_stats`, :func:`merge_totals`, :func:`acceptance_summary`), new-token counts of a batch
-(:func:`new_token_counts`) and the run's provenance (:func:`git_commit`, :func:`device_name`,
-:func:`library_versions`).
+Timed regions exclude warm-up calls and synchronize CUDA around them; reported times are medians. ``c`` and
+``v`` are ratios of cached forwards (REFERENCES.md §1); the ceiling is ``(1 - a^(g+1)) / ((1 - a)(g*c + v))``.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import torch
 
 from decoding import hf_compat
 
-__all__ = [
-    "acceptance_summary",
-    "ceiling",
-    "cost_ratios",
-    "device_name",
-    "efficiency",
-    "forward_timer",
-    "git_commit",
-    "library_versions",
-    "merge_stats",
-    "merge_totals",
-    "new_token_counts",
-    "per_token_acceptance",
-    "prefill_ratios",
-    "prefill_ceiling",
-    "rotated",
-    "synchronize",
-    "time_calls",
-    "tokens_per_second",
-]
+__all__ = ["ceiling", "cost_ratios", "efficiency", "forward_timer", "interleaved_medians", "new_token_counts",
+           "per_token_acceptance", "prefill_ceiling", "prefill_ratios", "rotated", "synchronize", "time_calls",
+           "tokens_per_second"]
 
 
 def synchronize(device: torch.device | str | None = None) -> None:
@@ -229,60 +196,6 @@ def efficiency(speedup: float, ceiling_value: float) -> float:
     return speedup / ceiling_value if ceiling_value > 0 else float("nan")
 
 
-# ----------------------------------------------------------------------------------------------- acceptance
-
-
-def merge_stats(total: dict, stats) -> dict:
-    """Add one call's ``AcceptanceStats`` (or a dict of the same counters) into ``total``; returns ``total``.
-
-    ``total`` holds plain counters (``steps``, ``drafted``, ``accepted``, ``rejected``, ``position_steps``,
-    ``position_accepted``), so totals of several calls, prompts or processes add up exactly and travel through
-    JSON or ``gather_object``.
-    """
-    get = stats.get if isinstance(stats, dict) else lambda key, default: getattr(stats, key, default)
-    for key in ("steps", "drafted", "accepted", "rejected"):
-        total[key] = total.get(key, 0) + get(key, 0)
-    for key in ("position_steps", "position_accepted"):
-        values = list(get(key, []))
-        old = total.setdefault(key, [])
-        old.extend([0] * (len(values) - len(old)))
-        for i, value in enumerate(values):
-            old[i] += value
-    return total
-
-
-def merge_totals(totals: Iterable[dict]) -> dict:
-    """The sum of several :func:`merge_stats` totals."""
-    out: dict = {}
-    for total in totals:
-        merge_stats(out, total)
-    return out
-
-
-def acceptance_summary(total: dict, g: int) -> dict:
-    """Acceptance figures of summed counters at draft length ``g``.
-
-    Keys: ``acceptance_rate`` (accepted / drafted), ``alpha`` (the per-token acceptance that reproduces the
-    measured mean accepted length in the ceiling formula, :func:`per_token_acceptance`), ``alpha_tested``
-    (accepted / acceptance tests run, ``AcceptanceStats.alpha``), ``mean_accepted_length`` (tau, counting the
-    bonus token), ``per_position_acceptance`` and the counters ``steps``, ``drafted``, ``accepted``.
-    """
-    steps, drafted, accepted = total.get("steps", 0), total.get("drafted", 0), total.get("accepted", 0)
-    tests = accepted + total.get("rejected", 0)
-    tau = 1.0 + accepted / steps if steps else 0.0
-    return {
-        "acceptance_rate": accepted / drafted if drafted else 0.0,
-        "alpha": per_token_acceptance(tau, g),
-        "alpha_tested": accepted / tests if tests else 0.0,
-        "mean_accepted_length": tau,
-        "per_position_acceptance": [a / s if s else 0.0 for a, s in
-                                    zip(total.get("position_accepted", []), total.get("position_steps", []))],
-        "steps": steps,
-        "drafted": drafted,
-        "accepted": accepted,
-    }
-
-
 def new_token_counts(output: torch.Tensor, prompt_width: int, eos_token_ids: Iterable[int] = ()) -> list[int]:
     """New tokens of each row of ``output  # [b, prompt_width + n]``: up to and including its first EOS.
 
@@ -297,51 +210,3 @@ def new_token_counts(output: torch.Tensor, prompt_width: int, eos_token_ids: Ite
     first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1,
                         torch.full_like(is_eos[:, 0], new.shape[1], dtype=torch.int64))
     return first.tolist()
-
-
-# ----------------------------------------------------------------------------------------------- provenance
-
-
-def git_commit(path: str | Path | None = None) -> str | None:
-    """The commit of the checkout holding ``path`` (default: this package), ``+dirty`` if modified; else None."""
-    here = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_name(device: torch.device | str) -> str:
-    """A readable name of ``device``: the GPU's model, or the CPU's model and torch's thread count."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({torch.get_num_threads()} torch threads)"
-
-
-LIBRARIES = ("torch", "transformers", "accelerate", "tokenizers", "bitsandbytes")
-
-
-def library_versions(names: Sequence[str] = LIBRARIES) -> dict:
-    """Python's version and the installed versions of ``names`` (None for those not installed)."""
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    if torch.version.cuda:
-        versions["cuda"] = torch.version.cuda
-    return versions

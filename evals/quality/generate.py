@@ -1,11 +1,6 @@
 """``decoding-eval``'s generation: the continuations of every prompt by every decoding method (:data:`METHODS`),
-batched and left-padded, each call timed.
-
-Batches (prompts sorted by length, so that a batch holds similar lengths) are generated in turn by every method,
-in an order that rotates per batch so that background load hits all alike, each call timed with
-:func:`decoding.evals.measure.time_calls` after one untimed warm-up call per method. Sampling methods reseed per
-batch (``--seed`` + batch index), so runs are reproducible.
-"""
+batched (prompts sorted by length) and left-padded, each call timed; batches go to every method in turn, in an
+order that rotates per batch, and sampling methods reseed per batch (``--seed`` + batch index)."""
 
 from __future__ import annotations
 
@@ -14,9 +9,10 @@ from dataclasses import dataclass, field
 import torch
 
 import decoding
-
-from .measure import merge_stats, rotated, time_calls
-from .quality_pairs import Pair
+from decoding.evals.common.acceptance import merge_stats
+from decoding.evals.common.batches import left_pad
+from decoding.evals.common.measure import rotated, time_calls
+from decoding.evals.common.pairs import Pair, eos_token_ids
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "Generations", "generate_all"]
 
@@ -65,6 +61,13 @@ class Generations:
     tokens: int = 0
     stats: dict = field(default_factory=dict)  # summed strategy counters
 
+    def add(self, rows: list[int], new_ids: torch.Tensor, seconds: float, eos_ids: set[int]) -> None:
+        """One timed call's new ids of the prompts ``rows``."""
+        self.seconds += seconds
+        for r, i in enumerate(rows):
+            self.continuations[i] = _trim(new_ids[r].tolist(), eos_ids)
+            self.tokens += len(self.continuations[i])
+
 
 def _trim(ids: list[int], eos_ids: set[int]) -> list[int]:
     """Generated ids up to and including the first EOS (what follows is padding)."""
@@ -72,11 +75,6 @@ def _trim(ids: list[int], eos_ids: set[int]) -> list[int]:
         if token in eos_ids:
             return ids[: i + 1]
     return ids
-
-
-def _eos_ids(model) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    return set() if eos is None else set(eos if isinstance(eos, list) else [eos])
 
 
 def _record_stats(total: dict, strategy) -> None:
@@ -91,45 +89,36 @@ def _record_stats(total: dict, strategy) -> None:
             forwards[role] = forwards.get(role, 0) + count
 
 
+def _generate(pair: Pair, prompt_ids: list[list[int]], method: str, strategy, rows: list[int], max_new_tokens: int,
+              seed: int) -> torch.Tensor:
+    """The new ids ``# [len(rows), max_new_tokens]`` of one ``generate`` call on the prompts ``rows``."""
+    ids, mask = left_pad([torch.tensor(prompt_ids[i]) for i in rows], pair.pad_token_id)
+    kwargs = dict(attention_mask=mask.to(pair.target.device), max_new_tokens=max_new_tokens,
+                  pad_token_id=pair.pad_token_id, **_sampling(method))
+    if strategy is not None:
+        kwargs["strategy"] = strategy
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return pair.target.generate(ids.to(pair.target.device), **kwargs)[:, ids.shape[1]:].cpu()
+
+
 def generate_all(pair: Pair, prompt_ids: list[list[int]], methods: list[str], args, log=print) -> dict:
     """Continuations of every prompt by every method: ``{method: Generations}``."""
-    tokenizer, target = pair.tokenizer, pair.target
-    device = target.device
-    decoding.enable(target)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else target.generation_config.pad_token_id
-    eos_ids = _eos_ids(target)
+    decoding.enable(pair.target)
+    eos_ids = set(eos_token_ids(pair.target))  # what generate stops at: the model's own EOS
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding per batch
     batches = [order[k : k + args.batch_size] for k in range(0, len(order), args.batch_size)]
-    strategies = {m: _strategy(m, pair.amateur, args) for m in methods}
+    strategies = {m: _strategy(m, pair.draft, args) for m in methods}
     results = {m: Generations(m) for m in methods}
-
-    def run(method: str, rows: list[int], max_new_tokens: int, seed: int):
-        width = max(len(prompt_ids[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, width - len(prompt_ids[i]) :] = torch.tensor(prompt_ids[i])
-            mask[r, width - len(prompt_ids[i]) :] = 1
-        kwargs = dict(attention_mask=mask.to(device), max_new_tokens=max_new_tokens, pad_token_id=pad,
-                      **_sampling(method))
-        if strategies[method] is not None:
-            kwargs["strategy"] = strategies[method]
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            return target.generate(ids.to(device), **kwargs)[:, width:].cpu()
-
     for method in methods:  # warm-up: one short untimed call each
-        run(method, batches[0], 2, args.seed)
+        _generate(pair, prompt_ids, method, strategies[method], batches[0], 2, args.seed)
     for k, rows in enumerate(batches):
         for method in rotated(methods, k):
             out = {}
-            seconds = time_calls(lambda: out.update(ids=run(method, rows, args.max_new_tokens, args.seed + k)),
-                                 repeats=1, warmup=0, device=device)[0]
-            gen = results[method]
-            gen.seconds += seconds
-            for r, i in enumerate(rows):
-                gen.continuations[i] = _trim(out["ids"][r].tolist(), eos_ids)
-                gen.tokens += len(gen.continuations[i])
-            _record_stats(gen.stats, strategies[method])
+            seconds = time_calls(lambda: out.update(ids=_generate(pair, prompt_ids, method, strategies[method], rows,
+                                                                  args.max_new_tokens, args.seed + k)),
+                                 repeats=1, warmup=0, device=pair.target.device)[0]
+            results[method].add(rows, out["ids"], seconds, eos_ids)
+            _record_stats(results[method].stats, strategies[method])
         log(f"batch {k + 1}/{len(batches)} done")
     return results

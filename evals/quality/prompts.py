@@ -1,10 +1,6 @@
 """``decoding-eval``'s prompt sets: reading one (JSON lines ``{"prompt", "reference", "source"}``), the shipped
-Python-code set and how it is built, and prose sets built from documents the literature's way.
-
-The default set, ``prompts_quality/python_code.jsonl``, holds 50 beginnings of Python code from the files that the
-embedded pair's training held out (:mod:`decoding.model_pairs.corpus`; never seen by its tokenizer or models):
-see :func:`build_code_prompt_set`. :func:`text_prompt_set` builds a prose set from documents (Li et al. 2022).
-"""
+Python-code set (``prompts_quality/python_code.jsonl``) and how it is built, and prose sets built from documents
+the literature's way (manual: ``docs/QUALITY.md``, "Prompt sets")."""
 
 from __future__ import annotations
 
@@ -14,10 +10,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from decoding.evals.common.prompt_files import EVALS_DIR, read_jsonl
+
 __all__ = ["PROMPT_SET_DIR", "PromptItem", "build_code_prompt_set", "default_prompt_set", "load_prompt_set",
            "text_prompt_set", "write_prompt_set"]
 
-PROMPT_SET_DIR = Path(__file__).parent / "prompts_quality"
+PROMPT_SET_DIR = EVALS_DIR / "prompts_quality"
 
 
 @dataclass
@@ -30,7 +28,7 @@ class PromptItem:
 
 
 def default_prompt_set() -> Path:
-    """The shipped prompt set: beginnings of held-out Python standard-library files (see the module docstring)."""
+    """The shipped prompt set: beginnings of held-out Python standard-library files (docs/QUALITY.md, "Prompt sets")."""
     return PROMPT_SET_DIR / "python_code.jsonl"
 
 
@@ -38,16 +36,12 @@ def load_prompt_set(path: str | Path, limit: int | None = None) -> list[PromptIt
     """Read a JSON-lines prompt set (``prompt`` required; ``reference`` and ``source`` optional), first
     ``limit`` items."""
     items = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if not isinstance(record.get("prompt"), str) or not record["prompt"]:
-                raise ValueError(f"{path}:{number}: every line needs a non-empty string 'prompt'")
-            items.append(PromptItem(record["prompt"], record.get("reference"), record.get("source")))
-            if limit is not None and len(items) >= limit:
-                break
+    for where, record in read_jsonl(path):
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
+            raise ValueError(f"{where}: every line needs a non-empty string 'prompt'")
+        items.append(PromptItem(record["prompt"], record.get("reference"), record.get("source")))
+        if limit is not None and len(items) >= limit:
+            break
     if not items:
         raise ValueError(f"{path}: no prompts")
     return items
@@ -66,7 +60,7 @@ def build_code_prompt_set(root: str | Path | None = None, prompt_words: int = 24
     at least ``max_reference_words`` words or the file's end; at least ``min_reference_words``). Generated
     charmap codec tables (``encodings/*``) are skipped: they are near-identical boilerplate.
     """
-    from ..model_pairs.corpus import is_held_out, list_files, stdlib_root
+    from decoding.model_pairs.corpus import is_held_out, list_files, stdlib_root
 
     root = Path(root) if root is not None else stdlib_root()
     seen, records = set(), []
@@ -82,12 +76,8 @@ def build_code_prompt_set(root: str | Path | None = None, prompt_words: int = 24
         for start, line in enumerate(lines):
             if not _UNIT_START.match(line) or line.strip() in seen:
                 continue
-            end, count = start, 0
-            while end < len(lines) and count < prompt_words:
-                count, end = count + len(lines[end].split()), end + 1
-            stop, more = end, 0
-            while stop < len(lines) and more < max_reference_words:
-                more, stop = more + len(lines[stop].split()), stop + 1
+            end, count = _lines_until(lines, start, prompt_words)
+            stop, more = _lines_until(lines, end, max_reference_words)
             if count < prompt_words or more < min_reference_words:
                 continue
             prompt = "".join(lines[start:end])
@@ -99,6 +89,15 @@ def build_code_prompt_set(root: str | Path | None = None, prompt_words: int = 24
                             "source": f"CPython {version} Lib/{path}:{start + 1}"})
             break
     return records
+
+
+def _lines_until(lines: list[str], start: int, words: int) -> tuple[int, int]:
+    """``(end, count)``: the whole lines from ``start`` up to ``end`` hold ``count >= words`` whitespace words
+    (fewer at the end of the file)."""
+    end, count = start, 0
+    while end < len(lines) and count < words:
+        count, end = count + len(lines[end].split()), end + 1
+    return end, count
 
 
 def text_prompt_set(path: str | Path, prompt_words: int = 32, min_reference_words: int = 128,

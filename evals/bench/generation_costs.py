@@ -1,22 +1,6 @@
-"""The cost ratios ``c`` and ``v`` measured on the forwards of real ``generate`` calls.
-
-:func:`decoding.evals.measure.cost_ratios` times forwards in isolation: one cache prefix of a fixed length,
-cropped back after every call, nothing else running in between. Inside generation the same forwards meet
-ragged rows, caches that grow (and, for speculation, hold holes), and, between two target forwards, the draft's
-forwards. ``decoding-bench`` reports both: the isolated ratios make the ceiling, these are the diagnostic that
-says where generation departs from them (on a 2-core CPU both move by 10-30% from run to run, these more:
-medians of fewer forwards). Here the forwards of one untimed target-alone
-call and one untimed speculative call per draft length, on every batch, are timed one by one (device
-synchronized around each):
-
-- ``target_1``: the target's single-token forwards of the target-alone call (its decoding steps);
-- ``draft_1``: the draft's single-token forwards of the speculative calls;
-- ``target_<g+1>``: the target's verification forwards of the speculative call with draft length ``g``;
-
-each a median over the forwards of the full batch after each call's prompt encoding (rows that finished early
-leave a smaller batch, whose forwards are skipped). ``c = draft_1 / target_1``, ``v(g) = target_<g+1> /
-target_1``, as in REFERENCES.md §1.
-"""
+"""The cost ratios ``c`` and ``v`` timed on the forwards of real ``generate`` calls: ``decoding-bench``'s
+diagnostic beside the isolated ratios of :func:`decoding.evals.common.measure.cost_ratios` (``docs/BENCHMARKS.md``,
+"Measurement"). ``c = draft_1 / target_1``, ``v(g) = target_<g+1> / target_1``, as in REFERENCES.md §1."""
 
 from __future__ import annotations
 
@@ -29,7 +13,7 @@ import torch
 
 import decoding
 
-from .measure import synchronize
+from decoding.evals.common.measure import synchronize
 
 __all__ = ["forward_log", "generation_cost_ratios"]
 

@@ -1,0 +1,82 @@
+"""``decoding-bench --plot``: decoding speedup against draft length, with its ceiling, as a PNG (matplotlib)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+__all__ = ["PLOT_REQUIREMENT", "check_plotting", "plot_speedup"]
+
+PLOT_REQUIREMENT = "--plot needs matplotlib: pip install 'pairdecode[eval]' (or pip install matplotlib)"
+
+
+def check_plotting() -> None:
+    """Raise ``ImportError`` with an install hint unless matplotlib can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError(PLOT_REQUIREMENT) from None
+
+
+def _speedup(cell: dict) -> float:
+    value = cell.get("decode_speedup")
+    return cell["speedup"] if value is None or value != value else value
+
+
+def _curves(cells: list[dict], mode: str, batch: int, method: str) -> list[dict]:
+    return sorted((c for c in cells if c.get("mode", "greedy") == mode and c["batch_size"] == batch
+                   and c["method"] == method), key=lambda c: c["num_draft_tokens"])
+
+
+def _panel(axis, cells: list[dict], mode: str, colors: list) -> float:
+    """One mode's lines on ``axis``; returns the highest value drawn."""
+    top = 1.0
+    for i, batch in enumerate(sorted({c["batch_size"] for c in cells})):
+        color = colors[i % len(colors)]
+        spec = _curves(cells, mode, batch, "speculative")
+        if not spec:
+            continue
+        g = [c["num_draft_tokens"] for c in spec]
+        axis.plot(g, [_speedup(c) for c in spec], "o-", color=color, label=f"batch {batch}")
+        axis.plot(g, [c["ceiling"] for c in spec], "--", color=color, alpha=0.8, label=f"batch {batch} ceiling")
+        top = max(top, *(_speedup(c) for c in spec), *(c["ceiling"] for c in spec))
+        assisted = _curves(cells, mode, batch, "assisted")
+        if assisted:
+            axis.plot([c["num_draft_tokens"] for c in assisted], [_speedup(c) for c in assisted], "x:",
+                      color=color, markersize=8, label=f"batch {batch}, transformers assistant_model=")
+            top = max(top, *(_speedup(c) for c in assisted))
+    axis.axhline(1.0, color="grey", linewidth=1, label="target alone")
+    axis.set_title(mode)
+    axis.set_xlabel("draft length g")
+    axis.grid(alpha=0.3)
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.legend(fontsize=8)
+    return top
+
+
+def plot_speedup(cells: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """PNG of decoding speedup (prompt encoding excluded, the speedup the ceiling bounds) against draft length:
+    one solid line per (mode, batch size) for this library's strategy, its ceiling dashed in the same colour,
+    transformers' ``assistant_model=`` as crosses, 1x as the baseline; one panel per mode. Cells without a
+    decoding speedup (older results) fall back to the whole-call speedup."""
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(c.get("mode", "greedy") for c in cells))
+    figure, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.6), squeeze=False, sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    top = max(_panel(axis, cells, mode, colors) for axis, mode in zip(axes[0], modes))
+    axes[0][0].set_ylabel("decoding speedup over target alone")
+    axes[0][0].set_ylim(0, top * 1.1)
+    if title:
+        figure.suptitle(textwrap.fill(title, 60 * len(modes)), fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,228 @@
+"""``decoding-bench``'s results as records: :class:`Result` and its parts, whose ``to_dict()`` is the JSON that
+``--json`` writes, key for key and in order (the meaning of every figure: ``docs/BENCHMARKS.md``)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, fields
+
+from decoding.evals.common.acceptance import Acceptance
+
+__all__ = ["Agreement", "Cell", "Check", "Cost", "DraftFigures", "Meta", "PromptRecord", "Result", "Summary"]
+
+
+@dataclass
+class Agreement:
+    """A greedy cell's output against the target's own, row by row; sampled cells are not compared."""
+
+    matches_target: bool | None
+    rows_matching_target: str  # "equal/rows", or "sampled"
+    mean_agreeing_prefix: float | None = None  # mean length of the common start of the rows that differ
+    compared: bool = True
+
+    @classmethod
+    def of(cls, rows: list[list[int]], reference: list[list[int]]) -> Agreement:
+        equal = sum(a == b for a, b in zip(rows, reference))
+        differing = [(a, b) for a, b in zip(rows, reference) if a != b]
+        prefix = None
+        if differing:
+            prefix = statistics.mean(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                                     for a, b in differing)
+        return cls(equal == len(reference) and len(rows) == len(reference), f"{equal}/{len(reference)}", prefix)
+
+    @classmethod
+    def sampled(cls) -> Agreement:
+        return cls(None, "sampled", compared=False)
+
+    def to_dict(self) -> dict:
+        out = {"matches_target": self.matches_target, "rows_matching_target": self.rows_matching_target}
+        if self.compared:
+            out["mean_agreeing_prefix"] = self.mean_agreeing_prefix
+        return out
+
+
+@dataclass
+class DraftFigures:
+    """What a cell with a draft (assisted, speculative) adds: acceptance, cost ratios, ceilings, efficiencies."""
+
+    acceptance: Acceptance
+    c: float
+    v: float
+    ceiling: float
+    ceiling_v1: float
+    efficiency: float  # decode_speedup / ceiling
+    c_generation: float | None
+    v_generation: float | None
+    # Below, None leaves the key out of the JSON.
+    ceiling_generation: float | None = None  # both in-generation ratios measured
+    ceiling_with_prefill: float | None = None  # max_new_tokens known
+    efficiency_with_prefill: float | None = None  # speedup / ceiling_with_prefill
+    acceptance_source: str | None = None  # assisted cells: whose acceptance they borrow
+    per_category: dict[str, dict] | None = None  # speculative cells at batch 1
+
+    def to_dict(self) -> dict:
+        out = self.acceptance.to_dict()
+        out.update({"c": self.c, "v": self.v, "ceiling": self.ceiling, "ceiling_v1": self.ceiling_v1,
+                    "efficiency": self.efficiency, "c_generation": self.c_generation,
+                    "v_generation": self.v_generation})
+        for key in ("ceiling_generation", "ceiling_with_prefill", "efficiency_with_prefill", "acceptance_source",
+                    "per_category"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass
+class Cell:
+    """One (mode, batch size, method) of the grid."""
+
+    mode: str  # "greedy" | "sample"
+    batch_size: int
+    method: str  # "target" | "assisted" | "speculative"
+    name: str
+    num_draft_tokens: int | None
+    tokens_per_s: float  # median over rounds
+    tokens_per_s_rounds: list[float]
+    new_tokens_per_round: float
+    speedup: float  # over the target, whole calls
+    decode_tokens_per_s: float  # prompt encoding and first token per row taken off
+    decode_speedup: float
+    agreement: Agreement
+    forwards_per_token: float | None = None  # target cells: generate's cost per token, in target forwards
+    draft: DraftFigures | None = None
+    best: bool = False  # the fastest speculative cell of its mode and batch size
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)[:11]}
+        if self.forwards_per_token is not None:
+            out["forwards_per_token"] = self.forwards_per_token
+        out.update(self.agreement.to_dict())
+        if self.draft is not None:
+            out.update(self.draft.to_dict())
+        if self.best:
+            out["best"] = True
+        return out
+
+
+@dataclass
+class Check:
+    """Greedy equality of one draft method's cell with the target."""
+
+    mode: str
+    batch_size: int
+    name: str
+    matches_target: bool | None
+    rows_matching_target: str
+    mean_agreeing_prefix: float | None
+
+    @classmethod
+    def of(cls, cell: Cell) -> Check:
+        a = cell.agreement
+        return cls(cell.mode, cell.batch_size, cell.name, a.matches_target, a.rows_matching_target,
+                   a.mean_agreeing_prefix)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Cost:
+    """The cost ratios at one batch size (means over processes)."""
+
+    c: float  # draft forward / target forward, timed in isolation
+    v: dict[int, float]  # per g: target forward over g+1 tokens / over one
+    c_generation: float | None  # the same, timed inside real generate calls (a diagnostic)
+    v_generation: dict[int, float | None]
+    seconds: dict[str, float]  # median seconds of each timed forward
+    context_length: int
+    prompt_length: int
+    prefill_target: float  # prompt encoding, in target forwards
+    prefill_draft: float
+    per_process: list[dict] | None = None  # data parallel: each process's c and v
+
+    def to_dict(self) -> dict:
+        out = {"c": self.c, "v": {str(g): x for g, x in self.v.items()}, "c_generation": self.c_generation,
+               "v_generation": self.v_generation, "seconds": self.seconds, "context_length": self.context_length,
+               "prompt_length": self.prompt_length, "prefill_target": self.prefill_target,
+               "prefill_draft": self.prefill_draft}
+        if self.per_process is not None:
+            out["per_process"] = self.per_process
+        return out
+
+
+@dataclass
+class Meta:
+    """Where and how the results were measured."""
+
+    date: str
+    git_commit: str | None
+    versions: dict  # python and library versions (provenance.library_versions), spread into the JSON
+    decoding: str
+    device: str
+    device_name: str
+    device_names: list[str]  # per process
+    num_processes: int
+    torch_threads: int
+    kernels: str
+    cupy: dict  # {"available", "reason"}
+    target: str
+    draft: str
+    dtype: str
+    quantization: str | None
+    target_parameters: int
+    draft_parameters: int
+    arguments: dict
+    benchmark_seconds: float
+
+    def to_dict(self) -> dict:
+        out = {"date": self.date, "git_commit": self.git_commit, **self.versions}
+        out.update({f.name: getattr(self, f.name) for f in fields(self)[3:]})
+        return out
+
+
+@dataclass
+class PromptRecord:
+    id: str
+    category: str
+    tokens: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Summary:
+    """The best speculative cell of one mode and batch size, with its context."""
+
+    mode: str
+    batch_size: int
+    best_draft_length: int
+    speedup: float
+    decode_speedup: float
+    ceiling: float
+    efficiency: float
+    ceiling_with_prefill: float | None
+    alpha: float
+    assisted_speedup: float | None  # assistant_model= at the same g
+    target_forwards_per_token: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Result:
+    """Everything a run measured; ``to_dict()`` is the ``--json`` file."""
+
+    meta: Meta
+    prompts: list[PromptRecord]
+    costs: dict[int, Cost]  # per batch size
+    checks: list[Check]
+    cells: list[Cell]
+    summary: list[Summary]
+
+    def to_dict(self) -> dict:
+        return {"meta": self.meta.to_dict(), "prompts": [p.to_dict() for p in self.prompts],
+                "costs": {str(b): cost.to_dict() for b, cost in self.costs.items()},
+                "checks": [c.to_dict() for c in self.checks], "cells": [c.to_dict() for c in self.cells],
+                "summary": [s.to_dict() for s in self.summary]}

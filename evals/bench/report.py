@@ -1,0 +1,148 @@
+"""``decoding-bench``'s terminal report, from the JSON form of its results (:meth:`Result.to_dict`, or a loaded
+``--json`` file): a table per mode, the greedy checks, acceptance by category and the best draft lengths."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from decoding.evals.common.console import has_rich, plain_table, rich_table, stdout_console, table_width
+
+__all__ = ["COLUMNS", "format_table", "print_checks", "print_report", "print_table", "title"]
+
+# (header, cell key, format)
+COLUMNS = [("batch", "batch_size", "{}"), ("method", "name", "{}"), ("tok/s", "tokens_per_s", "{:.1f}"),
+           ("speedup", "speedup", "{:.2f}x"), ("decode", "decode_speedup", "{:.2f}x"),
+           ("acc", "acceptance_rate", "{:.3f}"),
+           ("alpha", "alpha", "{:.3f}"), ("tau", "mean_accepted_length", "{:.2f}"), ("c", "c", "{:.3f}"),
+           ("v", "v", "{:.2f}"), ("ceiling", "ceiling", "{:.2f}x"), ("eff", "efficiency", "{:.2f}"),
+           ("= target", "matches_target", "{}"), ("per-position acceptance", "per_position_acceptance", "{}")]
+
+LEFT = ("method", "per-position acceptance")
+
+
+def _format(cell: dict, key: str, fmt: str) -> str:
+    value = cell.get(key)
+    if key == "matches_target":
+        if cell.get("mode", "greedy") != "greedy" or cell.get("method") == "target":
+            return "-"
+        return ("yes" if value else "NO") + f" ({cell['rows_matching_target']})"
+    if value is None:
+        return "-"
+    if key == "per_position_acceptance":
+        return " ".join(f"{x:.2f}" for x in value) if value else "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return fmt.format(value)
+
+
+def _columns(cells: list[dict]) -> list[tuple[str, str, str]]:
+    if all(c.get("mode", "greedy") != "greedy" for c in cells):
+        return [col for col in COLUMNS if col[1] != "matches_target"]  # sampled outputs are not compared
+    return COLUMNS
+
+
+def _rows(cells: list[dict], columns) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, rows and the indexes of left-aligned columns."""
+    header = [name for name, _, _ in columns]
+    return header, [[_format(c, k, f) for _, k, f in columns] for c in cells], \
+        [i for i, name in enumerate(header) if name in LEFT]
+
+
+def format_table(cells: list[dict]) -> str:
+    """The cells as a plain-text table."""
+    header, rows, left = _rows(cells, _columns(cells))
+    return plain_table(header, rows, left, rule=True)
+
+
+def _rich(cells: list[dict], columns, title: str):
+    from rich import box
+
+    header, rows, left = _rows(cells, columns)
+    sections = [i for i in range(1, len(cells)) if cells[i]["batch_size"] != cells[i - 1]["batch_size"]]
+    styles = ["bold" if c.get("best") else None for c in cells]
+    return rich_table(title, header, rows, left, no_wrap=True, sections=sections, styles=styles,
+                      title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+
+
+def print_table(cells: list[dict], title: str, file=None) -> None:
+    """Print the table with rich when it is installed (and ``file`` is stdout), plain text otherwise."""
+    file = file if file is not None else sys.stdout
+    if not has_rich() or file is not sys.stdout:
+        print(title, file=file)
+        print(format_table(cells), file=file)
+        return
+    console = stdout_console(200)  # not a terminal: no squeezing
+    columns = _columns(cells)
+    table = _rich(cells, columns, title)
+    if table_width(console, table) > console.width:  # too wide for this terminal: per-position acceptance is in the JSON
+        table = _rich(cells, [c for c in columns if c[1] != "per_position_acceptance"], title)
+    console.width = max(console.width, table_width(console, table))  # never squeeze numbers into ellipses
+    console.print(table)
+
+
+def print_checks(checks: list[dict], file=None) -> None:
+    """One line per greedy cell: does its output equal the target's own greedy output?"""
+    for check in checks:
+        verdict = "equal" if check["matches_target"] else "DIFFERENT"
+        extra = ""
+        if not check["matches_target"] and check.get("mean_agreeing_prefix") is not None:
+            extra = f", differing rows agree on their first {check['mean_agreeing_prefix']:.1f} new tokens on average"
+        print(f"check: batch {check['batch_size']}, {check['name']}: greedy output {verdict} to the target's "
+              f"({check['rows_matching_target']} rows{extra})", file=file)
+
+
+def title(result: dict, what: str) -> str:
+    """A table's title: ``what``, then the pair, the run's size and the device."""
+    meta = result["meta"]
+    processes = f", {meta['num_processes']} processes" if meta["num_processes"] > 1 else ""
+    args = meta["arguments"]
+    return (f"{what}: {meta['target']} ({meta['target_parameters'] / 1e6:.1f}M target, "
+            f"{meta['draft_parameters'] / 1e6:.1f}M draft, {meta['dtype']}), {args['max_new_tokens']} new tokens, "
+            f"{len(result['prompts'])} prompts, {meta['device_name']}{processes}")
+
+
+def print_report(result: dict) -> None:
+    """The whole report: per mode a table (and for greedy the checks), acceptance by category, the best cells."""
+    cells = result["cells"]
+    for mode in dict.fromkeys(c["mode"] for c in cells):
+        what = "greedy" if mode == "greedy" else f"sampling, temperature {result['meta']['arguments']['temperature']}"
+        print_table([c for c in cells if c["mode"] == mode], title(result, what))
+        if mode == "greedy":
+            print_checks([c for c in result["checks"] if c["mode"] == mode])
+        print()
+    categories = category_lines(cells)
+    if categories:
+        print("\n".join(categories))
+        print()
+    for summary in result["summary"]:
+        print(summary_line(summary))
+
+
+def summary_line(s: dict) -> str:
+    """The best speculative cell of one mode and batch size, its ceiling and what else ran there."""
+    assisted = "" if s["assisted_speedup"] is None else \
+        f"; assistant_model= at g={s['best_draft_length']}: {s['assisted_speedup']:.2f}x"
+    prefill = "" if s["ceiling_with_prefill"] is None else f" ({s['ceiling_with_prefill']:.2f}x counting prefill)"
+    overhead = "" if s["target_forwards_per_token"] is None else \
+        f"; target alone: {s['target_forwards_per_token']:.2f} forwards/token"
+    return (f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} {s['speedup']:.2f}x "
+            f"(decoding {s['decode_speedup']:.2f}x); ceiling {s['ceiling']:.2f}x{prefill}, efficiency "
+            f"{s['efficiency']:.2f}, alpha {s['alpha']:.2f}{assisted}{overhead}")
+
+
+def category_lines(cells: list[dict]) -> list[str]:
+    """Mean accepted length per prompt category (batch 1, speculative), one line per category."""
+    spec = [c for c in cells if c.get("per_category")]
+    if not spec:
+        return []
+    columns = [(c["mode"], c["num_draft_tokens"]) for c in spec]
+    categories = list(dict.fromkeys(k for c in spec for k in c["per_category"]))
+    head = [f"{m} g={g}" for m, g in columns]
+    width = max(len(c) for c in categories + ["category"])
+    lines = ["mean accepted length (tau) by category, batch 1: " + ", ".join(head)]
+    for category in categories:
+        values = [c["per_category"].get(category, {}).get("mean_accepted_length") for c in spec]
+        lines.append(f"  {category.ljust(width)}  " + "  ".join(
+            (f"{v:.2f}" if v is not None else "-").rjust(len(h)) for v, h in zip(values, head)))
+    return lines

@@ -1,0 +1,1 @@
+"""What ``decoding-bench``, ``decoding-eval`` and the other benchmarks share."""
