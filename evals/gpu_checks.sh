@@ -12,6 +12,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH="$PWD:/tmp/site"
 fi
+# The checkout maps kernels/, model_pairs/ and evals/ into the decoding package through pyproject.toml: install it
+# (editable, offline, with the machine's own setuptools) so that decoding.kernels and the others import.
+python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 steps=${*:-env tests kernel_bench bench_embedded bench_synthetic}
 # Llama-3-8B's shape: 32 layers, width 4096, MLP 14336, 32 heads, 8 KV heads, vocabulary 128256.
 LLAMA8B=layers=32,hidden=4096,intermediate=14336,heads=32,kv_heads=8,vocab=128256

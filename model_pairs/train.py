@@ -1,6 +1,6 @@
 """Train the embedded draft/target pair from the Python standard library's source, reproducibly.
 
-    python -m decoding.model_pairs.train --out decoding/model_pairs/embedded --preset cpu --seed 0
+    python -m decoding.model_pairs.train --out model_pairs/embedded --preset cpu --seed 0
 
 Stages, in order (``--stages`` runs a subset; each later stage reads what the earlier ones wrote under ``--out``):
 
@@ -91,7 +91,7 @@ def write_card(out: Path, log: dict) -> None:
     lines = [
         "# Embedded model pair: a small Python-code target and its distilled draft",
         "",
-        "Trained from scratch by `decoding/model_pairs/train.py` on the Python standard library's own source, so",
+        "Trained from scratch by `model_pairs/train.py` on the Python standard library's own source, so",
         "that speculative decoding runs without downloads. These are tiny code models: useful to measure decoding",
         "speed and acceptance, not to write code.",
         "",

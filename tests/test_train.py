@@ -4,7 +4,7 @@
   disjoint.
 - A tiny end-to-end run (tokenizer, target, distilled draft, evaluation, model card) writes directories that
   ``from_pretrained`` loads, with one shared vocabulary.
-- The shipped pair (``decoding/model_pairs/embedded``, when present): at most 64 MB, both models and their
+- The shipped pair (``model_pairs/embedded``, when present): at most 64 MB, both models and their
   tokenizers load from their directories, the vocabularies match, and greedy speculative decoding on it
   equals the target's own greedy ``generate``.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 __all__ = ["EVALS_DIR", "read_jsonl"]
 
-# decoding/evals, which holds the shipped prompt sets (prompts/, prompts_quality/; package data).
+# evals/ (installed as decoding.evals), which holds the shipped prompt sets (prompts/, prompts_quality/; package data).
 EVALS_DIR = Path(__file__).parent.parent
 
 
