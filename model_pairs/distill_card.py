@@ -57,7 +57,7 @@ def write_card(out: Path, runs: dict[str, dict], final: str, extra: str = "") ->
         "",
         "Initialisation: the embedding is the target's, projected on its top principal directions (`E @ V_d`, SVD of",
         "the centred embedding matrix), so the draft starts with the target's token geometry; layers are random with",
-        "their output projections scaled by 0.1. Most of the parameters (and of the cost) are the 49,152-row",
+        "their output projections scaled by 0.1, and the final norm weight at 0.1 (near-uniform first laws). Most of the parameters (and of the cost) are the 49,152-row",
         "embedding/head: that is why the draft is narrow rather than deep.",
         "",
         "## Data and objective",

@@ -4,7 +4,8 @@
   ``SpeculativeDecoding`` needs, with its own tied embedding initialised from the target's: the embedding
   matrix ``E`` (``[V, H]``) projected on its top principal directions, ``E @ V_d`` (SVD), so that the draft's
   logits start as the target's embedding geometry seen through ``d`` dimensions. Layers start random, with their
-  output projections scaled down so the residual stream starts as the projected embedding.
+  output projections scaled down so the residual stream starts as the projected embedding, and the final norm's
+  weight at 0.1 so the first laws are nearly uniform rather than confidently wrong.
 - :func:`save_draft`: ``save_pretrained`` with the weights stored in float16 (``config.json`` says float32, so
   loading upcasts them: float32 runs fastest on a CPU without bfloat16 units); no tokenizer files, so
   ``load_pair`` uses the target's.
@@ -34,7 +35,8 @@ class DraftShape:
     head_dim: int = 64
 
 
-def make_draft(target, shape: DraftShape = DraftShape(), seed: int = 0, output_scale: float = 0.1):
+def make_draft(target, shape: DraftShape = DraftShape(), seed: int = 0, output_scale: float = 0.1,
+               norm_scale: float = 0.1):
     """A ``LlamaForCausalLM`` of ``shape`` with the target's vocabulary, rope, special ids and an embedding
     initialised from the target's (see the module docstring)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -56,6 +58,9 @@ def make_draft(target, shape: DraftShape = DraftShape(), seed: int = 0, output_s
         for layer in draft.model.layers:
             layer.self_attn.o_proj.weight.mul_(output_scale)
             layer.mlp.down_proj.weight.mul_(output_scale)
+        # With the residual stream close to the current token's embedding, full-scale logits would say "repeat
+        # this token" with confidence (forward KL ~40 nats on chat text); a small final norm starts near uniform.
+        draft.model.norm.weight.fill_(norm_scale)
     draft.generation_config.pad_token_id = target.generation_config.pad_token_id
     draft.generation_config.eos_token_id = target.generation_config.eos_token_id
     draft.generation_config.bos_token_id = target.generation_config.bos_token_id
