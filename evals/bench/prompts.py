@@ -12,14 +12,17 @@ import torch
 from decoding.evals.common.pairs import Pair
 from decoding.evals.common.prompt_files import EVALS_DIR, read_jsonl
 
-__all__ = ["CATEGORIES", "DEFAULT_MIX", "PROMPTS_DIR", "Prompt", "load_prompt_set", "select_prompts",
+__all__ = ["CATEGORIES", "CHAT_PROMPTS_DIR", "DEFAULT_MIX", "PROMPTS_DIR", "Prompt", "load_prompt_set", "select_prompts",
            "tokenize_prompts"]
 
 PROMPTS_DIR = EVALS_DIR.resolve() / "prompts"
+CHAT_PROMPTS_DIR = EVALS_DIR.resolve() / "prompts_chat"  # held-out chat prompts of chat registry pairs
 CATEGORIES = ("code_completion", "code_explanation", "summarization", "question_answering", "math", "retrieval")
 # The default prompt mix: the embedded pair is a Python code model, so code prompts dominate.
 DEFAULT_MIX = {"code_completion": 2, "code_explanation": 1, "retrieval": 1, "summarization": 1,
-               "question_answering": 1, "math": 1}
+               "question_answering": 1, "math": 1,
+               # the held-out chat set (prompts_chat/, of chat registry pairs): 8 prompts, two batches of 4
+               "conversation": 2, "code": 2}
 FIELDS = ("id", "category", "prompt")
 
 

@@ -1,0 +1,158 @@
+"""Distillation: the four divergences, the offline greedy acceptance against SpeculativeDecoding's own stats, the
+draft's initialisation and saving, a short training run on cached teacher outputs, and the prompt sets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import decoding
+from decoding.model_pairs.distill import train
+from decoding.model_pairs.distill_draft import DraftShape, greedy_acceptance, make_draft, save_draft
+from decoding.model_pairs.distill_losses import DIVERGENCES, bucket_laws, divergence
+from decoding.model_pairs.distill_teacher import generate_records, score_windows
+from tests.gguf_files import tiny_llama
+
+V = 40
+
+
+def _laws(seed=0, n=6, k=5):
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.log_softmax(torch.randn(n, V, generator=g) * 2, -1)
+    draft = torch.log_softmax(torch.randn(n, V, generator=g) * 2, -1)
+    top_logp, top_ids = teacher.topk(k, -1)
+    return teacher, draft, top_ids.to(torch.int32), top_logp.to(torch.float16)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_divergences_vanish_on_equal_laws_and_are_positive_otherwise(name):
+    teacher, draft, top_ids, top_logp = _laws()
+    assert divergence(name, draft, top_ids, top_logp).item() > 1e-3
+    same = divergence(name, teacher, top_ids, top_logp.float().to(torch.float16)).item()
+    assert abs(same) < 2e-3  # float16 rounding of the cached log-probs only
+
+
+def test_divergences_with_the_full_support_are_the_textbook_ones():
+    teacher, draft, _, _ = _laws(k=V)
+    top_logp, top_ids = teacher.topk(V, -1)  # k = V: no tail, the buckets are the tokens
+    p, q = teacher.exp(), draft.exp()
+    fkl = (p * (teacher - draft)).sum(-1).mean()
+    rkl = (q * (draft - teacher)).sum(-1).mean()
+    tv = 0.5 * (p - q).abs().sum(-1).mean()
+    m = (p + q) / 2
+    js = (0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)).mean()
+    for name, expected in (("fkl", fkl), ("rkl", rkl), ("tv", tv), ("js", js)):
+        got = divergence(name, draft, top_ids.to(torch.int32), top_logp)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-5), name
+
+
+def test_buckets_are_laws_and_lower_bound_the_full_kl():
+    teacher, draft, top_ids, top_logp = _laws(k=3)
+    log_p, log_q = bucket_laws(draft, top_ids, top_logp)
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(6), atol=2e-3)
+    assert torch.allclose(log_q.exp().sum(-1), torch.ones(6), atol=1e-5)
+    full = (teacher.exp() * (teacher - draft)).sum(-1).mean()
+    assert divergence("fkl", draft, top_ids, top_logp).item() <= full.item() + 1e-3
+
+
+def test_offline_acceptance_equals_speculative_decodings_stats():
+    """Replaying greedy steps on the target's continuation gives exactly what SpeculativeDecoding counts."""
+    target, draft = tiny_llama(seed=0, layers=2).double(), tiny_llama(seed=0, layers=1).double()
+    with torch.no_grad():  # a draft that agrees often but not always
+        draft.model.layers[0].load_state_dict(target.model.layers[0].state_dict())
+        draft.model.embed_tokens.weight.copy_(target.model.embed_tokens.weight)
+        draft.lm_head.weight.copy_(target.lm_head.weight)
+        draft.model.norm.weight.copy_(target.model.norm.weight)
+    settings = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=2, eos_token_id=None)
+    for seed in range(3):
+        prompt = torch.randint(3, V, (1, 5), generator=torch.Generator().manual_seed(seed))
+        full = target.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+        strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=3)
+        out = target.generate(prompt, attention_mask=torch.ones_like(prompt), custom_generate=strategy, **settings)
+        assert torch.equal(out, full)
+        offline = greedy_acceptance(draft, [(full[0], 5)], g=3)
+        stats = strategy.stats
+        assert offline["steps"] == stats.steps
+        assert offline["alpha"] == pytest.approx(stats.alpha, abs=1e-4)
+        assert offline["mean_accepted_length"] == pytest.approx(stats.mean_accepted_length, abs=1e-4)
+
+
+def test_draft_init_keeps_the_vocabulary_and_saves_in_float16(tmp_path):
+    target = tiny_llama(hidden=32)
+    draft = make_draft(target, DraftShape(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                          num_key_value_heads=1, intermediate_size=32, head_dim=8))
+    assert draft.config.vocab_size == target.config.vocab_size and draft.config.tie_word_embeddings
+    # The embedding is the target's projected on its top principal directions: its Gram matrix is the rank-16
+    # approximation of the target's (centred) one.
+    emb = target.get_input_embeddings().weight.detach()
+    proj = draft.get_input_embeddings().weight.detach()
+    _, s, _ = torch.linalg.svd(emb - emb.mean(0))
+    assert torch.linalg.matrix_rank(proj) <= 16 and proj.shape == (emb.shape[0], 16)
+    size = save_draft(draft, tmp_path / "d")
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert config["dtype"] == "float32" and size < sum(p.numel() for p in draft.parameters()) * 2 + 10_000
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "d")
+    assert next(loaded.parameters()).dtype == torch.float32
+    ids = torch.tensor([[4, 5, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, draft.half().float()(ids).logits, atol=1e-4)
+
+
+def test_teacher_records_and_a_short_training_run_lower_the_loss():
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.gguf_files import CHAT_TEMPLATE
+
+    target = tiny_llama(seed=3)
+    windows = torch.randint(3, V, (6, 24), generator=torch.Generator().manual_seed(0))
+    records = score_windows(target, windows, batch_size=3, k=8, log=lambda m: None)
+    assert len(records) == 6 and records[0]["topk_ids"].shape == (23, 8) and records[0]["start"] == 1
+    with torch.no_grad():
+        expected = torch.log_softmax(target(windows[:1]).logits[0, :-1], -1).topk(8, -1)
+    assert torch.equal(records[0]["topk_ids"].long(), expected.indices)
+
+    tokenizer = _char_tokenizer(PreTrainedTokenizerFast, CHAT_TEMPLATE)
+    generated = generate_records(target, tokenizer, ["ab", "abcabc"], max_new_tokens=6, batch_size=2, k=8,
+                                 log=lambda m: None)
+    for r in generated:
+        n = len(r["ids"]) - r["start"]
+        assert 1 <= n <= 6 and r["topk_ids"].shape == (n, 8)
+        with torch.no_grad():  # the cached law is the target's at that position
+            logits = target(r["ids"][None]).logits[0, r["start"] - 1: -1]
+        assert torch.equal(r["topk_ids"][:, 0].long(), logits.argmax(-1))
+
+    draft = make_draft(target, DraftShape(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                          num_key_value_heads=1, intermediate_size=32, head_dim=8))
+    result = train(draft, records, [1.0] * len(records), divergence_name="rkl", steps=30, batch_tokens=40,
+                   lr=3e-3, warmup=3, seed=0, pad_id=2, log_every=10)
+    losses = [h["loss"] for h in result["history"]]
+    assert losses[-1] < losses[0] and result["positions"] >= 30 * 40
+
+
+def _char_tokenizer(cls, template):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
+    for ch in "abcdefghijklmnopqrstuvwxyz\n ":
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    fast = cls(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>", bos_token="<|im_start|>")
+    fast.chat_template = template
+    return fast
+
+
+def test_training_and_held_out_prompts_are_disjoint():
+    from decoding.evals.bench.prompts import CHAT_PROMPTS_DIR, load_prompt_set
+    from decoding.model_pairs.distill_prompts import CATEGORIES, training_prompts
+
+    train_set = training_prompts(passages=["A passage about modules.", "Another passage about classes."])
+    held = load_prompt_set(CHAT_PROMPTS_DIR)
+    assert {p.category for p in held} == set(CATEGORIES)
+    train_texts = {p["prompt"].strip().lower() for p in train_set}
+    assert not train_texts & {p.text.strip().lower() for p in held}
+    assert len(train_set) > 300 and {p["category"] for p in train_set} == set(CATEGORIES)

