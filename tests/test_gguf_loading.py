@@ -102,8 +102,9 @@ def test_missing_package_gives_the_install_command(monkeypatch):
     assert isinstance(MissingPackageError("x"), ImportError)
 
 
-def test_missing_gguf_gives_the_install_command(tiny_gguf, tmp_path, monkeypatch):
-    _, path = tiny_gguf
+def test_missing_gguf_gives_the_install_command(tmp_path, monkeypatch):
+    path = tmp_path / "any.gguf"  # never read: the package check comes first
+    path.write_bytes(b"GGUF" + bytes(28))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
     with pytest.raises(MissingPackageError, match=r'pip install "pairdecode\[gguf\]"'):

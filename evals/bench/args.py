@@ -174,8 +174,8 @@ def _check(args: argparse.Namespace) -> None:
         parse_synthetic(args.synthetic)
         if args.load_in_8bit or args.load_in_4bit:
             raise ValueError("--load-in-8bit/--load-in-4bit apply to loaded checkpoints, not to --synthetic")
+    check_writable_outputs((("--json", args.json), ("--plot", args.plot)))
     if args.plot is not None:
         check_plotting()
         if args.plot.suffix.lower() not in ("", ".png"):
             raise ValueError(f"--plot writes a PNG: give a .png path, not {args.plot}")
-    check_writable_outputs((("--json", args.json), ("--plot", args.plot)))
