@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import decoding
-from decoding.model_pairs.distill import train
-from decoding.model_pairs.distill_draft import DraftShape, greedy_acceptance, make_draft, save_draft
-from decoding.model_pairs.distill_losses import DIVERGENCES, bucket_laws, divergence
-from decoding.model_pairs.distill_teacher import generate_records, score_windows
+from decoding.model_pairs.distill.cli import train
+from decoding.model_pairs.distill.draft import DraftShape, greedy_acceptance, make_draft, save_draft
+from decoding.model_pairs.distill.losses import DIVERGENCES, bucket_laws, divergence
+from decoding.model_pairs.distill.teacher import generate_records, score_windows
 from tests.gguf_files import tiny_llama
 
 V = 40
@@ -148,7 +148,7 @@ def _char_tokenizer(cls, template):
 
 def test_training_and_held_out_prompts_are_disjoint():
     from decoding.evals.bench.prompts import CHAT_PROMPTS_DIR, load_prompt_set
-    from decoding.model_pairs.distill_prompts import CATEGORIES, training_prompts
+    from decoding.model_pairs.distill.prompts import CATEGORIES, training_prompts
 
     train_set = training_prompts(passages=["A passage about modules.", "Another passage about classes."])
     held = load_prompt_set(CHAT_PROMPTS_DIR)

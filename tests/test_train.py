@@ -19,9 +19,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import decoding
 from decoding.model_pairs import corpus as corpus_mod
-from decoding.model_pairs import train as train_mod
+from decoding.model_pairs import embedded_path
+from decoding.model_pairs.train import cli as train_mod
+from decoding.model_pairs.train.presets import PRESETS
 
-EMBEDDED = Path(train_mod.__file__).resolve().parent / "embedded"
+EMBEDDED = embedded_path()
 SIZE_LIMIT = 64 * 1024 * 1024
 
 
@@ -68,7 +70,7 @@ def test_tiny_training_run_writes_loadable_pair(tmp_path):
     target, draft, _ = _assert_pair_loads(out)
     assert sum(p.numel() for p in draft.parameters()) < sum(p.numel() for p in target.parameters())
     card = (out / "MODEL_CARD.md").read_text()
-    held = corpus_mod.load_corpus(max_files=train_mod.PRESETS["tiny"].max_files).held_out_paths
+    held = corpus_mod.load_corpus(max_files=PRESETS["tiny"].max_files).held_out_paths
     assert held and all(f"`{path}`" in card for path in held)
     assert "acceptance rate" in card
     assert not (out / "tokenizer").exists()  # each model directory carries its own copy

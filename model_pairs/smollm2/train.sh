@@ -11,9 +11,9 @@ M="python -m decoding.model_pairs"
 mkdir -p "$WORK"
 # 1. Teacher outputs, cached once (top-32 log-probs per position).
 [ -f "$WORK/heldout.pt" ] || $M.distill heldout --target $T --out "$WORK/heldout.pt" --max-new-tokens 96
-[ -f "$WORK/teacher-greedy.pt" ] || $M.distill_teacher --target $T --kind on-policy --out "$WORK/teacher-greedy.pt" \
+[ -f "$WORK/teacher-greedy.pt" ] || $M.distill.teacher --target $T --kind on-policy --out "$WORK/teacher-greedy.pt" \
     --max-new-tokens 128 --batch-size 16
-[ -f "$WORK/teacher-corpus.pt" ] || $M.distill_teacher --target $T --kind corpus --out "$WORK/teacher-corpus.pt" \
+[ -f "$WORK/teacher-corpus.pt" ] || $M.distill.teacher --target $T --kind corpus --out "$WORK/teacher-corpus.pt" \
     --windows 160 --window-length 256 --batch-size 16
 # 2. The comparison: four divergences x two kinds of data, same steps and positions per step.
 for data in greedy corpus; do

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .train_loop import load_model, log_message
-from .train_presets import Preset
+from .loop import load_model, log_message
+from .presets import Preset
 
 __all__ = ["evaluate_pair"]
 

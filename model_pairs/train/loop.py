@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .train_presets import Preset, llama_config
+from .presets import Preset, llama_config
 
 __all__ = ["load_model", "log_message", "train_model"]
 

@@ -6,10 +6,10 @@
     python -m decoding.model_pairs.distill train --target smollm2-135m-instruct --data teacher-greedy.pt \
         --divergence rkl --steps 600 --heldout heldout.pt --out runs/rkl-onpolicy
 
-The teacher data comes from :mod:`decoding.model_pairs.distill_teacher` (top-k log-probs cached once, so every
+The teacher data comes from :mod:`decoding.model_pairs.distill.teacher` (top-k log-probs cached once, so every
 variant trains on the same positions at the same cost); the divergences are those of
-:mod:`decoding.model_pairs.distill_losses`; the draft's shape and initialisation from the target, and the
-offline acceptance measurement, are in :mod:`decoding.model_pairs.distill_draft`. ``--data a.pt:2,b.pt:1`` mixes
+:mod:`decoding.model_pairs.distill.losses`; the draft's shape and initialisation from the target, and the
+offline acceptance measurement, are in :mod:`decoding.model_pairs.distill.draft`. ``--data a.pt:2,b.pt:1`` mixes
 files (records drawn with probability proportional to weight x records). Every run writes ``draft/`` (the
 weights, float16 on disk) and ``record.json`` (arguments, losses, wall time, held-out acceptance) under ``--out``.
 Only the positions the teacher scored are trained (the prompt is context only); the draft's output head runs on
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .distill_draft import DraftShape, greedy_acceptance, make_draft, save_draft
-from .distill_losses import DIVERGENCES, divergence
+from .draft import DraftShape, greedy_acceptance, make_draft, save_draft
+from .losses import DIVERGENCES, divergence
 
 __all__ = ["heldout_continuations", "main", "train"]
 
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .gguf import load_model_and_tokenizer
+    from ..gguf import load_model_and_tokenizer
 
     target, tokenizer = load_model_and_tokenizer(args.target)
     if args.command in ("heldout", "quality-prompts"):

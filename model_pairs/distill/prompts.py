@@ -11,7 +11,7 @@ import ast
 import random
 import re
 
-from .corpus import list_files, stdlib_root
+from ..corpus import list_files, stdlib_root
 
 __all__ = ["CATEGORIES", "docstring_passages", "training_prompts"]
 

@@ -1,6 +1,6 @@
 """The model card of a distilled draft, from the ``record.json`` files that ``distill train`` wrote.
 
-    python -m decoding.model_pairs.distill_card --runs distill-work/runs --final final --out model_pairs/smollm2
+    python -m decoding.model_pairs.distill.card --runs distill-work/runs --final final --out model_pairs/smollm2
 
 copies ``<runs>/<final>/draft`` to ``<out>/draft``, the records to ``<out>/records/`` and writes
 ``<out>/MODEL_CARD.md``: the draft's shape and size, the comparison table (held-out greedy acceptance per
@@ -62,15 +62,15 @@ def write_card(out: Path, runs: dict[str, dict], final: str, extra: str = "") ->
         "",
         "## Data and objective",
         "",
-        "Teacher outputs were computed once and cached (`decoding.model_pairs.distill_teacher`): the target's top-32",
+        "Teacher outputs were computed once and cached (`decoding.model_pairs.distill.teacher`): the target's top-32",
         "log-probabilities at every trained position. On-policy data: the target's own greedy answers (up to 128",
         "tokens) to 461 training chat prompts written from templates and standard-library docstrings",
-        "(`decoding.model_pairs.distill_prompts`), their logits taken from the generation itself. Corpus data: windows",
+        "(`decoding.model_pairs.distill.prompts`), their logits taken from the generation itself. Corpus data: windows",
         "of 256 tokens of the Python standard library's source (code and docstrings), scored by one target forward.",
         "The held-out prompts (`evals/prompts_chat/`, 41 chat prompts in Spec-Bench's categories, written by hand) are",
         "disjoint from the training prompts (`tests/test_distill.py` checks it).",
         "",
-        "Losses (`decoding.model_pairs.distill_losses`) compare the teacher's and the draft's laws on the teacher's top",
+        "Losses (`decoding.model_pairs.distill.losses`) compare the teacher's and the draft's laws on the teacher's top",
         "32 tokens plus one bucket for the rest (a lower bound of each divergence, exact when the tail is empty):",
         "forward KL, reverse KL, total variation and Jensen-Shannon, as DistillSpec compares them. AdamW, lr 2e-3,",
         "linear warm-up (10 steps in the comparison runs, 30 for the shipped draft) then cosine decay to 10%, gradient",
@@ -80,7 +80,7 @@ def write_card(out: Path, runs: dict[str, dict], final: str, extra: str = "") ->
         "",
         "alpha = accepted / acceptance tests of greedy speculative decoding with g = 4 on the target's greedy",
         "answers (96 new tokens) to the 41 held-out chat prompts, replayed offline from one draft forward",
-        "(`distill_draft.greedy_acceptance`, checked equal to `SpeculativeDecoding`'s own counts in",
+        "(`distill.draft.greedy_acceptance`, checked equal to `SpeculativeDecoding`'s own counts in",
         "`tests/test_distill.py`); tau = tokens per verification step. `before` is the initialised, untrained draft.",
         "Every run: the same number of steps, seed and initialisation, and at least 512 trained positions per step",
         "(whole records are drawn until 512 are reached: a corpus window brings 255, so corpus runs saw more).",
@@ -101,7 +101,7 @@ def write_card(out: Path, runs: dict[str, dict], final: str, extra: str = "") ->
         "## Reproduce",
         "",
         "`bash model_pairs/smollm2/train.sh WORK` runs every step below in order (teacher caches, the comparison, the",
-        "shipped draft); `python -m decoding.model_pairs.distill_card --runs WORK/runs --final final --out",
+        "shipped draft); `python -m decoding.model_pairs.distill.card --runs WORK/runs --final final --out",
         "model_pairs/smollm2` writes this card. The commands of each run, as recorded:",
         "",
         "```",
@@ -117,7 +117,7 @@ def write_card(out: Path, runs: dict[str, dict], final: str, extra: str = "") ->
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m decoding.model_pairs.distill_card", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m decoding.model_pairs.distill.card", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--final", default="final")
     parser.add_argument("--out", type=Path, required=True)

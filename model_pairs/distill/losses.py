@@ -1,6 +1,6 @@
 """The divergences DistillSpec compares, between a teacher law known by its top-k and a full draft law.
 
-The teacher's law is cached as its top-k log-probabilities (:mod:`decoding.model_pairs.distill_teacher`); the
+The teacher's law is cached as its top-k log-probabilities (:mod:`decoding.model_pairs.distill.teacher`); the
 rest of its mass is one more bucket, "every other token". Both laws are compared on these ``k + 1`` buckets:
 ``P = (p_1, ..., p_k, 1 - sum p)`` and ``Q = (q_1, ..., q_k, 1 - sum q)`` where ``q_i`` is the draft's probability
 of the teacher's ``i``-th token. Merging outcomes never increases a divergence (data processing), so each loss is

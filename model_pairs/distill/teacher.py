@@ -2,7 +2,7 @@
 
 Two kinds of data, each saved as a list of records in a ``torch.save`` file:
 
-- ``on-policy``: the target answers chat prompts (:mod:`decoding.model_pairs.distill_prompts`) with its own
+- ``on-policy``: the target answers chat prompts (:mod:`decoding.model_pairs.distill.prompts`) with its own
   ``generate`` (greedy, or sampling at a temperature), and the logits it computed while doing so are kept, so the
   sequences cost no second teacher pass (:func:`generate_records`). ``--draft`` makes the *draft* write the
   sequences instead (student on-policy data) and the target scores them in one forward pass each.
@@ -13,7 +13,7 @@ A record is ``{"ids": int64 [L], "start": s, "topk_ids": int32 [L - s, k], "topk
 row ``j`` is the teacher's top-k log-probabilities for the token at position ``s + j`` given ``ids[: s + j]``
 (temperature 1, before any processing). The tail mass is ``1 - sum(exp(topk_logp))``.
 
-    python -m decoding.model_pairs.distill_teacher --target smollm2-135m-instruct --kind on-policy \
+    python -m decoding.model_pairs.distill.teacher --target smollm2-135m-instruct --kind on-policy \
         --out teacher-greedy.pt --max-new-tokens 128
 """
 
@@ -102,7 +102,7 @@ def score_windows(model, windows: torch.Tensor, *, batch_size: int, k: int, log=
 
 def corpus_windows(tokenizer, num_windows: int, length: int, seed: int = 0) -> torch.Tensor:
     """``num_windows`` random windows of ``length`` tokens from the standard library's training files."""
-    from .corpus import load_corpus
+    from ..corpus import load_corpus
 
     corpus = load_corpus()
     rng = torch.Generator().manual_seed(seed)
@@ -119,7 +119,7 @@ def corpus_windows(tokenizer, num_windows: int, length: int, seed: int = 0) -> t
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m decoding.model_pairs.distill_teacher",
+    parser = argparse.ArgumentParser(prog="python -m decoding.model_pairs.distill.teacher",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--target", required=True, help="registry name, GGUF file or transformers folder")
     parser.add_argument("--draft", default=None, help="a draft folder: it writes the sequences, the target scores")
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .gguf import load_model_and_tokenizer
+    from ..gguf import load_model_and_tokenizer
 
     target, tokenizer = load_model_and_tokenizer(args.target)
     started = time.time()
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         windows = corpus_windows(tokenizer, args.windows, args.window_length, args.seed)
         records = score_windows(target, windows, batch_size=max(1, args.batch_size // 4), k=args.k)
     else:
-        from .distill_prompts import training_prompts
+        from .prompts import training_prompts
 
         prompts = [p["prompt"] for p in training_prompts(args.seed)][: args.limit]
         model, scorer = target, None
