@@ -2,7 +2,7 @@
 // (decoding/kernels/cupy_backend.py), so every family compiles as one header-free translation unit with nvcc,
 // with NVRTC (CuPy) and, in the tests, as plain C++ in the CPU emulator (tests/kernel_emulator/).
 //
-// The arithmetic here is the specification in decoding/kernels/reference.py, operation for operation:
+// The arithmetic here is the specification in kernels/reference/fused.py, operation for operation:
 // every float operation that decides something is written with an explicit rounding intrinsic (__fmul_rn,
 // __dmul_rn, ...) so that no multiply-add is contracted, and every sum that decides something is an integer
 // sum (exact, order-independent). See docs/KERNELS.md, "Exactness".

@@ -1,4 +1,4 @@
-// Fused contrastive scoring (reference: decoding/kernels/reference.py, contrastive_scores and
+// Fused contrastive scoring (reference: kernels/reference/, contrastive_scores and
 // contrastive_choose). common.cuh is prepended.
 //
 // Rows are cut into S chunks. contrastive_partials (grid N * S) is the reduction pass: per chunk the

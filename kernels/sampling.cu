@@ -1,4 +1,4 @@
-// Fused sampling from logits with temperature / top-k / top-p (reference: decoding/kernels/reference.py,
+// Fused sampling from logits with temperature / top-k / top-p (reference: kernels/reference/fused.py,
 // sample_logits): the draft model's step. common.cuh is prepended.
 //
 // One block per row: max, thresholds, kept mass Z and per-tile sums of the law weights, one inverse-CDF

@@ -1,4 +1,4 @@
-// Fused speculative verification (reference: decoding/kernels/reference.py, verify). common.cuh is prepended.
+// Fused speculative verification (reference: kernels/reference/fused.py, verify). common.cuh is prepended.
 //
 // One launch over the batch: block (b, i) of B * (g+1) blocks processes target position i of row b
 // (max, top-k / top-p thresholds, kept mass Z, the acceptance test of draft i, and the per-tile sums of

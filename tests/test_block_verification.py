@@ -8,12 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 import decoding
 from decoding import kernels
 from decoding.kernels import reference
-from tests.laws import left_pad
 from tests.models import greedy_reference, tiny_pair
 from tests.strategies import draft_lengths, prompts
 from tests.test_sampling_law import ALPHA, PROMPTS, exact_laws, pvalues, speculative_samples

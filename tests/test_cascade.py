@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 import decoding
 from decoding.cascade import Cascade
