@@ -14,7 +14,7 @@ from decoding import kernels
 from decoding.kernels import reference
 from tests.models import greedy_reference, tiny_pair
 from tests.strategies import draft_lengths, prompts
-from tests.test_sampling_law import ALPHA, PROMPTS, exact_laws, pvalues, speculative_samples
+from tests.test_sampling_law import assert_follows_target_law, speculative_samples
 from tests.test_verification import _below, _emitted_law, _measure, _threshold, two_step_laws
 
 
@@ -156,10 +156,7 @@ def test_block_verification_sampling_follows_the_target_law(backend, monkeypatch
     with kernels.use_backend(backend):
         tokens, stats = speculative_samples(target, draft, settings, seed=3)
     assert calls and 0 < stats.accepted < stats.drafted
-    for p, prompt in enumerate(PROMPTS):
-        rows = tokens[p :: len(PROMPTS)]
-        result = pvalues(rows, exact_laws(target, prompt, settings))
-        assert min(result.values()) > ALPHA, f"prompt {prompt}: chi-square p-values {result}"
+    assert_follows_target_law(tokens, target, settings)
 
 
 def test_verification_must_be_token_or_block():

@@ -98,17 +98,22 @@ def pvalues(tokens: torch.Tensor, laws) -> dict:
     return {name: chi_square_pvalue(c, law) for name, c, law in zip(("first", "pair", "third"), counts(tokens), laws)}
 
 
+def assert_follows_target_law(tokens: torch.Tensor, target, settings: dict) -> list[torch.Tensor]:
+    """Chi-square of each prompt's samples (``tokens`` from :func:`speculative_samples`) against the target's
+    exact law of its first three tokens; returns each prompt's rows."""
+    per_prompt = [tokens[p :: len(PROMPTS)] for p in range(len(PROMPTS))]
+    for prompt, rows in zip(PROMPTS, per_prompt):
+        result = pvalues(rows, exact_laws(target, prompt, settings))
+        assert min(result.values()) > ALPHA, f"prompt {prompt}: chi-square p-values {result}"
+    return per_prompt
+
+
 @pytest.mark.parametrize(("arch", "draft_kind", "settings"), CASES)
 def test_speculative_sampling_follows_the_target_law(arch, draft_kind, settings):
     target, draft = tiny_pair(arch, vocab_size=VOCAB, draft_kind=draft_kind, noise=0.1)
     tokens, stats = speculative_samples(target, draft, settings, seed=1234)
     assert 0 < stats.accepted < stats.drafted, "the test must exercise both acceptances and rejections"
-    for p, prompt in enumerate(PROMPTS):
-        rows = tokens[p :: len(PROMPTS)]
-        laws = exact_laws(target, prompt, settings)
-        result = pvalues(rows, laws)
-        assert min(result.values()) > ALPHA, f"prompt {prompt}: chi-square p-values {result}"
-
+    for prompt, rows in zip(PROMPTS, assert_follows_target_law(tokens, target, settings)):
         # Negative control 1: the same samples are far from the draft's own (processed) first-token law.
         draft_first = next_token_laws(draft, [prompt], settings)[0]
         first_counts = counts(rows)[0]

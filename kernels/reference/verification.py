@@ -56,30 +56,14 @@ def verify_sampling(
     Returns:
         ``output_ids  # [B, g+1]`` int64 padded with -1, and ``num_accepted  # [B]`` int64.
     """
-    check_verify_shapes(target_probs, draft_ids)
-    batch, g = draft_ids.shape
-    expected = (batch, g, target_probs.shape[-1])
-    if tuple(draft_probs.shape) != expected:
-        raise ValueError(f"draft_probs must have shape {expected} (batch, g, vocab), got {tuple(draft_probs.shape)}")
-    if tuple(accept_uniforms.shape) != (batch, g) or tuple(sample_uniforms.shape) != (batch,):
-        raise ValueError(
-            f"uniforms must have shapes {(batch, g)} and {(batch,)}, "
-            f"got {tuple(accept_uniforms.shape)} and {tuple(sample_uniforms.shape)}"
-        )
+    check_sampling_args(target_probs, draft_probs, draft_ids, accept_uniforms, sample_uniforms)
     x = draft_ids.clamp_min(0)[:, :, None]  # -1: no draft there, never accepted
     p_draft = target_probs[:, :-1].gather(2, x).squeeze(2)  # [B, g]
     q_draft = draft_probs.gather(2, x).squeeze(2)  # [B, g]
     accepted = ((accept_uniforms.to(q_draft.dtype) * q_draft < p_draft) & (draft_ids >= 0)).to(torch.int64)
     num_accepted = accepted.cumprod(dim=1).sum(dim=1)  # [B]
-    rows = torch.arange(batch, device=draft_ids.device)
-    p_last = target_probs[rows, num_accepted]  # [B, V]
-    q_padded = torch.cat([draft_probs, draft_probs.new_zeros(batch, 1, draft_probs.shape[-1])], dim=1)
-    residual = (p_last - q_padded[rows, num_accepted].to(p_last.dtype)).clamp_min(0)  # [B, V]
-    # A residual of zero mass only arises from rounding when p == q; p is then the exact law to draw from.
-    empty = residual.sum(dim=-1, keepdim=True) <= 0
-    residual = torch.where(empty, p_last, residual)
-    last = sample(residual, sample_uniforms)  # [B]
-    return emitted_tokens(draft_ids, num_accepted, last), num_accepted
+    weight = torch.ones(num_accepted.shape, dtype=target_probs.dtype, device=draft_ids.device)
+    return _emit_from_residual(target_probs, draft_probs, draft_ids, num_accepted, weight, sample_uniforms)
 
 
 def verify_block(
@@ -100,11 +84,8 @@ def verify_block(
     none). It then emits one token from ``max(0, w_tau p_{tau+1} - q_{tau+1})`` normalised (``p_{k+1}`` after all
     ``k`` drafts; ``p_{tau+1}`` itself where that residual is all zero), by :func:`sample`.
     """
-    check_verify_shapes(target_probs, draft_ids)
+    check_sampling_args(target_probs, draft_probs, draft_ids, accept_uniforms, sample_uniforms)
     batch, g = draft_ids.shape
-    expected = (batch, g, target_probs.shape[-1])
-    if tuple(draft_probs.shape) != expected:
-        raise ValueError(f"draft_probs must have shape {expected} (batch, g, vocab), got {tuple(draft_probs.shape)}")
     dtype = target_probs.dtype
     x = draft_ids.clamp_min(0)[:, :, None]
     p_x = target_probs[:, :-1].gather(2, x).squeeze(2)  # [B, g]
@@ -124,12 +105,34 @@ def verify_block(
         passed = accept_uniforms[:, i - 1].to(dtype) < h
         tau = torch.where(passed, i, tau)
         kept_weight = torch.where(passed, weight, kept_weight)
+    return _emit_from_residual(target_probs, draft_probs, draft_ids, tau, kept_weight, sample_uniforms)
+
+
+def _emit_from_residual(target_probs, draft_probs, draft_ids, num_accepted, weight, sample_uniforms):
+    """The emitted tokens and ``num_accepted  # [B]``, the last token drawn from ``max(0, w p - q)`` normalised at
+    position ``num_accepted`` (``q`` = 0 after the drafts, ``w = weight  # [B]``)."""
+    batch = draft_ids.shape[0]
     rows = torch.arange(batch, device=draft_ids.device)
-    p_last = target_probs[rows, tau]  # [B, V]
+    p_last = target_probs[rows, num_accepted]  # [B, V]
     q_padded = torch.cat([draft_probs, draft_probs.new_zeros(batch, 1, draft_probs.shape[-1])], dim=1)
-    residual = (kept_weight[:, None] * p_last - q_padded[rows, tau].to(dtype)).clamp_min(0)
+    residual = (weight[:, None] * p_last - q_padded[rows, num_accepted].to(p_last.dtype)).clamp_min(0)  # [B, V]
+    # A residual of zero mass only arises from rounding when p == q; p is then the exact law to draw from.
     residual = torch.where(residual.sum(dim=-1, keepdim=True) <= 0, p_last, residual)
-    return emitted_tokens(draft_ids, tau, sample(residual, sample_uniforms)), tau
+    return emitted_tokens(draft_ids, num_accepted, sample(residual, sample_uniforms)), num_accepted
+
+
+def check_sampling_args(target_probs, draft_probs, draft_ids, accept_uniforms, sample_uniforms) -> None:
+    """The shapes :func:`verify_sampling` and :func:`verify_block` take."""
+    check_verify_shapes(target_probs, draft_ids)
+    batch, g = draft_ids.shape
+    expected = (batch, g, target_probs.shape[-1])
+    if tuple(draft_probs.shape) != expected:
+        raise ValueError(f"draft_probs must have shape {expected} (batch, g, vocab), got {tuple(draft_probs.shape)}")
+    if tuple(accept_uniforms.shape) != (batch, g) or tuple(sample_uniforms.shape) != (batch,):
+        raise ValueError(
+            f"uniforms must have shapes {(batch, g)} and {(batch,)}, "
+            f"got {tuple(accept_uniforms.shape)} and {tuple(sample_uniforms.shape)}"
+        )
 
 
 def check_verify_shapes(target: torch.Tensor, draft_ids: torch.Tensor) -> None:
