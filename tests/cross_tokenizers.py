@@ -3,7 +3,8 @@
 ``bpe_tokenizer(pieces)`` builds a BPE tokenizer whose id ``i`` is ``pieces[i]`` (``[PAD]``, ``[BOS]``, ``[EOS]``
 special wherever they are; every longer piece merges from its prefix and last character), text is the plain
 concatenation of the pieces. ``TARGET_PIECES`` is ``char_tokenizer(128)``'s vocabulary (specials at 0, 1, 2 as
-the tiny models expect); ``DRAFT_PIECES`` orders the characters differently, lacks some of the target's pairs, has
+the tiny models expect); ``PERMUTED_PIECES`` are the same pieces under other ids (merged in the
+target's order: the same splits); ``DRAFT_PIECES`` orders the characters differently, lacks some of the target's pairs, has
 pairs and triples the target lacks, and puts the specials last. ``SMALL_TARGET_PIECES`` / ``SMALL_DRAFT_PIECES``
 are the same idea on 12 / 15 ids, for exact laws. ``mapped_draft`` gives a draft whose rows of shared tokens are
 the target's own rows (so it agrees with the target often), ``noise`` added to every weight.
@@ -31,9 +32,12 @@ SMALL_DRAFT_PIECES = list("ihgfedcba") + ["ab", "ba", "cd"] + SPECIALS
 
 
 @functools.lru_cache(maxsize=None)
-def bpe_tokenizer(pieces: tuple[str, ...]) -> PreTrainedTokenizerFast:
+def bpe_tokenizer(pieces: tuple[str, ...], merge_order: tuple[str, ...] | None = None) -> PreTrainedTokenizerFast:
+    """Merges rank by length, then by position in ``merge_order`` (default ``pieces``): the same ``merge_order``
+    with pieces under other ids splits every text into the same pieces."""
     vocab = {piece: i for i, piece in enumerate(pieces)}
-    longer = sorted((p for p in pieces if len(p) > 1 and p not in SPECIALS), key=lambda p: (len(p), vocab[p]))
+    rank = {piece: i for i, piece in enumerate(merge_order or pieces)}
+    longer = sorted((p for p in pieces if len(p) > 1 and p not in SPECIALS), key=lambda p: (len(p), rank[p]))
     merges = [(p[:-1], p[-1]) for p in longer if p[:-1] in vocab and p[-1] in vocab]
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -51,7 +55,7 @@ def target_tokenizer(small: bool = False) -> PreTrainedTokenizerFast:
 
 def draft_tokenizer(kind: str = "different") -> PreTrainedTokenizerFast:
     """``kind``: ``"different"``, ``"permuted"`` (the target's pieces under other ids) or ``"small"``."""
-    return bpe_tokenizer(tuple(DRAFTS[kind]))
+    return bpe_tokenizer(tuple(DRAFTS[kind]), tuple(TARGET_PIECES) if kind == "permuted" else None)
 
 
 @functools.lru_cache(maxsize=None)
