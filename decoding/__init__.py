@@ -9,7 +9,7 @@ from .api import enable, is_enabled
 from .cascade import SpeculativeCascade
 from .contrastive import ContrastiveDecoding, ProxyTuning
 from .mixing import LogitMixing
-from .proposers import DraftModel, PromptLookup, Proposer
+from .proposers import CrossTokenizerDraft, DraftModel, PromptLookup, Proposer
 from .speculative import SpeculativeDecoding
 from .speculative_contrastive import SpeculativeContrastiveDecoding
 from .stats import AcceptanceStats, MixingStats
@@ -18,6 +18,7 @@ from .strategy import Strategy
 __all__ = [
     "AcceptanceStats",
     "ContrastiveDecoding",
+    "CrossTokenizerDraft",
     "DraftModel",
     "LogitMixing",
     "MixingStats",

@@ -60,13 +60,16 @@ class Cascade:
 
 
 class SpeculativeCascade(SpeculativeDecoding):
-    """A speculative cascade with a draft model (see the module docstring for the rules and the output law).
+    """A speculative cascade with a draft model of the target's tokenizer (see the module docstring for the rules
+    and the output law).
 
     Args:
         draft: a draft model, as for :class:`~decoding.SpeculativeDecoding`.
         rule: ``"chow"``, ``"diff"`` or ``"opt"``. threshold: the rule's ``t``.
         num_draft_tokens, tokenizers, compact_threshold: as for :class:`~decoding.SpeculativeDecoding`.
     """
+
+    cross_tokenizer_drafts = False  # its rules mix the draft's law into the target's: one vocabulary
 
     def __init__(self, draft, rule: str = "chow", threshold: float = 0.3, num_draft_tokens: int = 4, *,
                  tokenizers=None, compact_threshold: float = 0.25):

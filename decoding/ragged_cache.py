@@ -66,6 +66,17 @@ class RaggedCache:
             hf_compat.crop_cache(self.cache, n - used)
             self.mask = self.mask[:, : self.mask.shape[1] - (n - used)]
 
+    def keep_first(self, counts: torch.Tensor) -> None:
+        """Keep only the first ``counts  # [b]`` valid slots of each row (later ones become holes), then crop the
+        slots that are holes in every row at the right end. A row then continues from its ``counts[r]``-th token."""
+        self.mask = self.mask * (self.mask.cumsum(dim=1) <= counts[:, None]).to(torch.int64)
+        self.num_valid = torch.minimum(self.num_valid, counts)
+        column_used = self.mask.any(dim=0)  # [T]
+        used = int(column_used.nonzero().max()) + 1 if bool(column_used.any()) else 0
+        if used < self.mask.shape[1]:
+            hf_compat.crop_cache(self.cache, self.mask.shape[1] - used)
+            self.mask = self.mask[:, :used]
+
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only ``rows  # [b']`` of the batch (finished rows leave the batch)."""
         hf_compat.select_cache_rows(self.cache, rows)

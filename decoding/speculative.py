@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 
 from .adaptive import AdaptiveLength, FixedLength
-from .proposers import DraftModel, Proposal, Proposer
+from .proposers import CrossTokenizerDraft, DraftModel, Proposal, Proposer
+from .proposers.cross_tokenizer import MODES as CROSS_TOKENIZER_MODES
 from .ragged_cache import RaggedCache
 from .run import Run
 from .stats import AcceptanceStats
 from .strategy import Strategy
+from .token_maps import check_tokenizer, tokenizers_agree
 from .validation import check_int
 
 
@@ -28,7 +30,12 @@ class SpeculativeDecoding(Strategy):
         num_draft_tokens: ``g``, the tokens proposed per row and step (>= 1), or ``"auto"``: as many as pay, per
             row and step, from the call's measured costs and acceptance, up to ``max_draft_tokens``, down to none
             (a plain target step); the rule is in :mod:`decoding.adaptive`.
-        tokenizers: optional ``(target_tokenizer, draft_tokenizer)``, to prove a draft model's vocabulary compatible.
+        tokenizers: optional ``(target_tokenizer, draft_tokenizer)``: when they give some id different tokens, the
+            draft has another tokenizer and drafts through :class:`~decoding.proposers.CrossTokenizerDraft`;
+            otherwise they prove a draft model's vocabulary compatible (sizes may then differ by any amount).
+        cross_tokenizer: how a draft with another tokenizer proposes target tokens: ``"auto"`` (string-level when
+            greedy, token-level intersection when sampling), ``"string"`` or ``"tli"``; see
+            :mod:`decoding.proposers.cross_tokenizer`. Ignored when the tokenizers agree.
         compact_threshold: compact a cache when holes exceed this fraction of its slots (batch > 1 only).
         verification: ``"token"`` (Leviathan et al.'s token-by-token rule) or ``"block"`` (Sun et al.'s block
             verification: the same output law, never fewer accepted tokens in expectation; sampling only, greedy is
@@ -36,9 +43,13 @@ class SpeculativeDecoding(Strategy):
     """
 
     draft_role = "draft"
+    cross_tokenizer_drafts = True  # whether a draft with another tokenizer is supported (subclasses may not)
 
     def __init__(self, draft, num_draft_tokens: int | str = 4, *, tokenizers=None, compact_threshold: float = 0.25,
-                 max_draft_tokens: int = 8, verification: str = "token"):
+                 max_draft_tokens: int = 8, verification: str = "token", cross_tokenizer: str = "auto"):
+        if cross_tokenizer not in CROSS_TOKENIZER_MODES:
+            raise ValueError(f"cross_tokenizer must be one of {CROSS_TOKENIZER_MODES}, got {cross_tokenizer!r}")
+        self.cross_tokenizer = cross_tokenizer
         self.proposer = draft if isinstance(draft, Proposer) else self.draft_model_proposer(draft, tokenizers)
         if num_draft_tokens != "auto":
             check_int(num_draft_tokens, "num_draft_tokens", 1)
@@ -54,7 +65,15 @@ class SpeculativeDecoding(Strategy):
         self.compact_threshold = compact_threshold
         self.stats = self.new_stats()
 
-    def draft_model_proposer(self, model, tokenizers) -> DraftModel:
+    def draft_model_proposer(self, model, tokenizers):
+        """A :class:`DraftModel`, or a :class:`CrossTokenizerDraft` when ``tokenizers`` disagree on some id."""
+        if tokenizers is not None and self.cross_tokenizer_drafts:
+            if not isinstance(tokenizers, (tuple, list)) or len(tokenizers) != 2:
+                raise ValueError("tokenizers must be a pair (target_tokenizer, draft_tokenizer)")
+            check_tokenizer(tokenizers[0], "target")
+            check_tokenizer(tokenizers[1], self.draft_role)
+            if not tokenizers_agree(*tokenizers):
+                return CrossTokenizerDraft(model, tokenizers, mode=self.cross_tokenizer, role=self.draft_role)
         return DraftModel(model, tokenizers=tokenizers, role=self.draft_role)
 
     @property

@@ -24,6 +24,7 @@ class SpeculativeContrastiveDecoding(SpeculativeDecoding):
     ``SpeculativeDecoding``'s."""
 
     draft_role = "amateur"
+    cross_tokenizer_drafts = False  # the amateur's logits enter the score: one vocabulary
 
     def __init__(self, amateur, alpha: float = 0.1, beta: float = 0.5, num_draft_tokens: int = 4,
                  amateur_temperature: float = 1.0, *, form: str = "logit", tokenizers=None,

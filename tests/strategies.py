@@ -132,3 +132,8 @@ def logit_tensors(draw, shape, ties=None):
 def kernel_dtypes():
     """Kernel input dtypes: float32, float16 or bfloat16."""
     return st.sampled_from([torch.float32, torch.float16, torch.bfloat16])
+
+
+def cross_tokenizer_modes():
+    """How a draft with another tokenizer proposes target tokens: ``"string"`` or ``"tli"``."""
+    return st.sampled_from(["string", "tli"])

@@ -4,7 +4,8 @@
   target's own, the draft never proposes an id outside the shared range (even when its extra rows would win
   every argmax) and the target may emit ids of its own padding rows that the draft has no embedding for.
 - Sizes more than 128 rows apart raise a ValueError that says "vocab", unless tokenizers prove the shared
-  ids mean the same tokens; tokenizers that disagree on a shared id raise.
+  ids mean the same tokens; tokenizers that disagree on a shared id raise for a same-vocabulary ``DraftModel``
+  (``SpeculativeDecoding`` then drafts across tokenizers: tests/test_cross_tokenizer.py).
 """
 
 from __future__ import annotations
@@ -157,9 +158,16 @@ def test_far_apart_sizes_with_compatible_tokenizers_work():
 
 
 @pytest.mark.parametrize(("target_size", "draft_size"), [(96, 96), (96, 300), (160, 128)])
-def test_tokenizers_that_disagree_on_a_shared_id_raise(target_size, draft_size):
+def test_tokenizers_that_disagree_on_a_shared_id(target_size, draft_size):
+    """A same-vocabulary DraftModel refuses them; SpeculativeDecoding drafts across tokenizers instead."""
     target, draft = tiny_pair("llama", vocab_size=target_size, draft_vocab_size=draft_size)
     tokenizers = (char_tokenizer(target_size), char_tokenizer(draft_size, swap=(10, 11)))
+    same_vocab = decoding.DraftModel(draft, tokenizers=tokenizers)
+    decoding.enable(target)
     with pytest.raises(ValueError, match="vocab") as err:
-        speculative(target, draft, torch.tensor([[5, 6, 7]]), None, 4, 2, tokenizers=tokenizers, do_sample=False)
+        target.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=4, do_sample=False,
+                        strategy=decoding.SpeculativeDecoding(same_vocab, num_draft_tokens=2))
     assert "10:" in str(err.value) and "11:" in str(err.value), "the message should name the differing ids"
+    input_ids = torch.tensor([[5, 6, 7]])
+    out, _ = speculative(target, draft, input_ids, None, 6, 2, tokenizers=tokenizers, do_sample=False)
+    assert torch.equal(out, greedy_reference(target, input_ids, None, 6))
