@@ -95,7 +95,8 @@ def measure_share(pair: Pair, prompts: list[Prompt], *, batch_sizes: Sequence[in
     decoding.enable(pair.target)
     ids = [p.ids for p in prompts]
     grid = _Grid(pair, [p.category for p in prompts], draft_lengths, max_new_tokens, temperature, rounds, seed,
-                 assisted, tuple(variants), warmup_tokens, cost_repeats, _Sync(state), progress or Progress(0, enabled=False))
+                 assisted, tuple(variants), warmup_tokens, cost_repeats, _Sync(state),
+                 progress or Progress(0, enabled=False))
     out: RawShare = {"blocks": [], "costs": {}, "device_name": device_name(pair.target.device),
                      "prompt_tokens": [p.numel() for p in ids]}
     with torch.no_grad():
