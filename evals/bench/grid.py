@@ -36,13 +36,15 @@ class RawMethod(TypedDict):
     """One method's measurements on one process (:meth:`Method.raw`)."""
 
     name: str
-    kind: str  # "target" | "assisted" | "speculative" | "prefill"
+    kind: str  # "target" | "assisted" | "speculative" | "prefill" | a --variants kind (evals.bench.variants)
     g: int | None
     seconds: list[float]  # per round, all batches
     tokens: list[int]  # new tokens per round
     stats: dict  # acceptance counters of all timed rounds (decoding.evals.common.acceptance.merge_stats)
     per_category: dict[str, dict]  # category -> counters (batch 1 only)
     rows: list[list[int]]  # new ids of every row in round 0 (greedy blocks only)
+    lossy: bool  # output may differ from the target's by design (absent in older results: False)
+    draft_free: bool  # no draft model runs: c = 0 (absent in older results: False)
 
 
 class RawBlock(TypedDict):
@@ -86,14 +88,15 @@ class _Sync:
 
 def measure_share(pair: Pair, prompts: list[Prompt], *, batch_sizes: Sequence[int], draft_lengths: Sequence[int],
                   modes: Sequence[str] = ("greedy",), max_new_tokens: int = 64, temperature: float = 0.7,
-                  rounds: int = 3, cost_repeats: int = 31, seed: int = 0, assisted: bool = True,
+                  rounds: int = 3, cost_repeats: int = 31, seed: int = 0, assisted: bool = True, variants=(),
                   warmup_tokens: int | None = 8, state=None, progress: Progress | None = None) -> RawShare:
     """Measure every (mode, batch size, method) on this process's ``prompts`` (tokenized), in that order, and
     the cost ratios per batch size; processes run each round in step."""
     decoding.enable(pair.target)
     ids = [p.ids for p in prompts]
     grid = _Grid(pair, [p.category for p in prompts], draft_lengths, max_new_tokens, temperature, rounds, seed,
-                 assisted, warmup_tokens, cost_repeats, _Sync(state), progress or Progress(0, enabled=False))
+                 assisted, tuple(variants), warmup_tokens, cost_repeats, _Sync(state),
+                 progress or Progress(0, enabled=False))
     out: RawShare = {"blocks": [], "costs": {}, "device_name": device_name(pair.target.device),
                      "prompt_tokens": [p.numel() for p in ids]}
     with torch.no_grad():
@@ -117,6 +120,7 @@ class _Grid:
     rounds: int
     seed: int
     assisted: bool
+    variants: tuple  # decoding.evals.bench.variants.Variant
     warmup_tokens: int | None
     cost_repeats: int
     sync: _Sync
@@ -124,7 +128,8 @@ class _Grid:
 
     def methods(self, mode: str, batch_size: int, max_new_tokens: int) -> list[Method]:
         kwargs = generation_kwargs(mode, max_new_tokens, self.pair.pad_token_id, self.temperature)
-        return make_methods(self.pair.target, self.pair.draft, batch_size, self.draft_lengths, kwargs, self.assisted)
+        return make_methods(self.pair.target, self.pair.draft, batch_size, self.draft_lengths, kwargs, self.assisted,
+                            self.variants)
 
     def block(self, mode: str, batch_size: int, data: list[Batch]) -> RawBlock:
         """Every method on every batch, ``rounds`` times, after one untimed warm-up call per method."""

@@ -1,5 +1,6 @@
 """``decoding-bench``'s methods, the columns of its grid: the target alone, transformers' ``assistant_model=``
-(batch 1) and ``SpeculativeDecoding`` per draft length, and the one-token ``prefill`` call."""
+(batch 1) and ``SpeculativeDecoding`` per draft length, the ``--variants`` methods, and the one-token ``prefill``
+call."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import decoding
+from decoding.evals.bench import variants as bench_variants
+from decoding.evals.bench.variants import PER_G, Variant, use_draft_config
 
 __all__ = ["Method", "generation_kwargs", "make_methods"]
 
@@ -26,11 +29,14 @@ class Method:
     stats: dict = field(default_factory=dict)
     per_category: dict = field(default_factory=dict)
     rows: list = field(default_factory=list)
+    lossy: bool = False  # its greedy output may differ from the target's by design (cascades)
+    draft_free: bool = False  # no draft model runs (prompt lookup): cost ratio c = 0
 
     def raw(self) -> dict:
         """What :func:`decoding.evals.bench.grid.measure_share` reports of this method (a ``RawMethod``)."""
         return {"name": self.name, "kind": self.kind, "g": self.g, "seconds": self.seconds, "tokens": self.tokens,
-                "stats": self.stats, "per_category": self.per_category, "rows": self.rows}
+                "stats": self.stats, "per_category": self.per_category, "rows": self.rows, "lossy": self.lossy,
+                "draft_free": self.draft_free}
 
 
 def generation_kwargs(mode: str, max_new_tokens: int, pad_token_id: int, temperature: float) -> dict:
@@ -42,10 +48,11 @@ def generation_kwargs(mode: str, max_new_tokens: int, pad_token_id: int, tempera
 
 
 def make_methods(target, draft, batch_size: int, draft_lengths: Sequence[int], kwargs: dict,
-                 assisted: bool = True) -> list[Method]:
-    """``target`` first, then for each ``g``: ``assisted g`` (batch 1) and ``speculative g``; last ``prefill``,
-    the target's ``generate`` of one new token: the prompt encoding every method pays before its first token,
-    which :func:`decoding.evals.bench.cells.combine` subtracts to get decoding-only rates."""
+                 assisted: bool = True, variants: Sequence[Variant] = ()) -> list[Method]:
+    """``target`` first, then for each ``g``: ``assisted g`` (batch 1), ``speculative g`` and the per-``g``
+    variants; then the variants without a ``g``; last ``prefill``, the target's ``generate`` of one new token: the
+    prompt encoding every method pays before its first token, which :func:`decoding.evals.bench.cells.combine`
+    subtracts to get decoding-only rates."""
     methods = [Method("target", "target", None, lambda ids, mask: target.generate(ids, attention_mask=mask, **kwargs))]
     for g in draft_lengths:
         if assisted and batch_size == 1:
@@ -56,20 +63,40 @@ def make_methods(target, draft, batch_size: int, draft_lengths: Sequence[int], k
             lambda ids, mask, s=strategy: target.generate(ids, attention_mask=mask, strategy=s, **kwargs),
             strategy,
         ))
+        methods += [_variant(v, target, draft, g, kwargs) for v in variants
+                    if v.kind in PER_G and v.runs_at(batch_size)]
+    methods += [_variant(v, target, draft, None, kwargs) for v in variants
+                if v.kind not in PER_G and v.runs_at(batch_size)]
     one_token = {**kwargs, "max_new_tokens": 1}
     methods.append(Method("prefill", "prefill", None,
                           lambda ids, mask: target.generate(ids, attention_mask=mask, **one_token)))
     return methods
 
 
-def _assisted(target, draft, g: int, kwargs: dict):
+def _variant(variant: Variant, target, draft, g: int | None, kwargs: dict) -> Method:
+    """The method of one ``--variants`` item at ``g`` (None: a variant without a draft length)."""
+    name = variant.label if g is None else f"{variant.label} g={g}"
+    if variant.kind == "hf-lookup":
+        return Method(name, variant.kind, g, lambda ids, mask: target.generate(
+            ids, attention_mask=mask, prompt_lookup_num_tokens=g, **kwargs), draft_free=True)
+    if variant.kind == "hf-dynamic":
+        return Method(name, variant.kind, g, _assisted(target, draft, None, kwargs))
+    strategy = bench_variants.strategy(variant, draft, g)
+    return Method(name, variant.kind, g,
+                  lambda ids, mask, s=strategy: target.generate(ids, attention_mask=mask, strategy=s, **kwargs),
+                  strategy, lossy=variant.lossy, draft_free=variant.kind == "lookup")
+
+
+def _assisted(target, draft, g: int | None, kwargs: dict):
+    """transformers' ``assistant_model=``: ``g`` tokens a step, or (``g`` None) its default dynamic settings."""
+    # transformers reads these from the draft's own generation config only, set for the call and restored after.
+    # A confidence threshold of 0 disables early stopping of the draft, so that it proposes exactly g tokens,
+    # like the strategy.
+    settings = bench_variants.hf_dynamic_settings() if g is None else {
+        "num_assistant_tokens": g, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
+
     def generate(ids, mask):
-        # transformers reads these from the draft's own generation config only. A confidence threshold of 0
-        # disables early stopping of the draft, so that it proposes exactly g tokens, like the strategy.
-        config = draft.generation_config
-        config.num_assistant_tokens = g
-        config.num_assistant_tokens_schedule = "constant"
-        config.assistant_confidence_threshold = 0.0
-        return target.generate(ids, attention_mask=mask, assistant_model=draft, **kwargs)
+        with use_draft_config(draft, **settings):
+            return target.generate(ids, attention_mask=mask, assistant_model=draft, **kwargs)
 
     return generate

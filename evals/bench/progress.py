@@ -60,11 +60,15 @@ class Progress:
             self._tqdm.close()
 
 
-def work_units(num_prompts: int, batch_sizes, draft_lengths, modes, rounds: int, assisted: bool = True) -> int:
+def work_units(num_prompts: int, batch_sizes, draft_lengths, modes, rounds: int, assisted: bool = True,
+               variants=()) -> int:
     """Number of generate calls (warm-up included) and cost measurements a run makes, for the progress bar."""
+    from decoding.evals.bench.variants import method_count
+
     total = 0
     for batch_size in batch_sizes:
         batches = -(-num_prompts // batch_size)
         methods = 2 + len(draft_lengths) * (2 if assisted and batch_size == 1 else 1)  # target, prefill
+        methods += method_count(variants, batch_size, len(draft_lengths))
         total += len(modes) * methods * (1 + rounds * batches) + 1  # + 1: the cost measurement
     return total

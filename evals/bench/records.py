@@ -46,18 +46,18 @@ class DraftFigures:
     """What a cell with a draft (assisted, speculative) adds: acceptance, cost ratios, ceilings, efficiencies."""
 
     acceptance: Acceptance
-    c: float
-    v: float
-    ceiling: float
-    ceiling_v1: float
-    efficiency: float  # decode_speedup / ceiling
+    c: float  # 0 for draft-free methods (prompt lookup)
+    v: float | None  # None (null) for a method without a fixed g (adaptive), and its ceilings too
+    ceiling: float | None
+    ceiling_v1: float | None
+    efficiency: float | None  # decode_speedup / ceiling
     c_generation: float | None
     v_generation: float | None
     # Below, None leaves the key out of the JSON.
     ceiling_generation: float | None = None  # both in-generation ratios measured
     ceiling_with_prefill: float | None = None  # max_new_tokens known
     efficiency_with_prefill: float | None = None  # speedup / ceiling_with_prefill
-    acceptance_source: str | None = None  # assisted cells: whose acceptance they borrow
+    acceptance_source: str | None = None  # assisted and hf-lookup cells: whose acceptance they borrow
     per_category: dict[str, dict] | None = None  # speculative cells at batch 1
 
     def to_dict(self) -> dict:
@@ -78,7 +78,7 @@ class Cell:
 
     mode: str  # "greedy" | "sample"
     batch_size: int
-    method: str  # "target" | "assisted" | "speculative"
+    method: str  # "target" | "assisted" | "speculative" | a --variants kind (evals.bench.variants)
     name: str
     num_draft_tokens: int | None
     tokens_per_s: float  # median over rounds
@@ -91,6 +91,7 @@ class Cell:
     forwards_per_token: float | None = None  # target cells: generate's cost per token, in target forwards
     draft: DraftFigures | None = None
     best: bool = False  # the fastest speculative cell of its mode and batch size
+    lossy: bool = False  # output may differ from the target's by design (cascades): not a failed check
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)[:11]}
@@ -101,12 +102,15 @@ class Cell:
             out.update(self.draft.to_dict())
         if self.best:
             out["best"] = True
+        if self.lossy:
+            out["lossy"] = True
         return out
 
 
 @dataclass
 class Check:
-    """Greedy equality of one draft method's cell with the target."""
+    """Greedy equality of one draft method's cell with the target; a lossy method's (``lossy``) is its match rate,
+    not a check: :class:`Result` lists those apart, under ``lossy_checks``."""
 
     mode: str
     batch_size: int
@@ -114,15 +118,19 @@ class Check:
     matches_target: bool | None
     rows_matching_target: str
     mean_agreeing_prefix: float | None
+    lossy: bool = False
 
     @classmethod
     def of(cls, cell: Cell) -> Check:
         a = cell.agreement
         return cls(cell.mode, cell.batch_size, cell.name, a.matches_target, a.rows_matching_target,
-                   a.mean_agreeing_prefix)
+                   a.mean_agreeing_prefix, cell.lossy)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.lossy:
+            del out["lossy"]
+        return out
 
 
 @dataclass
@@ -217,12 +225,16 @@ class Result:
     meta: Meta
     prompts: list[PromptRecord]
     costs: dict[int, Cost]  # per batch size
-    checks: list[Check]
+    checks: list[Check]  # lossy ones included: to_dict() lists them apart
     cells: list[Cell]
     summary: list[Summary]
 
     def to_dict(self) -> dict:
-        return {"meta": self.meta.to_dict(), "prompts": [p.to_dict() for p in self.prompts],
-                "costs": {str(b): cost.to_dict() for b, cost in self.costs.items()},
-                "checks": [c.to_dict() for c in self.checks], "cells": [c.to_dict() for c in self.cells],
-                "summary": [s.to_dict() for s in self.summary]}
+        out = {"meta": self.meta.to_dict(), "prompts": [p.to_dict() for p in self.prompts],
+               "costs": {str(b): cost.to_dict() for b, cost in self.costs.items()},
+               "checks": [c.to_dict() for c in self.checks if not c.lossy]}
+        lossy = [c.to_dict() for c in self.checks if c.lossy]
+        if lossy:  # match rates of lossy methods: never failures
+            out["lossy_checks"] = lossy
+        out.update({"cells": [c.to_dict() for c in self.cells], "summary": [s.to_dict() for s in self.summary]})
+        return out

@@ -1,0 +1,128 @@
+"""``decoding-bench --variants``: further methods measured beside the default columns (adaptive draft length,
+block verification, prompt lookup, transformers' prompt lookup and dynamic assistant, speculative cascades)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import decoding
+
+__all__ = ["HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant", "hf_dynamic_settings", "method_count",
+           "parse_variants", "use_draft_config"]
+
+# Variant name -> what it adds; "cascade" is given as cascade:RULE:THRESHOLD.
+VARIANTS = {
+    "adaptive": "SpeculativeDecoding(draft, num_draft_tokens='auto')",
+    "block": "SpeculativeDecoding(draft, g, verification='block') per g",
+    "lookup": "SpeculativeDecoding(PromptLookup(), g) per g: no draft model (c = 0)",
+    "hf-lookup": "transformers' prompt_lookup_num_tokens=g per g (batch 1)",
+    "hf-dynamic": "transformers' assistant_model= with its default dynamic settings (batch 1)",
+    "cascade": "cascade:RULE:THRESHOLD, SpeculativeCascade(draft, RULE, THRESHOLD, g) per g (lossy)",
+}
+PER_G = ("block", "lookup", "hf-lookup", "cascade")  # one method per draft length
+BATCH_1_ONLY = ("hf-lookup", "hf-dynamic")
+# The draft's generation-config fields transformers' assisted generation reads.
+HF_DYNAMIC_KEYS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ``--variants`` item: ``kind`` (a key of :data:`VARIANTS`), and for a cascade its rule and threshold."""
+
+    kind: str
+    rule: str | None = None
+    threshold: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"cascade {self.rule}:{self.threshold:g}" if self.kind == "cascade" else self.kind
+
+    @property
+    def lossy(self) -> bool:
+        return self.kind == "cascade"
+
+    def runs_at(self, batch_size: int) -> bool:
+        return self.kind not in BATCH_1_ONLY or batch_size == 1
+
+
+def _known() -> str:
+    return ", ".join(k if k != "cascade" else "cascade:RULE:THRESHOLD" for k in VARIANTS)
+
+
+def _cascade(item: str) -> Variant:
+    from decoding.cascade import RULES, Cascade
+
+    parts = item.split(":")
+    if len(parts) != 3 or parts[1] not in RULES:
+        raise argparse.ArgumentTypeError(f"bad variant {item!r}: use cascade:RULE:THRESHOLD with RULE one of "
+                                         f"{', '.join(RULES)}, e.g. cascade:chow:0.3")
+    try:
+        threshold = float(parts[2])
+        Cascade(parts[1], threshold)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad variant {item!r}: THRESHOLD must be a number") from None
+    return Variant("cascade", parts[1], threshold)
+
+
+def parse_variants(text: str) -> list[Variant]:
+    """``"adaptive,cascade:chow:0.3"`` -> variants (duplicates dropped); an unknown name lists the known ones."""
+    out = []
+    for item in (x for x in text.replace(" ", "").split(",") if x):
+        if item.startswith("cascade:") or item == "cascade":
+            out.append(_cascade(item))
+        elif item in VARIANTS:
+            out.append(Variant(item))
+        else:
+            raise argparse.ArgumentTypeError(f"unknown variant {item!r}; known variants: {_known()}")
+    return list(dict.fromkeys(out))
+
+
+def method_count(variants: Sequence[Variant], batch_size: int, num_draft_lengths: int) -> int:
+    """The methods ``variants`` add at ``batch_size`` (for the progress bar)."""
+    return sum(num_draft_lengths if v.kind in PER_G else 1 for v in variants if v.runs_at(batch_size))
+
+
+def hf_dynamic_settings() -> dict:
+    """transformers' own defaults of :data:`HF_DYNAMIC_KEYS` in the installed version (5.24: 20 tokens,
+    "constant" schedule, confidence threshold 0.4, which it re-tunes during the call with scikit-learn)."""
+    from transformers import GenerationConfig
+
+    fallback = {"num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant",
+                "assistant_confidence_threshold": 0.4}
+    try:
+        defaults = GenerationConfig._get_default_generation_params()
+    except AttributeError:  # older versions set them in GenerationConfig.__init__
+        defaults = vars(GenerationConfig())
+    return {key: defaults.get(key, fallback[key]) if defaults.get(key) is not None else fallback[key]
+            for key in HF_DYNAMIC_KEYS}
+
+
+@contextlib.contextmanager
+def use_draft_config(draft, **values):
+    """Set fields of ``draft.generation_config`` for one call and restore them after, so that no method sees
+    another's assisted-generation settings."""
+    config = draft.generation_config
+    saved = {key: getattr(config, key, None) for key in values}
+    for key, value in values.items():
+        setattr(config, key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(config, key, value)
+
+
+def strategy(variant: Variant, draft, g: int | None):
+    """The library strategy of ``variant`` at ``g`` (None for transformers' own methods)."""
+    if variant.kind == "adaptive":
+        return decoding.SpeculativeDecoding(draft, num_draft_tokens="auto")
+    if variant.kind == "block":
+        return decoding.SpeculativeDecoding(draft, num_draft_tokens=g, verification="block")
+    if variant.kind == "lookup":
+        return decoding.SpeculativeDecoding(decoding.PromptLookup(), num_draft_tokens=g)
+    if variant.kind == "cascade":
+        return decoding.SpeculativeCascade(draft, variant.rule, variant.threshold, num_draft_tokens=g)
+    return None
