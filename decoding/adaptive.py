@@ -12,8 +12,8 @@ tokens, the second none, to measure them). ``a_j`` is the row's estimated accept
 confidence in its token (``q(x)`` when sampling, its top probability when greedy; the acceptance rate so far for
 proposers without one) times this call's calibration, accepted drafts over the confidence of the drafts tested.
 A step drafts at all only when its first position pays at the acceptance rate so far; otherwise the target steps
-alone, and a probe step drafts anyway after ``probe_every`` such steps (the wait doubles after every probe that
-finds drafting still does not pay, up to 64 steps) so that a change in acceptance is noticed.
+alone, and a probe step drafts one token anyway after ``probe_every`` such steps (the wait doubles after every
+probe that finds drafting still does not pay, up to 64 steps) so that a change in acceptance is noticed.
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ class AdaptiveLength:
         if not self._known() or self._pays(self.acceptance, 1, drafting=True):
             self.skipped, self.probe_every = 0, self.first_probe
             return self.max_tokens
-        if self.skipped >= self.probe_every:
+        if self.skipped >= self.probe_every:  # one token: enough to measure first-position acceptance, cheaply
             self.skipped, self.probe_every = 0, min(2 * self.probe_every, 64)
-            return self.max_tokens
+            return 1
         self.skipped += 1
         return 0
 
