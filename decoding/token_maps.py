@@ -19,7 +19,7 @@ _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
 @functools.lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
+def byte_decoder() -> dict[str, int]:
     """GPT-2's printable stand-in character of every byte, inverted (byte-level BPE vocabularies use them)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
     codes = printable[:]
@@ -45,7 +45,7 @@ def _decoder_types(tokenizer) -> set[str]:
 def token_texts(tokenizer) -> dict[int, str]:
     """The text of every non-special token of ``tokenizer``, by id (tokens that are not whole text left out)."""
     byte_level = "ByteLevel" in _decoder_types(tokenizer)
-    byte_decoder = _byte_decoder()
+    decoder = byte_decoder()
     special = set(tokenizer.all_special_ids)
     texts = {}
     for piece, i in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
@@ -53,7 +53,7 @@ def token_texts(tokenizer) -> dict[int, str]:
             continue
         if byte_level:
             try:
-                text = bytes(byte_decoder[c] for c in piece).decode("utf-8")
+                text = bytes(decoder[c] for c in piece).decode("utf-8")
             except (KeyError, UnicodeDecodeError):
                 continue
         else:

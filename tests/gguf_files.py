@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from decoding.token_maps import byte_decoder
+
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s"]
 CHAT_TEMPLATE = (
@@ -19,15 +21,7 @@ CHAT_TEMPLATE = (
 
 def _byte_chars() -> list[str]:
     """GPT-2's printable stand-ins for the 256 bytes (bytes_to_unicode), in byte order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
+    return [char for char, _ in sorted(byte_decoder().items(), key=lambda item: item[1])]
 
 
 def tokens() -> list[str]:
