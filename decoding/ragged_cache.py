@@ -60,22 +60,22 @@ class RaggedCache:
         tail = self.mask[:, -n:] * keep.to(torch.int64)  # [b, n]
         self.num_valid = self.num_valid - (self.mask[:, -n:] - tail).sum(dim=1)
         self.mask = torch.cat([self.mask[:, :-n], tail], dim=1)
-        column_used = self.mask[:, -n:].any(dim=0)  # [n]
-        used = int(column_used.nonzero().max()) + 1 if bool(column_used.any()) else 0
-        if used < n:
-            hf_compat.crop_cache(self.cache, n - used)
-            self.mask = self.mask[:, : self.mask.shape[1] - (n - used)]
+        self._crop_shared_holes(n)
 
     def keep_first(self, counts: torch.Tensor) -> None:
         """Keep only the first ``counts  # [b]`` valid slots of each row (later ones become holes), then crop the
         slots that are holes in every row at the right end. A row then continues from its ``counts[r]``-th token."""
         self.mask = self.mask * (self.mask.cumsum(dim=1) <= counts[:, None]).to(torch.int64)
         self.num_valid = torch.minimum(self.num_valid, counts)
-        column_used = self.mask.any(dim=0)  # [T]
+        self._crop_shared_holes(self.mask.shape[1])
+
+    def _crop_shared_holes(self, n: int) -> None:
+        """Crop, among the last ``n`` slots, those at the right end that are holes in every row."""
+        column_used = self.mask[:, self.mask.shape[1] - n :].any(dim=0)  # [n]
         used = int(column_used.nonzero().max()) + 1 if bool(column_used.any()) else 0
-        if used < self.mask.shape[1]:
-            hf_compat.crop_cache(self.cache, self.mask.shape[1] - used)
-            self.mask = self.mask[:, :used]
+        if used < n:
+            hf_compat.crop_cache(self.cache, n - used)
+            self.mask = self.mask[:, : self.mask.shape[1] - (n - used)]
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only ``rows  # [b']`` of the batch (finished rows leave the batch)."""
