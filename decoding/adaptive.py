@@ -1,19 +1,27 @@
 """How many tokens a speculative step proposes: a fixed ``g``, or ``num_draft_tokens="auto"`` (:class:`AdaptiveLength`).
 
-The adaptive rule, per step and per row, training-free. Proposing position ``i`` pays when the chance that the row
-reaches and accepts it, times the target step it saves, exceeds what it costs (one draft forward and one more
-verified position)::
+The adaptive rule, per step, training-free: a step grows while growing raises its expected tokens per second.
+With ``E`` the tokens a row expects from the step so far (1 for the target's own token, plus the chance of
+accepting each verified draft position) and ``T`` the step's seconds so far (``v`` positions verified, ``d`` draft
+forwards), the next position is drafted when, for some ``m >= 1``, verifying ``m`` more positions pays::
 
-    a_1 ... a_i * t(1)  >  t_draft + t(i + 1) - t(i)
+    (E + r (1 + a + ... + a^(m-1))) / (t(v + m + 1) + (d + m) t_draft)  >  E / (t(v + 1) + d t_draft)
 
-``t(n)`` is the time of a target forward over ``n`` new tokens and ``t_draft`` that of a draft forward, both
-measured on this call's own forwards (a line fitted through the measured ``t(n)``; the first step proposes two
-tokens, the second none, to measure them). ``a_j`` is the row's estimated acceptance at position ``j``: the draft's
-confidence in its token (``q(x)`` when sampling, its top probability when greedy; the acceptance rate so far for
-proposers without one) times this call's calibration, accepted drafts over the confidence of the drafts tested.
-A step drafts at all only when its first position pays at the acceptance rate so far; otherwise the target steps
-alone, and a probe step drafts one token anyway after ``probe_every`` such steps (the wait doubles after every
-probe that finds drafting still does not pay, up to 64 steps) so that a change in acceptance is noticed.
+and a drafted position is verified by the same test with its draft forward already spent. Looking ``m`` positions
+ahead matters because ``t(n)`` is not linear: on a CPU one token takes a matrix-vector path much faster than two,
+while the next few tokens cost little more. ``r`` is the row's estimated chance of accepting the positions up to
+the next one (averaged over rows) and ``a`` the acceptance rate of the drafts tested so far in the call.
+A row's chance of accepting positions 1..i is the product of the draft's confidence in each of its tokens
+(``q(x)`` when sampling, its top probability when greedy; 1 for proposers without one) times this call's
+calibration (accepted drafts over the confidence of the drafts tested), and ``a`` for a position not drafted yet.
+``t(n)`` is the time of a target forward over ``n`` new tokens (``t(1)`` and a line fitted through
+the forwards measured over more tokens) and ``t_draft`` that of a draft forward, both measured on this call's own
+forwards: the first steps read the prompt, then propose three tokens (``t(4)``), none (``t(1)``) and one (``t(2)``,
+and a draft forward without the prompt). The decision is the batch's (one more verified position costs the same whether one
+row or all rows propose it), so every row proposes the positions the batch verifies. When position 1 does not pay
+at the acceptance rate so far, the target steps alone, and a probe step drafts one token after ``probe_every``
+such steps (the wait doubles after every probe that finds drafting still does not pay, up to 64 steps), so that a
+change in acceptance is noticed.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ import time
 
 import torch
 
-EMA = 0.8  # weight of the past in every running estimate
+EMA = 0.8  # weight of the past in the running estimates of seconds
+MEMORY = 0.9  # decay per step of the acceptance counts (a batch-1 step tests one or two drafts: keep ~10 steps)
+WARM_UP_TOKENS = 3  # drafted by the second step: t(4) and t(1) give the slope of t(n)
 
 
 class FixedLength:
@@ -59,19 +69,29 @@ class AdaptiveLength:
         self.probe_every = self.first_probe = probe_every
         self.steps = self.skipped = 0
         self.draft_seconds: float | None = None  # per draft forward
+        self.drafted_before = False  # the first drafting step also reads the prompt: its draft time is not kept
         self.target_seconds: dict[int, float] = {}  # new tokens per row -> seconds of a target forward
-        self.accepted = self.tested_confidence = 0.0  # calibration: accepted drafts / their tested confidence
-        self.acceptance: float | None = None  # running acceptance rate of first positions
+        # Decayed sums over the call's tested drafts: accepted, tested, and the confidence of those tested.
+        self.accepted = self.tested = self.tested_confidence = 0.0
+        self.expected, self.verified = 1.0, 0  # this step so far: expected tokens per row, drafted positions verified
 
     def _known(self) -> bool:
-        return self.draft_seconds is not None and self.acceptance is not None and len(self.target_seconds) >= 2
+        return self.draft_seconds is not None and self.tested > 0 and len(self.target_seconds) >= 2
+
+    @property
+    def acceptance(self) -> float:
+        """The acceptance rate of the drafts tested so far in this call (decayed)."""
+        return self.accepted / self.tested
 
     def limit(self) -> int:
         """The most tokens this step may propose (0: the target steps alone)."""
         self.steps += 1
-        if self.steps <= 2:
-            return min(2, self.max_tokens) if self.steps == 1 else 0  # measures t_draft, t(3) and t(1)
-        if not self._known() or self._pays(self.acceptance, 1, drafting=True):
+        self.expected, self.verified = 1.0, 0
+        if not self._known():  # warm-up: the prompt alone, then t(4), t(1) and a draft forward measured
+            if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds):
+                return 0
+            return 1 if self.target_seconds else min(WARM_UP_TOKENS, self.max_tokens)
+        if self._pays(self.acceptance, drafted=0, drafting=True):
             self.skipped, self.probe_every = 0, self.first_probe
             return self.max_tokens
         if self.skipped >= self.probe_every:  # one token: enough to measure first-position acceptance, cheaply
@@ -85,18 +105,37 @@ class AdaptiveLength:
         return min(self.accepted / self.tested_confidence, 1.0) if self.tested_confidence > 0 else 1.0
 
     def proposes(self, position: int, reach: torch.Tensor) -> torch.Tensor | None:
-        """Rows for which verifying drafted position ``position`` pays, ``reach  # [b]`` being the estimated
-        chance of accepting positions 1..``position``; None while the costs are unknown."""
-        return self._pays(reach, position, drafting=False) if self._known() else None
+        """Whether the batch verifies drafted position ``position``, as ``# [b]`` (all equal: once a position is
+        verified, every row proposing it costs nothing more), ``reach  # [b]`` being each row's estimated chance of
+        accepting positions 1..``position`` (0 for a row not proposing it); None while the costs are unknown."""
+        if not self._known():
+            return None
+        gain = float(reach.mean())
+        pays = self._pays(gain, drafted=position, drafting=False)
+        if pays:
+            self.expected, self.verified = self.expected + gain, position
+        return torch.full_like(reach, pays, dtype=torch.bool)
 
     def drafts_next(self, position: int, reach: torch.Tensor) -> bool:
-        """Whether drafting position ``position + 1`` pays for some row (its acceptance assumed at the rate so far)."""
-        return not self._known() or bool(self._pays(reach.max() * self.acceptance, position + 1, drafting=True))
+        """Whether drafting position ``position + 1`` pays, ``reach  # [b]`` as in :meth:`proposes` and the next
+        position's acceptance assumed at the rate so far."""
+        return not self._known() or self._pays(float(reach.mean()) * self.acceptance, drafted=position, drafting=True)
 
-    def _pays(self, reach, position: int, drafting: bool):
-        """``reach * t(1) > [t_draft] + t(position + 1) - t(position)``."""
-        cost = self._target_time(position + 1) - self._target_time(position)
-        return reach * self._target_time(1) > cost + (self.draft_seconds if drafting else 0.0)
+    def _pays(self, reach: float, drafted: int, drafting: bool) -> bool:
+        """Whether verifying the next ``m`` positions, for some ``m``, raises the step's expected tokens per second,
+        ``reach`` being the chance of accepting the first of them, ``drafted`` the draft forwards spent so far and
+        ``drafting`` whether the first is still to be drafted. Looking ahead matters: one more verified token may
+        cost much more than the next few (one token takes a faster matrix-vector path on some CPUs)."""
+        now = self.expected / (self._target_time(self.verified + 1) + drafted * self.draft_seconds)
+        gain = 0.0
+        for m in range(1, self.max_tokens - self.verified + 1):
+            gain += reach * self.acceptance ** (m - 1)
+            drafts = drafted + m - (0 if drafting else 1)
+            seconds = self._target_time(self.verified + m + 1) + drafts * self.draft_seconds
+            if (self.expected + gain) / seconds > now:
+                return True
+        return False
+
 
     def clock(self) -> float:
         if self.device.type == "cuda":
@@ -107,8 +146,9 @@ class AdaptiveLength:
         """Learn from one step: its proposal, ``num_accepted  # [b]``, the seconds of its draft forwards and of its
         target forward over ``new_tokens`` positions per row (0 when that forward also read a prompt)."""
         drafted = proposal.ids.shape[1]
-        if drafted and draft_seconds > 0:
+        if drafted and draft_seconds > 0 and self.drafted_before:
             self.draft_seconds = _ema(self.draft_seconds, draft_seconds / drafted)
+        self.drafted_before = self.drafted_before or drafted > 0
         if new_tokens:
             self.target_seconds[new_tokens] = _ema(self.target_seconds.get(new_tokens), target_seconds)
         proposed = proposal.lengths()
@@ -117,18 +157,24 @@ class AdaptiveLength:
         positions = torch.arange(drafted, device=num_accepted.device)
         tested = (positions <= num_accepted[:, None]) & (proposal.ids >= 0)  # up to the first rejection
         confidence = proposal.confidence if proposal.confidence is not None else tested.to(torch.float32)
-        self.accepted = EMA * self.accepted + float(num_accepted.sum())
-        self.tested_confidence = EMA * self.tested_confidence + float((confidence * tested).sum())
-        self.acceptance = _ema(self.acceptance, float((num_accepted[proposed > 0] > 0).float().mean()))
+        self.accepted = MEMORY * self.accepted + float(num_accepted.sum())
+        self.tested = MEMORY * self.tested + float(tested.sum())
+        self.tested_confidence = MEMORY * self.tested_confidence + float((confidence * tested).sum())
 
     def _target_time(self, n: int) -> float:
-        """``t(n)``: a least-squares line through the measured forwards, never decreasing."""
-        sizes = sorted(self.target_seconds)
+        """``t(n)``: ``t(1)`` as measured, and for ``n >= 2`` a least-squares line through the forwards measured over
+        2 or more tokens (one token often takes a faster matrix-vector path, so it is kept off the line); never
+        decreasing."""
+        ones = self.target_seconds.get(1)
+        sizes = sorted(s for s in self.target_seconds if s > 1)
+        if n == 1 and ones is not None or not sizes:
+            return ones if ones is not None else self.target_seconds[min(self.target_seconds)]
         mean_n = sum(sizes) / len(sizes)
         mean_t = sum(self.target_seconds[s] for s in sizes) / len(sizes)
         spread = sum((s - mean_n) ** 2 for s in sizes)
-        slope = sum((s - mean_n) * (self.target_seconds[s] - mean_t) for s in sizes) / spread
-        return mean_t + max(slope, 0.0) * (n - mean_n)
+        slope = sum((s - mean_n) * (self.target_seconds[s] - mean_t) for s in sizes) / spread if spread else 0.0
+        line = mean_t + max(slope, 0.0) * (n - mean_n)
+        return max(line, ones) if ones is not None else line
 
 
 def _ema(previous: float | None, value: float) -> float:

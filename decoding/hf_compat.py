@@ -13,7 +13,7 @@ import inspect
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.generation import logits_process as lp
 
 # transformers 5.24 renamed the cache argument of ``generate``'s model kwargs and of model forwards from
@@ -69,8 +69,22 @@ def from_config(model_class, config, dtype: torch.dtype):
 
 
 def new_cache(model) -> DynamicCache:
-    """An empty ``DynamicCache`` laid out for ``model``'s config (per-layer types: full, sliding, ...)."""
-    return DynamicCache(config=model.config)
+    """An empty ``DynamicCache`` laid out for ``model``'s config (per-layer types: full, sliding, ...), except that a
+    model whose layers are all full or sliding-window attention gets full layers only: those keep every slot, so
+    they can be rolled back and gathered, while the model's own sliding-window masks still restrict attention to
+    the window (measured in slots: see :func:`uses_sliding_window`)."""
+    cache = DynamicCache(config=model.config)
+    kinds = {type(layer) for layer in cache.layers}
+    if DynamicSlidingWindowLayer in kinds and kinds <= {DynamicLayer, DynamicSlidingWindowLayer}:
+        return DynamicCache()  # no config: full DynamicLayers, created as the layers first write
+    return cache
+
+
+def uses_sliding_window(model) -> bool:
+    """Whether some layer of ``model`` attends through a sliding window (its config lays out a
+    ``DynamicSlidingWindowLayer``). transformers measures the window in cache slots, not positions, so a row's
+    slots must stay contiguous for the window to hold the right tokens."""
+    return any(type(layer) is DynamicSlidingWindowLayer for layer in DynamicCache(config=model.config).layers)
 
 
 def rollback_unsupported_layers(cache: DynamicCache) -> list[str]:

@@ -29,6 +29,9 @@ class RaggedCache:
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self._slices_logits = hf_compat.supports_logits_to_keep(model)
+        # Sliding windows are measured in slots: such a model's rows keep their valid slots contiguous.
+        self.contiguous = hf_compat.uses_sliding_window(model)
+        self.fed = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)  # [b, <=T] valid flags, as fed
         self._check_layers()
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
@@ -37,6 +40,17 @@ class RaggedCache:
         Returns ``# [b, logits_to_keep, V]`` raw logits of the model, on the device of ``tokens``.
         """
         valid = valid.to(torch.int64)
+        if not self.contiguous:
+            return self._append(tokens, valid, logits_to_keep)
+        if bool(_holes_before_valid(valid).any()):
+            logits = self._forward_valid_first(tokens, valid, logits_to_keep)
+        else:
+            logits = self._append(tokens, valid, logits_to_keep)
+        self.fed = torch.cat([self.fed, valid], dim=1)[:, -(self.mask.shape[1] + valid.shape[1]) :]
+        return logits
+
+    def _append(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+        """:meth:`forward`'s work: the tokens go in the next ``n`` slots."""
         positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
         mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
         extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
@@ -48,6 +62,17 @@ class RaggedCache:
         self.num_valid = self.num_valid + valid.sum(dim=1)
         return out.logits[:, -logits_to_keep:].to(tokens.device)
 
+    def _forward_valid_first(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+        """:meth:`forward` for a sliding-window model fed holes before valid tokens: each row's valid tokens go
+        first (so they follow its cached slots without a gap), the cache is compacted after, and the logits are
+        returned in the columns the tokens were given in."""
+        n = tokens.shape[1]
+        order = torch.sort(1 - valid, dim=1, stable=True).indices  # [b, n]: valid columns first, in order
+        logits = self._append(tokens.gather(1, order), valid.gather(1, order), n)  # [b, n, V]
+        self._compact_if_not_contiguous()
+        back = order.argsort(dim=1)[:, :, None].expand(-1, -1, logits.shape[-1])
+        return logits.gather(1, back)[:, n - logits_to_keep :]
+
     def keep_last(self, keep: torch.Tensor) -> None:
         """Turn the last ``n`` slots into holes where ``keep  # [b, n]`` is False, then crop shared holes.
 
@@ -56,6 +81,10 @@ class RaggedCache:
         """
         n = keep.shape[1]
         if n == 0:
+            return
+        if self.contiguous:  # slots may have moved since they were fed: drop each row's last valid ones
+            dropped = (self.fed[:, -n:] * (~keep).to(torch.int64)).sum(dim=1)  # [b]
+            self.keep_first(self.num_valid - dropped)
             return
         tail = self.mask[:, -n:] * keep.to(torch.int64)  # [b, n]
         self.num_valid = self.num_valid - (self.mask[:, -n:] - tail).sum(dim=1)
@@ -66,6 +95,9 @@ class RaggedCache:
         """Keep only the first ``counts  # [b]`` valid slots of each row (later ones become holes), then crop the
         slots that are holes in every row at the right end. A row then continues from its ``counts[r]``-th token."""
         self.mask = self.mask * (self.mask.cumsum(dim=1) <= counts[:, None]).to(torch.int64)
+        if self.contiguous:  # the fed tokens dropped are each row's last ones
+            dropped = (self.num_valid - counts).clamp_min(0)
+            self.fed = self.fed * (self.fed.flip(1).cumsum(dim=1).flip(1) > dropped[:, None]).to(torch.int64)
         self.num_valid = torch.minimum(self.num_valid, counts)
         self._crop_shared_holes(self.mask.shape[1])
 
@@ -76,10 +108,17 @@ class RaggedCache:
         if used < n:
             hf_compat.crop_cache(self.cache, n - used)
             self.mask = self.mask[:, : self.mask.shape[1] - (n - used)]
+        self._compact_if_not_contiguous()
+
+    def _compact_if_not_contiguous(self) -> None:
+        """For a sliding-window model, :meth:`compact` when some row has a hole after its first valid slot."""
+        if self.contiguous and bool(_holes_before_valid(self.mask.flip(1)).any()):
+            self.compact()
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only ``rows  # [b']`` of the batch (finished rows leave the batch)."""
         hf_compat.select_cache_rows(self.cache, rows)
+        self.fed = self.fed[rows]
         self.mask = self.mask[rows]
         self.num_valid = self.num_valid[rows]
 
@@ -105,6 +144,11 @@ class RaggedCache:
         if unsupported:
             raise ValueError(
                 f"{type(self.model).__name__} uses a {unsupported[0]} cache layer; speculative and contrastive "
-                "strategies need full-attention DynamicLayer caches, whose slots can be rolled back. "
-                "Sliding-window, linear-attention and quantized caches are not supported."
+                "strategies need DynamicLayer caches, whose slots can be rolled back (full or sliding-window "
+                "attention). Linear-attention and quantized caches are not supported."
             )
+
+
+def _holes_before_valid(valid: torch.Tensor) -> torch.Tensor:
+    """Rows ``# [b]`` of ``valid  # [b, n]`` that have a hole (0) before some valid slot (1)."""
+    return (valid.cumsum(dim=1) < valid.sum(dim=1, keepdim=True)).logical_and(valid == 0).any(dim=1)

@@ -16,8 +16,10 @@ from tokenizers import models as tokenizer_models
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
+    Gemma3TextConfig,
     GPTNeoXConfig,
     LlamaConfig,
+    MistralConfig,
     LlamaForCausalLM,
     OPTConfig,
     PreTrainedTokenizerFast,
@@ -25,6 +27,10 @@ from transformers import (
 )
 
 ARCHS = ("llama", "gpt2", "qwen2", "opt", "gpt_neox")  # the five decoder families the tests cover
+# Families with sliding-window attention (window SLIDING_WINDOW, shorter than most test sequences): Gemma 3 mixes
+# sliding and full layers, Mistral slides in every layer.
+SLIDING_ARCHS = ("gemma3", "mistral")
+SLIDING_WINDOW = 3
 DRAFT_KINDS = ("independent", "noisy_copy", "self")  # the draft kinds of ``tiny_pair``
 # Special ids, set in every config. The tiny models' generation_config keeps pad_token_id = PAD_ID but has
 # eos_token_id = None: generation stops at an EOS only when a test passes eos_token_id= explicitly.
@@ -72,8 +78,21 @@ def tiny_config(arch: str, vocab_size: int = VOCAB, num_layers: int = 2, hidden:
             num_attention_heads=heads, max_position_embeddings=MAX_POSITIONS, initializer_range=INIT_STD,
             hidden_dropout=0.0, attention_dropout=0.0, **special,
         )
+    elif arch == "gemma3":
+        config = Gemma3TextConfig(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+            num_attention_heads=heads, num_key_value_heads=2, head_dim=hidden // heads,
+            max_position_embeddings=MAX_POSITIONS, initializer_range=INIT_STD, sliding_window=SLIDING_WINDOW,
+            layer_types=[("sliding_attention", "full_attention")[i % 2] for i in range(num_layers)], **special,
+        )
+    elif arch == "mistral":
+        config = MistralConfig(
+            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+            num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            initializer_range=INIT_STD, sliding_window=SLIDING_WINDOW, **special,
+        )
     else:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS + SLIDING_ARCHS}")
     return config
 
 

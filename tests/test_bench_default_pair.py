@@ -7,7 +7,7 @@ import importlib.util
 
 from decoding.evals.bench import cli as bench
 from decoding.evals.bench.args import DEFAULT_TARGET, parse_args
-from decoding.evals.bench.prompts import CHAT_PROMPTS_DIR, load_prompt_set, select_prompts
+from decoding.evals.bench.prompts import CHAT_PROMPTS_DIR, EDITING_PROMPTS_DIR, load_prompt_set, select_prompts
 
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -25,6 +25,16 @@ def test_the_smollm2_pair_takes_its_chat_template_and_chat_prompts():
     assert len(prompts) == 8  # two batches of 4
     assert {p.category for p in prompts} == {"conversation", "code", "math", "question_answering", "summarization",
                                               "retrieval"}
+
+
+def test_the_code_editing_prompts_quote_the_code_to_edit():
+    prompts = load_prompt_set(EDITING_PROMPTS_DIR)
+    assert len(prompts) == 8 and {p.category for p in prompts} == {"code_editing"}
+    for prompt in prompts:
+        code = prompt.text.split("```python\n", 1)[1].split("\n```", 1)[0]
+        assert len(code.splitlines()) >= 4 and "Reply with the whole code." in prompt.text
+    held_out = {p.text for p in load_prompt_set(CHAT_PROMPTS_DIR)}
+    assert not held_out & {p.text for p in prompts}
 
 
 def test_an_explicit_prompt_set_wins(tmp_path):

@@ -105,8 +105,11 @@ def test_rollback_unsupported_layers():
     config = MistralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                            num_attention_heads=2, num_key_value_heads=1, sliding_window=4)
     sliding = AutoModelForCausalLM.from_config(config)
-    found = hf_compat.rollback_unsupported_layers(hf_compat.new_cache(sliding))
+    found = hf_compat.rollback_unsupported_layers(DynamicCache(config=sliding.config))
     assert len(found) == 2 and all("Sliding" in name for name in found)
+    # new_cache lays out full layers instead (tests/test_sliding_window.py checks the logits stay exact).
+    assert hf_compat.rollback_unsupported_layers(hf_compat.new_cache(sliding)) == []
+    assert hf_compat.uses_sliding_window(sliding)
 
 
 def test_crop_cache():

@@ -225,24 +225,64 @@ def test_any_length_choices_keep_the_sampling_law(backend, monkeypatch):
     assert_follows_target_law(tokens, target, settings)
 
 
+def linear_costs(new_tokens: int) -> float:
+    """A target forward over ``new_tokens`` tokens: 1 for one, 0.05 more per token."""
+    return 1.0 + 0.05 * new_tokens
+
+
+def matrix_vector_costs(new_tokens: int) -> float:
+    """One token far cheaper than two (a CPU's matrix-vector path), more tokens nearly free."""
+    return 1.0 if new_tokens == 1 else 1.8 + 0.02 * new_tokens
+
+
 class ModeledCosts(AdaptiveLength):
     """The adaptive rule fed modeled instead of measured seconds (a draft forward costs ``draft_cost`` of a
-    one-token target forward, each more verified token 0.05), so that its decisions do not depend on the load."""
+    one-token target forward, a target forward ``target_cost(new_tokens)``), so that its decisions do not depend on
+    the load."""
 
     draft_cost = 0.1
+    target_cost = staticmethod(linear_costs)
 
     def observe(self, proposal, num_accepted, draft_seconds, target_seconds, new_tokens):
+        self.proposed = getattr(self, "proposed", []) + [proposal.lengths()]  # [b] per step
         drafts = self.draft_cost * proposal.ids.shape[1]
-        super().observe(proposal, num_accepted, drafts, 1.0 + 0.05 * new_tokens, new_tokens)
+        super().observe(proposal, num_accepted, drafts, self.target_cost(new_tokens), new_tokens)
 
 
-@pytest.mark.parametrize(("damping", "draft_cost"), [(0.03, 0.1), (0.3, 1.0)])
-def test_auto_length_is_exact_and_stops_drafting_when_it_does_not_pay(damping, draft_cost, monkeypatch):
+def test_adaptive_warm_up_measures_the_prompt_then_t4_t1_t2():
+    length = ModeledCosts(8, "cpu")
+    limits = []
+    for _ in range(4):
+        limits.append(length.limit())
+        ids = torch.zeros(2, limits[-1], dtype=torch.int64)
+        proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=torch.full(ids.shape, 0.5))
+        length.observe(proposal, torch.ones(2, dtype=torch.int64).clamp_max(limits[-1]), 0.0, 0.0,
+                       new_tokens=0 if not limits[1:] else limits[-1] + 1)
+    assert limits == [0, 3, 0, 1]
+    assert sorted(length.target_seconds) == [1, 2, 4] and length.draft_seconds == pytest.approx(0.1)
+    assert length.acceptance == pytest.approx((0.9 * 2 + 2) / (0.9 * 4 + 2))  # decayed accepted / tested
+
+
+def test_one_token_stays_off_the_line_of_t_n():
+    length = AdaptiveLength(8, "cpu")
+    length.target_seconds = {1: 1.0, 2: 1.84, 4: 1.88}
+    assert length._target_time(1) == 1.0
+    assert [round(length._target_time(n), 6) for n in (2, 3, 6)] == [1.84, 1.86, 1.92]
+
+
+@pytest.mark.parametrize(("damping", "draft_cost", "target_cost"), [
+    (0.03, 0.1, linear_costs), (0.3, 1.0, linear_costs),
+    # Verifying one draft token does not pay (0.8 * 1 < 0.1 + 0.84) but several do: the rule must look ahead.
+    (0.03, 0.1, matrix_vector_costs)])
+def test_auto_length_is_exact_and_stops_drafting_when_it_does_not_pay(damping, draft_cost, target_cost,
+                                                                      monkeypatch):
     from decoding.model_pairs.synthetic import damped_pair
 
     monkeypatch.setattr(ModeledCosts, "draft_cost", draft_cost)
-    monkeypatch.setattr(decoding.SpeculativeDecoding, "length_policy",
-                        lambda self, run: ModeledCosts(self.max_draft_tokens, run.prompt_mask.device))
+    monkeypatch.setattr(ModeledCosts, "target_cost", staticmethod(target_cost))
+    policies = []
+    monkeypatch.setattr(decoding.SpeculativeDecoding, "length_policy", lambda self, run: policies.append(
+        ModeledCosts(self.max_draft_tokens, run.prompt_mask.device)) or policies[-1])
     target, draft = damped_pair(num_layers=3, hidden_size=64, vocab_size=256, damping=damping, seed=0,
                                 dtype=torch.float64)
     decoding.enable(target)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, BartConfig, BartForConditionalGeneration, DynamicCache, MistralConfig,
-                          T5Config, T5ForConditionalGeneration)
+from transformers import BartConfig, BartForConditionalGeneration, DynamicCache, T5Config, T5ForConditionalGeneration
 
 import decoding
 from decoding import hf_compat
@@ -196,16 +195,6 @@ def test_prefilled_past_key_values():
     decoding.enable(target)
     with pytest.raises(ValueError, match="prefilled cache"):
         generate(target, draft, input_ids=torch.cat([PROMPT, PROMPT], dim=1), **{hf_compat.cache_argument(target): cache})
-
-
-def test_sliding_window_caches_are_refused_before_any_work():
-    config = MistralConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, sliding_window=4, pad_token_id=PAD_ID)
-    target = forbid_forward(AutoModelForCausalLM.from_config(config))
-    draft = forbid_forward(fresh_model("llama", seed=1000, num_layers=1))
-    decoding.enable(target)
-    with pytest.raises(ValueError, match="DynamicSlidingWindowLayer cache layer"):
-        generate(target, draft)
 
 
 def test_vocab_mismatch_is_checked_before_any_work():

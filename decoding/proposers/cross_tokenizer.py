@@ -147,14 +147,14 @@ class CrossTokenizerDrafter(Drafter):
             law = q if q is not None else torch.softmax(scores.float(), dim=-1)
             sure = law.gather(1, token[:, None]).squeeze(1).float()  # [b]
             reach = reach * (sure * length.calibration()).clamp_max(1.0)
-            keep = length.proposes(position + 1, reach)
+            keep = length.proposes(position + 1, reach * proposing * (draft_token >= 0))
             proposing = proposing & (draft_token >= 0) & (True if keep is None else keep)
             ids.append(torch.where(proposing, token, -1))
             confidence.append(sure)
             if q is not None:
                 probs.append(q * proposing[:, None])  # no proposal: an all-zero law
             run.sequences.write(run.rows, position, ids[-1][:, None])
-            if position + 1 == k or not bool(proposing.any()) or not length.drafts_next(position + 1, reach[proposing]):
+            if position + 1 == k or not bool(proposing.any()) or not length.drafts_next(position + 1, reach * proposing):
                 break
             logits = self._read(draft_token.clamp_min(0))
         return Proposal(ids=torch.stack(ids, dim=1), probs=torch.stack(probs, dim=1) if probs else None,

@@ -63,7 +63,7 @@ class DraftModelDrafter(Drafter):
             token, q = sampler.draft(run.rows, logits[-1][:, 0], position)
             sure = _confidence(logits[-1][:, 0], token, q)  # [b]
             reach = reach * (sure * length.calibration()).clamp_max(1.0)
-            keep = length.proposes(position + 1, reach)
+            keep = length.proposes(position + 1, reach * proposing)
             proposing = proposing if keep is None else proposing & keep
             ids.append(torch.where(proposing, token, -1))
             confidence.append(sure)
@@ -71,7 +71,7 @@ class DraftModelDrafter(Drafter):
                 probs.append(q * proposing[:, None])  # no proposal: an all-zero law
             run.sequences.write(run.rows, position, ids[-1][:, None])
             tokens, valid = token[:, None], torch.ones_like(token)[:, None]
-            if not bool(proposing.any()) or not length.drafts_next(position + 1, reach[proposing]):
+            if not bool(proposing.any()) or not length.drafts_next(position + 1, reach * proposing):
                 break
         if self.score_bonus:  # read the last draft too: logits at every verified position
             logits.append(to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab))

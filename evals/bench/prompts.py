@@ -12,11 +12,13 @@ import torch
 from decoding.evals.common.pairs import Pair
 from decoding.evals.common.prompt_files import EVALS_DIR, read_jsonl
 
-__all__ = ["CATEGORIES", "CHAT_PROMPTS_DIR", "DEFAULT_MIX", "PROMPTS_DIR", "Prompt", "load_prompt_set", "select_prompts",
+__all__ = ["CATEGORIES", "CHAT_PROMPTS_DIR", "DEFAULT_MIX", "EDITING_PROMPTS_DIR", "PROMPTS_DIR", "Prompt", "load_prompt_set", "select_prompts",
            "tokenize_prompts"]
 
 PROMPTS_DIR = EVALS_DIR.resolve() / "prompts"
 CHAT_PROMPTS_DIR = EVALS_DIR.resolve() / "prompts_chat"  # held-out chat prompts of chat registry pairs
+# Chat prompts whose answers copy much of the prompt (code edits): where prompt lookup pays.
+EDITING_PROMPTS_DIR = EVALS_DIR.resolve() / "prompts_editing"
 CATEGORIES = ("code_completion", "code_explanation", "summarization", "question_answering", "math", "retrieval")
 # The default prompt mix: the embedded pair is a Python code model, so code prompts dominate.
 DEFAULT_MIX = {"code_completion": 2, "code_explanation": 1, "retrieval": 1, "summarization": 1,
