@@ -16,8 +16,9 @@ A row's chance of accepting positions 1..i is the product of the draft's confide
 calibration (accepted drafts over the confidence of the drafts tested), and ``a`` for a position not drafted yet.
 ``t(n)`` is the time of a target forward over ``n`` new tokens (``t(1)`` and a line fitted through
 the forwards measured over more tokens) and ``t_draft`` that of a draft forward, both measured on this call's own
-forwards: the first steps read the prompt, then propose three tokens (``t(4)``), none (``t(1)``) and one (``t(2)``,
-and a draft forward without the prompt). The decision is the batch's (one more verified position costs the same whether one
+forwards: the first steps read the prompt, then propose one token (``t(2)``, and the draft reads the prompt), none
+(``t(1)``) and one (a draft forward without the prompt); ``t(n)`` is flat beyond ``t(2)`` until longer
+verifications are measured. The decision is the batch's (one more verified position costs the same whether one
 row or all rows propose it), so every row proposes the positions the batch verifies. When position 1 does not pay
 at the acceptance rate so far, the target steps alone, and a probe step drafts one token after ``probe_every``
 such steps (the wait doubles after every probe that finds drafting still does not pay, up to 64 steps), so that a
@@ -32,7 +33,6 @@ import torch
 
 EMA = 0.8  # weight of the past in the running estimates of seconds
 MEMORY = 0.9  # decay per step of the acceptance counts (a batch-1 step tests one or two drafts: keep ~10 steps)
-WARM_UP_TOKENS = 3  # drafted by the second step: t(4) and t(1) give the slope of t(n)
 
 
 class FixedLength:
@@ -64,7 +64,7 @@ class FixedLength:
 class AdaptiveLength:
     """The rule of the module docstring, for one call; ``max_tokens`` bounds a step's proposals."""
 
-    def __init__(self, max_tokens: int, device: torch.device, probe_every: int = 8):
+    def __init__(self, max_tokens: int, device: torch.device, probe_every: int = 16):
         self.max_tokens, self.device = max_tokens, torch.device(device)
         self.probe_every = self.first_probe = probe_every
         self.steps = self.skipped = 0
@@ -74,6 +74,7 @@ class AdaptiveLength:
         # Decayed sums over the call's tested drafts: accepted, tested, and the confidence of those tested.
         self.accepted = self.tested = self.tested_confidence = 0.0
         self.expected, self.verified = 1.0, 0  # this step so far: expected tokens per row, drafted positions verified
+        self.probing = False  # this step drafts one token to measure acceptance, whatever it costs
 
     def _known(self) -> bool:
         return self.draft_seconds is not None and self.tested > 0 and len(self.target_seconds) >= 2
@@ -86,16 +87,14 @@ class AdaptiveLength:
     def limit(self) -> int:
         """The most tokens this step may propose (0: the target steps alone)."""
         self.steps += 1
-        self.expected, self.verified = 1.0, 0
-        if not self._known():  # warm-up: the prompt alone, then t(4), t(1) and a draft forward measured
-            if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds):
-                return 0
-            return 1 if self.target_seconds else min(WARM_UP_TOKENS, self.max_tokens)
+        self.expected, self.verified, self.probing = 1.0, 0, False
+        if not self._known():  # warm-up: the prompt alone, then t(2), t(1) and a draft forward measured
+            return 0 if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds) else 1
         if self._pays(self.acceptance, drafted=0, drafting=True):
             self.skipped, self.probe_every = 0, self.first_probe
             return self.max_tokens
         if self.skipped >= self.probe_every:  # one token: enough to measure first-position acceptance, cheaply
-            self.skipped, self.probe_every = 0, min(2 * self.probe_every, 64)
+            self.skipped, self.probe_every, self.probing = 0, min(2 * self.probe_every, 64), True
             return 1
         self.skipped += 1
         return 0
@@ -107,8 +106,9 @@ class AdaptiveLength:
     def proposes(self, position: int, reach: torch.Tensor) -> torch.Tensor | None:
         """Whether the batch verifies drafted position ``position``, as ``# [b]`` (all equal: once a position is
         verified, every row proposing it costs nothing more), ``reach  # [b]`` being each row's estimated chance of
-        accepting positions 1..``position`` (0 for a row not proposing it); None while the costs are unknown."""
-        if not self._known():
+        accepting positions 1..``position`` (0 for a row not proposing it); None while the costs are unknown and in
+        a probe step (every row proposes)."""
+        if not self._known() or self.probing:
             return None
         gain = float(reach.mean())
         pays = self._pays(gain, drafted=position, drafting=False)
@@ -135,7 +135,6 @@ class AdaptiveLength:
             if (self.expected + gain) / seconds > now:
                 return True
         return False
-
 
     def clock(self) -> float:
         if self.device.type == "cuda":

@@ -47,6 +47,13 @@ def _uniforms(like: torch.Tensor, *shape: int) -> torch.Tensor:
     return torch.rand(*shape, device=like.device)
 
 
+def _plain_step(picked: tuple) -> tuple:
+    """``verify``'s result for a step without drafts, from ``pick``'s ``(ids  # [b], scores  # [b, V] | None)``:
+    the target's own token (what verifying zero drafts emits, drawn from the same law), none accepted."""
+    ids, scores = picked
+    return ids[:, None], torch.zeros_like(ids), None if scores is None else scores[:, None]
+
+
 class ProcessorSampler:
     """transformers' logits processors, then argmax or an inverse-CDF sample of the softmax."""
 
@@ -69,6 +76,8 @@ class ProcessorSampler:
         return kernels.sample(q, _uniforms(q, q.shape[0])), q
 
     def verify(self, rows, logits, draft_ids, draft_probs):
+        if draft_ids.shape[1] == 0 and self.cascade is None:
+            return _plain_step(self.pick(rows, logits[:, 0]))
         scores = self._scores(rows, logits, 0)  # [b, g+1, V]
         (b, g), vocab = draft_ids.shape, scores.shape[-1]
         if draft_probs is None:  # g == 0
@@ -112,6 +121,8 @@ class FusedSampler:
         return kernels.sample_logits(logits, _uniforms(logits, logits.shape[0]), **self._processing())
 
     def verify(self, rows, logits, draft_ids, draft_probs):
+        if draft_ids.shape[1] == 0:
+            return _plain_step(self.pick(rows, logits[:, 0]))
         if not self.do_sample:
             return (*kernels.verify(logits, draft_ids), None)
         check_samplable(logits)

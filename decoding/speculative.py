@@ -111,17 +111,18 @@ class SpeculativeDecoding(Strategy):
         feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)  # the prompt first
         while True:
             started = length.clock()
-            proposal = drafter.propose(run, run.sampler, min(length.limit(), run.remaining() - 1), length)
+            drafted = drafter.propose(run, run.sampler, min(length.limit(), run.remaining() - 1), length)
+            proposal = drafted.trimmed()
             g = proposal.ids.shape[1]  # ids [b, g], -1 where a row proposes nothing
             proposed = proposal.ids >= 0  # [b, g]
             tokens = torch.cat([feed[0], proposal.ids.clamp_min(0)], dim=1)  # no-proposal slots are holes
             valid = torch.cat([feed[1], proposed.to(torch.int64)], dim=1)
-            drafted = length.clock()
+            proposed_at = length.clock()
             logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
             verified = length.clock()
             output_ids, num_accepted, scores = run.sampler.verify(
                 run.rows, self.target_scores(logits, proposal), proposal.ids, proposal.probs)  # [b, g+1], [b]
-            length.observe(proposal, num_accepted, drafted - started, verified - drafted,
+            length.observe(drafted, num_accepted, proposed_at - started, verified - proposed_at,
                            new_tokens=g + 1 if feed[0].shape[1] == 1 else 0)
             run.stats.record(num_accepted, proposed.sum(dim=1), g)
             finished = run.commit(output_ids, scores, logits)

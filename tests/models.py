@@ -183,13 +183,13 @@ def greedy_reference(model, input_ids, attention_mask, max_new_tokens: int, **kw
         )
 
 
-def word_tokenizer(swap: bool = False) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer of ``WORD_VOCAB`` ids, whitespace-split, with no pad token.
+def word_tokenizer(swap: bool = False, size: int = WORD_VOCAB) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer of ``size`` ids (default ``WORD_VOCAB``), whitespace-split, with no pad token.
 
-    Ids: ``<unk>`` 0, ``<s>`` (``BOS_ID``), ``</s>`` (``EOS_ID``), then the words ``w3`` ... ``w63`` with their
-    number as id. ``swap`` exchanges ids 5 and 6 (a tokenizer that disagrees with the unswapped one).
+    Ids: ``<unk>`` 0, ``<s>`` (``BOS_ID``), ``</s>`` (``EOS_ID``), then the words ``w3`` ... ``w{size - 1}`` with
+    their number as id. ``swap`` exchanges ids 5 and 6 (a tokenizer that disagrees with the unswapped one).
     """
-    words = ["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(FIRST_REAL_ID, WORD_VOCAB))]
+    words = ["<unk>", "<s>", "</s>", *(f"w{i}" for i in range(FIRST_REAL_ID, size))]
     if swap:
         words[5], words[6] = words[6], words[5]
     backend = Tokenizer(tokenizer_models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))

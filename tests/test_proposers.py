@@ -249,18 +249,29 @@ class ModeledCosts(AdaptiveLength):
         super().observe(proposal, num_accepted, drafts, self.target_cost(new_tokens), new_tokens)
 
 
-def test_adaptive_warm_up_measures_the_prompt_then_t4_t1_t2():
+def test_adaptive_warm_up_measures_the_prompt_then_t2_t1_and_a_draft_forward():
     length = ModeledCosts(8, "cpu")
     limits = []
-    for _ in range(4):
+    for step, accepted in enumerate([[0, 0], [1, 0], [0, 0], [1, 1]]):
         limits.append(length.limit())
         ids = torch.zeros(2, limits[-1], dtype=torch.int64)
         proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=torch.full(ids.shape, 0.5))
-        length.observe(proposal, torch.ones(2, dtype=torch.int64).clamp_max(limits[-1]), 0.0, 0.0,
-                       new_tokens=0 if not limits[1:] else limits[-1] + 1)
-    assert limits == [0, 3, 0, 1]
-    assert sorted(length.target_seconds) == [1, 2, 4] and length.draft_seconds == pytest.approx(0.1)
-    assert length.acceptance == pytest.approx((0.9 * 2 + 2) / (0.9 * 4 + 2))  # decayed accepted / tested
+        length.observe(proposal, torch.tensor(accepted).clamp_max(limits[-1]), 0.0, 0.0,
+                       new_tokens=0 if step == 0 else limits[-1] + 1)
+    assert limits == [0, 1, 0, 1]
+    # The first drafting step also read the prompt: only the second one's draft time is kept.
+    assert sorted(length.target_seconds) == [1, 2] and length.draft_seconds == pytest.approx(0.1)
+    assert length.acceptance == pytest.approx((0.9 * 1 + 2) / (0.9 * 2 + 2))  # decayed accepted / tested
+    assert length._target_time(5) == length._target_time(2)  # flat beyond t(2) until more is measured
+
+
+def test_a_probe_step_verifies_its_draft_whatever_it_costs():
+    length = AdaptiveLength(8, "cpu", probe_every=2)
+    length.target_seconds, length.draft_seconds = {1: 1.0, 2: 1.5}, 0.5
+    length.accepted, length.tested = 0.0, 4.0  # nothing accepted so far: drafting does not pay
+    limits = [length.limit() for _ in range(3)]
+    assert limits == [0, 0, 1] and length.proposes(1, torch.tensor([0.01, 0.0])) is None
+    assert length.limit() == 0 and not bool(length.proposes(1, torch.tensor([0.01, 0.0])).any())
 
 
 def test_one_token_stays_off_the_line_of_t_n():

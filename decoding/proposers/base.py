@@ -32,6 +32,16 @@ class Proposal:
         """Tokens each row proposes ``# [b]``."""
         return (self.ids >= 0).sum(dim=1)
 
+    def trimmed(self) -> Proposal:
+        """Without the trailing positions no row proposes: the target verifies only what some row proposed (a row
+        with nothing to propose, e.g. no n-gram match, makes a plain target step at batch size 1)."""
+        g = int(self.lengths().max()) if self.ids.numel() else 0
+        if g == self.ids.shape[1]:
+            return self
+        return Proposal(ids=self.ids[:, :g], probs=None if self.probs is None else self.probs[:, :g],
+                        logits=None if self.logits is None else self.logits[:, : g + 1],
+                        confidence=None if self.confidence is None else self.confidence[:, :g])
+
 
 class Drafter:
     """A proposer's state during one call. Subclasses implement :meth:`propose`; the rest defaults to nothing."""

@@ -46,15 +46,16 @@ class DraftModelDrafter(Drafter):
         self.model, self.score_bonus = model, score_bonus
         self.cache = RaggedCache(model, batch, device)
         self.unread = torch.full((batch,), run.sequences.prompt_length, dtype=torch.int64, device=device)
-        self.feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)  # the prompt first
+        self.pads = (1 - run.prompt_mask).sum(dim=1)  # [B] left padding of every row, by original row
         self.forwards = 0  # draft forwards of the current step
 
     def propose(self, run, sampler, k: int, length) -> Proposal:
-        vocab = vocab_size(run.model)
-        # The target may emit ids of its embedding padding that a smaller draft has no row for: the draft reads
-        # its last id there instead (any id keeps speculative decoding exact: verification is the target's).
-        tokens, valid = self.feed[0].clamp_max(vocab_size(self.model) - 1), self.feed[1]
         b, device = run.rows.numel(), run.rows.device
+        if k == 0 and not self.score_bonus:  # a plain target step: nothing read, the unread tokens wait
+            self.forwards = 0
+            return Proposal(ids=torch.empty(b, 0, dtype=torch.int64, device=device), probs=None)
+        vocab = vocab_size(run.model)
+        tokens, valid = self._unread(run)
         proposing = torch.ones(b, dtype=torch.bool, device=device)  # rows still proposing
         reach = torch.ones(b, device=device)  # each row's estimated chance of accepting all its drafts so far
         ids, probs, logits, confidence = [], [], [], []
@@ -95,11 +96,21 @@ class DraftModelDrafter(Drafter):
         self.unread = self.unread[survivors]
 
     def prepare(self, run, compact_threshold: float) -> None:
-        """Before the next step: compact the cache if it has too many holes, and queue the unread tokens."""
+        """Before the next step: compact the cache if it has too many holes."""
         self.cache.compact_if_holes_exceed(compact_threshold)
+
+    def _unread(self, run) -> tuple[torch.Tensor, torch.Tensor]:
+        """The committed tokens the draft has not read, right-aligned: ``tokens, valid  # [b, width]`` (the prompt's
+        left padding invalid while the prompt is unread). The target may emit ids of its embedding padding that a
+        smaller draft has no row for: the draft reads its last id there instead (any id keeps speculative decoding
+        exact: verification is the target's)."""
         width = int(self.unread.max())
-        valid = torch.arange(width, device=self.unread.device) >= (width - self.unread)[:, None]  # [b, width]
-        self.feed = (run.sequences.window(run.rows, width), valid.to(torch.int64))
+        first = width - self.unread  # [b]: each row's first unread column
+        if self.cache.mask.shape[1] == 0:  # nothing read yet: the window starts with the padded prompt
+            first = first + self.pads[run.rows]
+        valid = torch.arange(width, device=first.device) >= first[:, None]  # [b, width]
+        tokens = run.sequences.window(run.rows, width).clamp_max(vocab_size(self.model) - 1)
+        return tokens, valid.to(torch.int64)
 
 
 def _confidence(logits: torch.Tensor, token: torch.Tensor, q: torch.Tensor | None) -> torch.Tensor:

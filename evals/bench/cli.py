@@ -111,6 +111,9 @@ def _load(args: argparse.Namespace, state, device: torch.device) -> tuple[list[P
         tokenize_prompts(pair, prompts, args.max_prompt_tokens)
     except (OSError, ValueError, ImportError) as error:
         raise SetupError(_one_line(error)) from None
+    if pair.cross_tokenizer and any(v.kind == "cascade" for v in args.variants):
+        raise UsageError("the draft has another tokenizer than the target: speculative cascades mix both models' "
+                         "laws over one vocabulary; drop cascade from --variants")
     return prompts, pair
 
 

@@ -54,7 +54,7 @@ def _median(seconds: list[float]) -> float | None:
 
 
 def generation_cost_ratios(target, draft, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], kwargs: dict,
-                           draft_lengths: Sequence[int]) -> dict:
+                           draft_lengths: Sequence[int], tokenizers: tuple | None = None) -> dict:
     """``{"c": float | None, "v": {g: float | None}, "seconds": {...}}`` from generating every batch of
     ``batches``: ``(ids, mask)  # [b, width]`` pairs of one batch size ``b``; medians pool the batches' forwards.
 
@@ -69,7 +69,7 @@ def generation_cost_ratios(target, draft, batches: Sequence[tuple[torch.Tensor, 
                 target.generate(ids, attention_mask=mask, **kwargs)
             single += _kept(alone, rows, 1)
             for g in draft_lengths:
-                strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g)
+                strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g, tokenizers=tokenizers)
                 with forward_log(target, []) as verify, forward_log(draft, []) as drafting:
                     target.generate(ids, attention_mask=mask, custom_generate=strategy, **kwargs)
                 verifying[g] += _kept(verify, rows, g + 1)

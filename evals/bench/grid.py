@@ -129,7 +129,7 @@ class _Grid:
     def methods(self, mode: str, batch_size: int, max_new_tokens: int) -> list[Method]:
         kwargs = generation_kwargs(mode, max_new_tokens, self.pair.pad_token_id, self.temperature)
         return make_methods(self.pair.target, self.pair.draft, batch_size, self.draft_lengths, kwargs, self.assisted,
-                            self.variants)
+                            self.variants, self.pair.tokenizers, self.pair.cross_tokenizer)
 
     def block(self, mode: str, batch_size: int, data: list[Batch]) -> RawBlock:
         """Every method on every batch, ``rounds`` times, after one untimed warm-up call per method."""
@@ -196,7 +196,7 @@ class _Grid:
         prefill = prefill_ratios(target, draft, batch_size, prompt_length, repeats=max(3, self.cost_repeats // 3))
         greedy = generation_kwargs("greedy", self.max_new_tokens, self.pair.pad_token_id, self.temperature)
         in_generation = generation_cost_ratios(target, draft, [(b.ids, b.mask) for b in data], greedy,
-                                               self.draft_lengths)
+                                               self.draft_lengths, self.pair.tokenizers)
         self.progress.advance()
         return {"c": cost["c"], "v": dict(cost["v"]), "generation": in_generation,
                 "seconds": {**cost["seconds"], **{f"{k}@prompt": x for k, x in prefill["seconds"].items()}},

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import decoding
 from decoding.evals.bench import variants as bench_variants
 from decoding.evals.bench.variants import PER_G, Variant, use_draft_config
+from decoding.vocab import vocab_size
 
 __all__ = ["Method", "generation_kwargs", "make_methods"]
 
@@ -48,24 +49,33 @@ def generation_kwargs(mode: str, max_new_tokens: int, pad_token_id: int, tempera
 
 
 def make_methods(target, draft, batch_size: int, draft_lengths: Sequence[int], kwargs: dict,
-                 assisted: bool = True, variants: Sequence[Variant] = ()) -> list[Method]:
+                 assisted: bool = True, variants: Sequence[Variant] = (), tokenizers: tuple | None = None,
+                 cross_tokenizer: bool = False) -> list[Method]:
     """``target`` first, then for each ``g``: ``assisted g`` (batch 1), ``speculative g`` and the per-``g``
     variants; then the variants without a ``g``; last ``prefill``, the target's ``generate`` of one new token: the
     prompt encoding every method pays before its first token, which :func:`decoding.evals.bench.cells.combine`
-    subtracts to get decoding-only rates."""
+    subtracts to get decoding-only rates. ``tokenizers``: ``(target, draft)`` tokenizers given to the strategies;
+    with ``cross_tokenizer`` (they disagree) transformers' methods get them too (universal assisted generation)."""
+    assistant_tokenizers = tokenizers if cross_tokenizer else None
+    # transformers drafts across tokenizers (universal assisted generation) only between vocabularies of different
+    # sizes; with equal sizes it would read the draft's ids as the target's.
+    no_transformers_draft = cross_tokenizer and vocab_size(target) == vocab_size(draft)
+    assisted = assisted and not no_transformers_draft
+    variants = [v for v in variants if not (v.kind == "hf-dynamic" and no_transformers_draft)]
     methods = [Method("target", "target", None, lambda ids, mask: target.generate(ids, attention_mask=mask, **kwargs))]
     for g in draft_lengths:
         if assisted and batch_size == 1:
-            methods.append(Method(f"assisted g={g}", "assisted", g, _assisted(target, draft, g, kwargs)))
-        strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g)
+            methods.append(Method(f"assisted g={g}", "assisted", g,
+                                  _assisted(target, draft, g, kwargs, assistant_tokenizers)))
+        strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g, tokenizers=tokenizers)
         methods.append(Method(
             f"speculative g={g}", "speculative", g,
             lambda ids, mask, s=strategy: target.generate(ids, attention_mask=mask, strategy=s, **kwargs),
             strategy,
         ))
-        methods += [_variant(v, target, draft, g, kwargs) for v in variants
+        methods += [_variant(v, target, draft, g, kwargs, tokenizers, assistant_tokenizers) for v in variants
                     if v.kind in PER_G and v.runs_at(batch_size)]
-    methods += [_variant(v, target, draft, None, kwargs) for v in variants
+    methods += [_variant(v, target, draft, None, kwargs, tokenizers, assistant_tokenizers) for v in variants
                 if v.kind not in PER_G and v.runs_at(batch_size)]
     one_token = {**kwargs, "max_new_tokens": 1}
     methods.append(Method("prefill", "prefill", None,
@@ -73,30 +83,33 @@ def make_methods(target, draft, batch_size: int, draft_lengths: Sequence[int], k
     return methods
 
 
-def _variant(variant: Variant, target, draft, g: int | None, kwargs: dict) -> Method:
+def _variant(variant: Variant, target, draft, g: int | None, kwargs: dict, tokenizers, assistant_tokenizers) -> Method:
     """The method of one ``--variants`` item at ``g`` (None: a variant without a draft length)."""
     name = variant.label if g is None else f"{variant.label} g={g}"
     if variant.kind == "hf-lookup":
         return Method(name, variant.kind, g, lambda ids, mask: target.generate(
             ids, attention_mask=mask, prompt_lookup_num_tokens=g, **kwargs), draft_free=True)
     if variant.kind == "hf-dynamic":
-        return Method(name, variant.kind, g, _assisted(target, draft, None, kwargs))
-    strategy = bench_variants.strategy(variant, draft, g)
+        return Method(name, variant.kind, g, _assisted(target, draft, None, kwargs, assistant_tokenizers))
+    strategy = bench_variants.strategy(variant, draft, g, tokenizers)
     return Method(name, variant.kind, g,
                   lambda ids, mask, s=strategy: target.generate(ids, attention_mask=mask, strategy=s, **kwargs),
                   strategy, lossy=variant.lossy, draft_free=variant.kind == "lookup")
 
 
-def _assisted(target, draft, g: int | None, kwargs: dict):
-    """transformers' ``assistant_model=``: ``g`` tokens a step, or (``g`` None) its default dynamic settings."""
+def _assisted(target, draft, g: int | None, kwargs: dict, tokenizers: tuple | None = None):
+    """transformers' ``assistant_model=``: ``g`` tokens a step, or (``g`` None) its default dynamic settings;
+    with ``tokenizers`` (a draft of another tokenizer) its universal assisted generation."""
     # transformers reads these from the draft's own generation config only, set for the call and restored after.
     # A confidence threshold of 0 disables early stopping of the draft, so that it proposes exactly g tokens,
     # like the strategy.
     settings = bench_variants.hf_dynamic_settings() if g is None else {
         "num_assistant_tokens": g, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
 
+    across = {} if tokenizers is None else {"tokenizer": tokenizers[0], "assistant_tokenizer": tokenizers[1]}
+
     def generate(ids, mask):
         with use_draft_config(draft, **settings):
-            return target.generate(ids, attention_mask=mask, assistant_model=draft, **kwargs)
+            return target.generate(ids, attention_mask=mask, assistant_model=draft, **across, **kwargs)
 
     return generate

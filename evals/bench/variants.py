@@ -115,12 +115,13 @@ def use_draft_config(draft, **values):
             setattr(config, key, value)
 
 
-def strategy(variant: Variant, draft, g: int | None):
-    """The library strategy of ``variant`` at ``g`` (None for transformers' own methods)."""
+def strategy(variant: Variant, draft, g: int | None, tokenizers: tuple | None = None):
+    """The library strategy of ``variant`` at ``g`` (None for transformers' own methods); ``tokenizers``: the
+    pair's ``(target, draft)`` tokenizers, when the draft has its own."""
     if variant.kind == "adaptive":
-        return decoding.SpeculativeDecoding(draft, num_draft_tokens="auto")
+        return decoding.SpeculativeDecoding(draft, num_draft_tokens="auto", tokenizers=tokenizers)
     if variant.kind == "block":
-        return decoding.SpeculativeDecoding(draft, num_draft_tokens=g, verification="block")
+        return decoding.SpeculativeDecoding(draft, num_draft_tokens=g, verification="block", tokenizers=tokenizers)
     if variant.kind == "lookup":
         return decoding.SpeculativeDecoding(decoding.PromptLookup(), num_draft_tokens=g)
     if variant.kind == "cascade":

@@ -26,6 +26,10 @@ class Pair:
     pad_token_id: int
     eos_token_ids: list[int]
     tokenizer: object = None
+    # (target, draft) tokenizers when the draft has its own, for the strategies to check (or to draft across when
+    # they disagree: ``cross_tokenizer``); None when the draft reads the target's ids.
+    tokenizers: tuple | None = None
+    cross_tokenizer: bool = False
 
 
 def eos_token_ids(model, tokenizer=None) -> list[int]:
@@ -79,12 +83,20 @@ def load(target: str, draft: str | None = None, *, dtype=None, device_map=None, 
     folders); prompts encoded by the target's tokenizer, in its chat template with ``chat_template``."""
     from decoding.model_pairs import load_pair
 
+    from decoding.token_maps import tokenizers_agree
+
+    # A draft of another tokenizer family is a cross-tokenizer pair, not an error: the strategies check the
+    # vocabularies of a draft that shares the target's tokenizer.
     loaded = load_pair(target, draft, dtype=dtype, device_map=device_map, load_in_8bit=load_in_8bit,
-                       load_in_4bit=load_in_4bit)
+                       load_in_4bit=load_in_4bit, check_tokenizers=False)
     tokenizer = loaded.tokenizer
+    tokenizers = None if loaded.draft_tokenizer is tokenizer else (tokenizer, loaded.draft_tokenizer)
     eos = eos_token_ids(loaded.target, tokenizer)
     spec = loaded.pair  # the registry entry, when the pair came from the registry unchanged
     draft_name = f"{spec.name} draft" if spec is not None else str(draft or f"{target} draft")
+    cross_tokenizer = tokenizers is not None and not tokenizers_agree(*tokenizers)
+    if cross_tokenizer:
+        draft_name += " (another tokenizer: cross-tokenizer drafts; assisted = universal assisted generation)"
 
     def encode(text: str) -> list[int]:
         if chat_template:
@@ -93,4 +105,4 @@ def load(target: str, draft: str | None = None, *, dtype=None, device_map=None, 
         return list(tokenizer(text)["input_ids"])
 
     return Pair(loaded.target, loaded.draft, name or (spec.name if spec is not None else str(target)), draft_name,
-                encode, pad_token_id(loaded.target, tokenizer, eos), eos, tokenizer)
+                encode, pad_token_id(loaded.target, tokenizer, eos), eos, tokenizer, tokenizers, cross_tokenizer)
