@@ -235,6 +235,37 @@ def matrix_vector_costs(new_tokens: int) -> float:
     return 1.0 if new_tokens == 1 else 1.8 + 0.02 * new_tokens
 
 
+class LateStart(ScriptedLength):
+    """No drafts for the first two steps, then 3 per step, every position proposed."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def limit(self) -> int:
+        self.steps += 1
+        return 0 if self.steps <= 2 else 3
+
+    def proposes(self, position, reach):
+        return None
+
+    def drafts_next(self, position, reach) -> bool:
+        return True
+
+
+@given(batch=prompts(min_length=1, max_length=6))
+def test_a_draft_that_starts_late_reads_the_padded_prompt_right(batch):
+    """The target as its own draft accepts every draft iff it reads each row's real context: the left padding of a
+    prompt first read after plain steps must be holes, not tokens."""
+    target, draft = tiny_pair("llama", draft_kind="self")
+    ids, mask = batch
+    decoding.enable(target)
+    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=3)
+    strategy.length_policy = lambda run: LateStart()
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=9, do_sample=False, strategy=strategy)
+    assert torch.equal(out, greedy_reference(target, ids, mask, 9))
+    assert strategy.stats.drafted > 0 and strategy.stats.accepted == strategy.stats.drafted
+
+
 class ModeledCosts(AdaptiveLength):
     """The adaptive rule fed modeled instead of measured seconds (a draft forward costs ``draft_cost`` of a
     one-token target forward, a target forward ``target_cost(new_tokens)``), so that its decisions do not depend on
