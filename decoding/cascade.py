@@ -40,6 +40,26 @@ class Cascade:
             raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
         check_real(self.threshold, "threshold")
 
+    @classmethod
+    def parse(cls, spec: str) -> "Cascade":
+        """``"cascade:chow:0.3"`` (or ``"chow:0.3"``) -> ``Cascade("chow", 0.3)``; a ``ValueError`` that shows the
+        expected form otherwise."""
+        parts = spec.split(":")
+        if parts[0] == "cascade":
+            parts = parts[1:]
+        usage = f"use cascade:RULE:THRESHOLD with RULE one of {', '.join(RULES)}, e.g. cascade:chow:0.3"
+        if len(parts) != 2 or parts[0] not in RULES:
+            raise ValueError(f"bad cascade {spec!r}: {usage}")
+        try:
+            return cls(parts[0], float(parts[1]))
+        except ValueError:
+            raise ValueError(f"bad cascade {spec!r}: THRESHOLD must be a finite number; {usage}") from None
+
+    @property
+    def name(self) -> str:
+        """The spec :meth:`parse` reads back: ``"cascade:chow:0.3"``."""
+        return f"cascade:{self.rule}:{self.threshold:g}"
+
     def defer(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """``# [...]`` bool: where the target's law applies, from laws ``p``, ``q  # [..., V]``."""
         top_q = q.max(dim=-1).values

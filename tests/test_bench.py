@@ -133,7 +133,7 @@ def test_batches_wrap_and_new_token_counts():
     (["--variants", "adaptive,turbo"], "unknown variant 'turbo'; known variants: adaptive, block, lookup, hf-lookup, "
                                        "hf-dynamic, cascade:RULE:THRESHOLD"),
     (["--variants", "cascade:best:0.3"], "use cascade:RULE:THRESHOLD with RULE one of chow, diff, opt"),
-    (["--variants", "cascade:chow:high"], "THRESHOLD must be a number"),
+    (["--variants", "cascade:chow:high"], "THRESHOLD must be a finite number"),
     (["--no-such-option"], "unrecognized arguments"),
 ])
 def test_usage_errors_are_one_line_exit_2(argv, needle, capsys):

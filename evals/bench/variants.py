@@ -53,18 +53,13 @@ def _known() -> str:
 
 
 def _cascade(item: str) -> Variant:
-    from decoding.cascade import RULES, Cascade
+    from decoding.cascade import Cascade
 
-    parts = item.split(":")
-    if len(parts) != 3 or parts[1] not in RULES:
-        raise argparse.ArgumentTypeError(f"bad variant {item!r}: use cascade:RULE:THRESHOLD with RULE one of "
-                                         f"{', '.join(RULES)}, e.g. cascade:chow:0.3")
     try:
-        threshold = float(parts[2])
-        Cascade(parts[1], threshold)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad variant {item!r}: THRESHOLD must be a number") from None
-    return Variant("cascade", parts[1], threshold)
+        cascade = Cascade.parse(item)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"bad variant: {error}") from None
+    return Variant("cascade", cascade.rule, cascade.threshold)
 
 
 def parse_variants(text: str) -> list[Variant]:

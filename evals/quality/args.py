@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from decoding.cascade import Cascade
 from decoding.contrastive import check_contrastive_settings
 from decoding.evals.common.files import check_writable_outputs
 from decoding.evals.quality.generate import DEFAULT_METHODS, METHODS
@@ -17,11 +18,21 @@ PROG = "decoding-eval"
 DESCRIPTION = "Quality of continuations by decoding method: ``decoding-eval`` (``python -m decoding.evals.quality``)."
 
 
+def _method(name: str) -> str:
+    if name.startswith("cascade"):
+        try:
+            return Cascade.parse(name).name
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return name.replace("-", "_")
+
+
 def _methods(text: str) -> list[str]:
-    names = [m.strip().replace("-", "_") for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    names = [_method(m.strip()) for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS and not m.startswith("cascade:")]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}, "
+                                         "cascade:RULE:THRESHOLD")
     return list(dict.fromkeys(names))
 
 
@@ -54,7 +65,10 @@ def _generation_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated per prompt")
     data.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     data.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS),
-                      help=f"comma-separated, from: {', '.join(METHODS)}")
+                      help=f"comma-separated, from: {', '.join(METHODS)}, and cascade:RULE:THRESHOLD (a speculative "
+                           "cascade, rule chow, diff or opt)")
+    data.add_argument("--temperature", type=float, default=0.7,
+                      help="temperature of 'sample', 'speculative_sample' and cascades (pure sampling)")
     data.add_argument("--alpha", type=float, default=0.1, help="contrastive plausibility threshold")
     data.add_argument("--beta", type=float, default=0.5, help="contrastive strength (logit form)")
     data.add_argument("--form", choices=["logit", "logprob"], default="logit",
@@ -94,6 +108,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.num_prompts < 0:
         parser.error("--num-prompts must be >= 0")
+    if not 0 < args.temperature < float("inf"):
+        parser.error(f"--temperature must be a positive finite number, got {args.temperature}")
     try:
         check_contrastive_settings(args.alpha, args.beta, args.form, args.amateur_temperature)
     except ValueError as error:

@@ -1,6 +1,7 @@
-"""``decoding-eval``'s generation: the continuations of every prompt by every decoding method (:data:`METHODS`),
-batched (prompts sorted by length) and left-padded, each call timed; batches go to every method in turn, in an
-order that rotates per batch, and sampling methods reseed per batch (``--seed`` + batch index)."""
+"""``decoding-eval``'s generation: the continuations of every prompt by every decoding method (:data:`METHODS`, and
+speculative cascades named ``cascade:RULE:THRESHOLD``), batched (prompts sorted by length) and left-padded, each call
+timed; batches go to every method in turn, in an order that rotates per batch, and sampling methods reseed per
+batch (``--seed`` + batch index)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from dataclasses import dataclass, field
 import torch
 
 import decoding
+from decoding.cascade import Cascade
 from decoding.evals.common.acceptance import merge_stats
 from decoding.evals.common.batches import left_pad
 from decoding.evals.common.measure import rotated, time_calls
 from decoding.evals.common.pairs import Pair, eos_token_ids
 
-__all__ = ["DEFAULT_METHODS", "METHODS", "Generations", "generate_all"]
+__all__ = ["AT_TEMPERATURE", "DEFAULT_METHODS", "METHODS", "Generations", "generate_all", "is_cascade", "label"]
 
 DEFAULT_METHODS = ("greedy", "nucleus", "top_k", "contrastive", "speculative_contrastive")
 METHODS = {  # name -> table label
@@ -25,10 +27,30 @@ METHODS = {  # name -> table label
     "speculative_contrastive": "SCD",
     "contrastive_sample": "CD sampled",
     "speculative_contrastive_sample": "SCD sampled",
+    "sample": "sample",
+    "speculative_sample": "speculative",
 }
+# Pure sampling at --temperature: the target alone, lossless speculative decoding (the same law) and every cascade,
+# so that a cascade's quality is compared with the law it approximates.
+AT_TEMPERATURE = ("sample", "speculative_sample")
+
+
+def label(method: str) -> str:
+    """The table's name of a method: ``"cascade:chow:0.3"`` reads ``"cascade chow:0.3"``."""
+    return METHODS.get(method) or method.replace("cascade:", "cascade ", 1)
+
+
+def is_cascade(method: str) -> bool:
+    return method.startswith("cascade:")
 
 
 def _strategy(method: str, amateur, args):
+    if is_cascade(method):
+        cascade = Cascade.parse(method)
+        return decoding.SpeculativeCascade(amateur, cascade.rule, cascade.threshold,
+                                           num_draft_tokens=args.num_draft_tokens)
+    if method == "speculative_sample":
+        return decoding.SpeculativeDecoding(amateur, num_draft_tokens=args.num_draft_tokens)
     if method.startswith("speculative_contrastive"):
         return decoding.SpeculativeContrastiveDecoding(amateur, alpha=args.alpha, beta=args.beta,
                                                        num_draft_tokens=args.num_draft_tokens, form=args.form,
@@ -39,7 +61,9 @@ def _strategy(method: str, amateur, args):
     return None
 
 
-def _sampling(method: str) -> dict:
+def _sampling(method: str, temperature: float) -> dict:
+    if method in AT_TEMPERATURE or is_cascade(method):
+        return {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": temperature}
     if method == "greedy" or method in ("contrastive", "speculative_contrastive"):
         return {"do_sample": False}
     if method == "nucleus":
@@ -90,11 +114,11 @@ def _record_stats(total: dict, strategy) -> None:
 
 
 def _generate(pair: Pair, prompt_ids: list[list[int]], method: str, strategy, rows: list[int], max_new_tokens: int,
-              seed: int) -> torch.Tensor:
+              seed: int, temperature: float) -> torch.Tensor:
     """The new ids ``# [len(rows), max_new_tokens]`` of one ``generate`` call on the prompts ``rows``."""
     ids, mask = left_pad([torch.tensor(prompt_ids[i]) for i in rows], pair.pad_token_id)
     kwargs = dict(attention_mask=mask.to(pair.target.device), max_new_tokens=max_new_tokens,
-                  pad_token_id=pair.pad_token_id, **_sampling(method))
+                  pad_token_id=pair.pad_token_id, **_sampling(method, temperature))
     if strategy is not None:
         kwargs["strategy"] = strategy
     torch.manual_seed(seed)
@@ -111,12 +135,13 @@ def generate_all(pair: Pair, prompt_ids: list[list[int]], methods: list[str], ar
     strategies = {m: _strategy(m, pair.draft, args) for m in methods}
     results = {m: Generations(m) for m in methods}
     for method in methods:  # warm-up: one short untimed call each
-        _generate(pair, prompt_ids, method, strategies[method], batches[0], 2, args.seed)
+        _generate(pair, prompt_ids, method, strategies[method], batches[0], 2, args.seed, args.temperature)
     for k, rows in enumerate(batches):
         for method in rotated(methods, k):
             out = {}
             seconds = time_calls(lambda: out.update(ids=_generate(pair, prompt_ids, method, strategies[method], rows,
-                                                                  args.max_new_tokens, args.seed + k)),
+                                                                  args.max_new_tokens, args.seed + k,
+                                                                  args.temperature)),
                                  repeats=1, warmup=0, device=pair.target.device)[0]
             results[method].add(rows, out["ids"], seconds, eos_ids)
             _record_stats(results[method].stats, strategies[method])

@@ -15,10 +15,10 @@ import torch
 from decoding.evals.common.acceptance import acceptance_summary
 from decoding.evals.common.pairs import Pair
 from decoding.evals.quality import metrics
-from decoding.evals.quality.generate import Generations, generate_all
+from decoding.evals.quality.generate import AT_TEMPERATURE, Generations, generate_all, is_cascade
 from decoding.evals.quality.prompts import PromptItem
 
-__all__ = ["HUMAN", "METRIC_KEYS", "evaluate", "score_texts"]
+__all__ = ["HUMAN", "METRIC_KEYS", "evaluate", "paired_nll_difference", "score_texts"]
 
 HUMAN = "human"
 # Every row of the JSON's "methods" has these keys (None where a metric is unavailable or does not apply).
@@ -107,9 +107,9 @@ class _Scoring:
     def text(self, ids: list[int]) -> str:
         return self.pair.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def perplexity(self, continuations: list[list[int]]) -> float:
-        return _mean(metrics.perplexities(self.pair.target, self.prompt_ids, continuations, self.args.batch_size,
-                                          self.pair.pad_token_id))
+    def perplexities(self, continuations: list[list[int]]) -> list[float]:
+        return metrics.perplexities(self.pair.target, self.prompt_ids, continuations, self.args.batch_size,
+                                    self.pair.pad_token_id)
 
 
 def evaluate(pair: Pair, items: list[PromptItem], methods: list[str], args, log=print) -> dict:
@@ -133,6 +133,7 @@ def evaluate(pair: Pair, items: list[PromptItem], methods: list[str], args, log=
     samples = {}
     for method in methods:
         samples[method], rows[method] = _method_row(scoring, generations[method], len(items))
+    _compare_with_sample(rows)
     return {
         "methods": rows,
         "unavailable": {key: reason for key, reason in unavailable.items() if reason is not None},
@@ -153,7 +154,7 @@ def _human_row(scoring: _Scoring, items: list[PromptItem]) -> dict:
     if scoring.features is not None:
         scoring.human_features = scoring.features(references)
     row = score_texts(scoring.prompts, references, scoring.coherence, None, None, scoring.args.seed)
-    row["perplexity"] = scoring.perplexity(reference_ids)
+    row["perplexity"] = _mean(scoring.perplexities(reference_ids))
     row["tokens_per_second"] = None
     return row
 
@@ -164,11 +165,36 @@ def _method_row(scoring: _Scoring, gen: Generations, count: int) -> tuple[list[s
     texts = [scoring.text(ids) for ids in continuations]
     row = score_texts(scoring.prompts, texts, scoring.coherence, scoring.features, scoring.human_features,
                       scoring.args.seed)
-    row["perplexity"] = scoring.perplexity(continuations)
+    row["per_prompt_perplexity"] = scoring.perplexities(continuations)
+    row["perplexity"] = _mean(row["per_prompt_perplexity"])
     row["tokens_per_second"] = gen.tokens / gen.seconds if gen.seconds > 0 else None
     row["new_tokens"], row["seconds"] = gen.tokens, gen.seconds
     row["stats"] = acceptance_summary(gen.stats, scoring.args.num_draft_tokens) if "drafted" in gen.stats else gen.stats
     return texts, row
+
+
+def paired_nll_difference(perplexities: list[float], baseline: list[float]) -> tuple[float, float]:
+    """Mean over prompts of ``log ppl - log ppl_baseline`` (the expert's NLL per token, one continuation against
+    another of the same prompt) and its standard error; prompts where either is NaN are left out."""
+    pairs = [(a, b) for a, b in zip(perplexities, baseline) if not (math.isnan(a) or math.isnan(b))]
+    if len(pairs) < 2:
+        return math.nan, math.nan
+    diffs = [math.log(a) - math.log(b) for a, b in pairs]
+    mean = sum(diffs) / len(diffs)
+    variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(variance / len(diffs))
+
+
+def _compare_with_sample(rows: dict) -> None:
+    """Rows sampled at ``--temperature`` (speculative, cascades) get ``nll_vs_sample`` and its standard error
+    ``nll_vs_sample_se``: how much less likely the expert finds their text than the target's own samples."""
+    if "sample" not in rows:
+        return
+    baseline = rows["sample"]["per_prompt_perplexity"]
+    for method, row in rows.items():
+        if method != "sample" and (method in AT_TEMPERATURE or is_cascade(method)):
+            row["nll_vs_sample"], row["nll_vs_sample_se"] = paired_nll_difference(row["per_prompt_perplexity"],
+                                                                                  baseline)
 
 
 def _checks(generations: dict, count: int) -> dict:

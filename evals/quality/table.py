@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from decoding.evals.common.console import has_rich, plain_table, rich_table, stdout_console
-from decoding.evals.quality.generate import METHODS
+from decoding.evals.quality.generate import label
 
 __all__ = ["COLUMNS", "format_table", "print_table", "table_rows"]
 
@@ -25,19 +25,34 @@ def _cell(value, fmt: str) -> str:
     return format(value, fmt)
 
 
+COMPARED = "NLL vs sample"  # the expert's NLL per token against the target's own samples, +- one standard error
+
+
+def _compared(row: dict) -> str:
+    if row.get("nll_vs_sample") is None:
+        return "-"
+    return f"{_cell(row['nll_vs_sample'], '+.3f')}±{_cell(row['nll_vs_sample_se'], '.3f')}"
+
+
+def _header(result: dict) -> list[str]:
+    compared = any("nll_vs_sample" in row for row in result["methods"].values())
+    return HEADER + [COMPARED] if compared else HEADER
+
+
 def table_rows(result: dict) -> list[list[str]]:
-    return [[METHODS.get(method, method)] + [_cell(row.get(key), fmt) for key, _, fmt in COLUMNS]
+    compared = len(_header(result)) > len(HEADER)
+    return [[label(method)] + [_cell(row.get(key), fmt) for key, _, fmt in COLUMNS] + ([_compared(row)] if compared else [])
             for method, row in result["methods"].items()]
 
 
 def format_table(result: dict) -> str:
-    return plain_table(HEADER, table_rows(result))
+    return plain_table(_header(result), table_rows(result))
 
 
 def print_table(result: dict, title: str) -> None:
     """Print the table with rich when it is installed, plain text otherwise; then what was unavailable."""
     if has_rich():
-        stdout_console(132).print(rich_table(title, HEADER, table_rows(result)))
+        stdout_console(150).print(rich_table(title, _header(result), table_rows(result)))
     else:
         print(title)
         print(format_table(result))
