@@ -10,7 +10,8 @@ target's where it defers (and at every position the draft did not propose, such 
 
 - ``"chow"``: defer iff ``max q <= 1 - t`` (the draft is not sure enough); ``t = 0`` always defers: the target's law.
 - ``"diff"``: defer iff ``max q <= max p - t`` (the target is surer by ``t``); ``t = -1`` always defers.
-- ``"opt"``: defer iff ``max q <= max p - t * TV(p, q)`` (the paper's optimal rule for a cost ``t``); ``t`` from 0.
+- ``"opt"``: defer iff ``max q <= max p - t * TV(p, q)`` (the paper's optimal rule for a cost ``t``); ``t`` from 0
+  (``t > 1`` never defers where the laws differ, as ``TV(p, q) >= max p - max q``).
 
 Cascades trade quality for speed, unlike lossless speculative decoding: the output follows ``pi``, not ``p``.
 """

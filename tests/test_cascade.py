@@ -50,6 +50,14 @@ def test_thresholds_that_always_defer_give_the_targets_law(rule, threshold):
     assert torch.equal(Cascade(rule, threshold).law(p, q, ids), p)
 
 
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("threshold", [1.001, 2.0])
+def test_the_opt_rule_above_cost_1_keeps_the_drafts_law_wherever_it_differs(seed, threshold):
+    """TV(p, q) >= max p - max q, so max q > max p - t TV for t > 1 wherever TV > 0."""
+    p, q, ids = _laws(seed)
+    assert torch.equal(Cascade("opt", threshold).law(p, q, ids)[:, :-1], q)
+
+
 @pytest.mark.parametrize("rule, threshold", [("chow", 0.0), ("diff", -1.0)])
 @given(batch=prompts(), g=draft_lengths(1, 5))
 def test_always_deferring_gives_the_targets_own_greedy_output(rule, threshold, batch, g):

@@ -5,6 +5,7 @@ the two tools' JSON files."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -77,11 +78,11 @@ def test_bad_cascade_arguments_exit_2(argv, needle, capsys):
 
 def _files(temperature=0.7, names=("target", "speculative g=4", "cascade chow:0.3 g=4")):
     quality_json = {"config": {"temperature": 0.7, "num_draft_tokens": 4, "pair": "p"}, "methods": {
-        "sample": {"perplexity": 5.0},
+        "sample": {"perplexity": 5.0, "per_prompt_perplexity": [4.0, 6.0]},
         "greedy": {"perplexity": 2.0},  # not sampled at the temperature: not on the curve
         "speculative_sample": {"nll_vs_sample": 0.01, "nll_vs_sample_se": 0.02},
         "cascade:chow:0.3": {"nll_vs_sample": 0.09, "nll_vs_sample_se": 0.03}}}
-    speeds = dict(zip(("target", "speculative g=4", "cascade chow:0.3 g=4"), (1.0, 0.6, 1.3)))
+    speeds = dict(zip(("target", "speculative g=4", "cascade chow:0.3 g=4", "cascade diff:0.1 g=4"), (1.0, 0.6, 1.3, 1.5)))
     cells = [{"mode": "sample", "batch_size": 1, "name": n, "speedup": speeds[n], "mean_accepted_length": 2.0}
              for n in names]
     cells.append({"mode": "greedy", "batch_size": 1, "name": "target", "speedup": 9.0})
@@ -99,14 +100,31 @@ def test_the_curve_joins_quality_and_speed_by_method():
     assert "| speculative | 0.60x | 2.00 | +0.010 ± 0.020 | yes |" in table
 
 
+def test_runs_that_share_their_sample_row_join_and_untimed_cascades_are_named():
+    first, bench = _files(names=("target", "speculative g=4", "cascade chow:0.3 g=4", "cascade diff:0.1 g=4"))
+    second = copy.deepcopy(first)
+    second["methods"] = {"sample": first["methods"]["sample"],
+                         "cascade:diff:0.1": {"nll_vs_sample": 0.5, "nll_vs_sample_se": 0.1},
+                         "cascade:opt:0.5": {"nll_vs_sample": 0.7, "nll_vs_sample_se": 0.1}}
+    heard = []
+    points = curve.join([first, second], bench, batch_size=1, log=heard.append)
+    assert [p.method for p in points] == ["sample", "speculative_sample", "cascade:chow:0.3", "cascade:diff:0.1"]
+    assert points[-1].speedup == 1.5 and points[-1].nll == 0.5
+    assert heard == ["not timed by decoding-bench at batch size 1, left off the curve: cascade:opt:0.5"]
+    second["methods"]["sample"] = {"per_prompt_perplexity": [4.0, 6.5]}
+    with pytest.raises(ValueError, match="sampled different texts"):
+        curve.join([first, second], bench, batch_size=1)
+
+
 @pytest.mark.parametrize("files, needle", [(_files(temperature=1.0), "different temperatures"),
-                                           (_files(names=("target", "speculative g=4")), "no 'cascade chow:0.3 g=4'")])
+                                           (_files(names=("target", "speculative g=4")), "timed none of the cascades"),
+                                           (_files(names=("target", "cascade chow:0.3 g=4")), "no 'speculative g=4'")])
 def test_the_curve_refuses_files_that_do_not_match(files, needle):
     with pytest.raises(ValueError, match=needle):
         curve.join(*files, batch_size=1)
 
 
-def test_the_curve_cli_writes_the_table_and_refuses_a_wrong_batch(tmp_path, capsys):
+def test_the_curve_cli_writes_the_table_and_refuses_wrong_input(tmp_path, capsys):
     paths = [tmp_path / "q.json", tmp_path / "b.json"]
     for path, data in zip(paths, _files()):
         path.write_text(json.dumps(data))
@@ -119,3 +137,5 @@ def test_the_curve_cli_writes_the_table_and_refuses_a_wrong_batch(tmp_path, caps
         assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert curve.main(argv[:4] + ["--batch-size", "4"]) == 2
     assert "at batch size 4" in capsys.readouterr().err
+    assert curve.main(["--eval", str(paths[1]), "--bench", str(paths[1])]) == 2  # a bench file given as --eval
+    assert "--eval takes decoding-eval --json files" in capsys.readouterr().err

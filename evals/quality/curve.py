@@ -5,7 +5,9 @@ methods in sample mode, at the same temperature and draft length) into one table
     python -m decoding.evals.quality.curve --eval quality.json --bench bench.json --plot curve.png --markdown curve.md
 
 Quality is the expert's NLL per token against the target's own samples (``nll_vs_sample``, one standard error);
-speed is ``decoding-bench``'s speedup over the target alone. A method missing from either file is an error."""
+speed is ``decoding-bench``'s speedup over the target alone. Several ``--eval`` files join when their ``sample``
+rows are the very same texts (same prompts, seed, batch size); a cascade that ``decoding-bench`` did not time is
+left off the curve and named on stderr, and a file pair without any common cascade is an error."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 from decoding.evals.bench.plot import check_plotting
 from decoding.evals.quality.generate import is_cascade, label
 
-__all__ = ["Point", "join", "main", "markdown", "plot_curve"]
+__all__ = ["Point", "join", "main", "markdown", "merged_rows", "plot_curve"]
 
 
 @dataclass(frozen=True)
@@ -54,26 +56,50 @@ def _check_settings(quality: dict, bench: dict) -> None:
         raise ValueError("the decoding-bench file has no sample mode; run it with --modes sample")
 
 
-def join(quality: dict, bench: dict, batch_size: int) -> list[Point]:
-    """The points of every sampled method of ``quality`` (a ``decoding-eval`` result), timed at ``batch_size`` in
-    ``bench`` (a ``decoding-bench`` result), in ``quality``'s order."""
-    _check_settings(quality, bench)
-    g = quality["config"]["num_draft_tokens"]
+def merged_rows(qualities: list[dict]) -> dict:
+    """The rows of several ``decoding-eval`` results whose ``sample`` rows are the same texts (first file first)."""
+    if any("sample" not in q["methods"] for q in qualities):
+        raise ValueError("a decoding-eval file has no 'sample' row: add sample to its --methods")
+    baseline = qualities[0]["methods"]["sample"]["per_prompt_perplexity"]
+    rows: dict = {}
+    for quality in qualities:
+        if quality["methods"]["sample"]["per_prompt_perplexity"] != baseline:
+            raise ValueError("the decoding-eval files sampled different texts for 'sample' (other prompts, seed, "
+                             "temperature or batch size): their differences are not comparable")
+        for key in ("temperature", "num_draft_tokens"):
+            if quality["config"].get(key) != qualities[0]["config"].get(key):
+                raise ValueError(f"the decoding-eval files differ in {key}")
+        rows.update({m: r for m, r in quality["methods"].items() if m not in rows})
+    return rows
+
+
+def join(qualities: dict | list[dict], bench: dict, batch_size: int, log=None) -> list[Point]:
+    """The points of every sampled method of ``qualities`` (``decoding-eval`` results), timed at ``batch_size`` in
+    ``bench`` (a ``decoding-bench`` result), in the files' order; ``log`` hears which cascades were not timed."""
+    qualities = [qualities] if isinstance(qualities, dict) else qualities
+    for quality in qualities:
+        _check_settings(quality, bench)
+    g = qualities[0]["config"]["num_draft_tokens"]
     cells = {c["name"]: c for c in bench["cells"] if c["mode"] == "sample" and c["batch_size"] == batch_size}
-    rows = quality["methods"]
-    if "sample" not in rows:
-        raise ValueError("the decoding-eval file has no 'sample' row: add sample to its --methods")
-    points = []
-    for method, row in rows.items():
+    points, untimed = [], []
+    for method, row in merged_rows(qualities).items():
         if method not in ("sample", "speculative_sample") and not is_cascade(method):
             continue
         name = _bench_name(method, g)
         if name not in cells:
+            if is_cascade(method):
+                untimed.append(method)
+                continue
             raise ValueError(f"decoding-bench has no {name!r} cell at batch size {batch_size} in sample mode "
                              f"(it has: {', '.join(sorted(cells)) or 'none'})")
         cell = cells[name]
         nll, se = (0.0, 0.0) if method == "sample" else (row["nll_vs_sample"], row["nll_vs_sample_se"])
         points.append(Point(method, cell["speedup"], nll, se, cell.get("mean_accepted_length")))
+    if not any(is_cascade(p.method) for p in points):
+        raise ValueError(f"decoding-bench timed none of the cascades at batch size {batch_size} in sample mode "
+                         f"(it has: {', '.join(sorted(cells)) or 'none'})")
+    if untimed and log is not None:
+        log(f"not timed by decoding-bench at batch size {batch_size}, left off the curve: {', '.join(untimed)}")
     return points
 
 
@@ -133,7 +159,8 @@ def plot_curve(points: list[Point], path: str | Path, title: str = "") -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m decoding.evals.quality.curve", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--eval", type=Path, required=True, help="decoding-eval --json output")
+    parser.add_argument("--eval", type=Path, required=True, action="append",
+                        help="decoding-eval --json output (repeat to join runs that share their 'sample' row)")
     parser.add_argument("--bench", type=Path, required=True, help="decoding-bench --json output (sample mode)")
     parser.add_argument("--batch-size", type=int, default=1, help="the decoding-bench batch size to read speed at")
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG here (needs matplotlib)")
@@ -142,18 +169,24 @@ def main(argv=None) -> int:
     try:
         if args.plot is not None:
             check_plotting()
-        quality, bench = (json.loads(path.read_text()) for path in (args.eval, args.bench))
-        points = join(quality, bench, args.batch_size)
-    except (OSError, ValueError, ImportError, KeyError) as error:
+        qualities = [json.loads(path.read_text()) for path in args.eval]
+        bench = json.loads(args.bench.read_text())
+        points = join(qualities, bench, args.batch_size, log=lambda line: print(line, file=sys.stderr))
+    except (OSError, ValueError, ImportError) as error:
         print(f"{parser.prog}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    except KeyError as error:
+        print(f"{parser.prog}: error: no {error} in the files: --eval takes decoding-eval --json files, --bench a "
+              "decoding-bench --json file", file=sys.stderr)
         return 2
     table = markdown(points)
     print(table, end="")
     if args.markdown is not None:
         args.markdown.write_text(table)
     if args.plot is not None:
-        plot_curve(points, args.plot, f"{quality['config'].get('pair', '')}, batch {args.batch_size}, "
-                                      f"T={quality['config'].get('temperature')}, g={quality['config']['num_draft_tokens']}")
+        config = qualities[0]["config"]
+        plot_curve(points, args.plot, f"{config.get('pair', '')}, batch {args.batch_size}, "
+                                      f"T={config.get('temperature')}, g={config['num_draft_tokens']}")
     return 0
 
 
