@@ -118,8 +118,9 @@ class AdaptiveLength:
         return 0
 
     def calibration(self) -> float:
-        """Accepted drafts per unit of draft confidence, in this call (1 before any test)."""
-        return min(self.accepted / self.tested_confidence, 1.0) if self.tested_confidence > 0 else 1.0
+        """Accepted drafts per unit of draft confidence, in this call (1 before any test); above 1 for an
+        underconfident draft (the proposers cap each position's chance, confidence times this, at 1)."""
+        return self.accepted / self.tested_confidence if self.tested_confidence > 0 else 1.0
 
     def proposes(self, position: int, reach: torch.Tensor) -> torch.Tensor | None:
         """Whether the batch verifies drafted position ``position``, as ``# [b]`` (all equal: once a position is

@@ -309,6 +309,15 @@ def test_few_rejections_do_not_read_as_no_acceptance():
     assert length.optimistic_acceptance() < 0.03
 
 
+def test_an_underconfident_draft_is_calibrated_up():
+    """A draft that says 0.5 where 3 of 4 drafts pass: each position's chance is read as 0.75, not capped at 0.5."""
+    length = AdaptiveLength(8, "cpu")
+    assert length.calibration() == 1.0
+    proposal = decoding.proposers.Proposal(ids=torch.zeros(4, 1, dtype=torch.int64), confidence=torch.full((4, 1), 0.5))
+    length.observe(proposal, torch.tensor([1, 1, 1, 0]), 0.1, 1.0, new_tokens=2)
+    assert length.calibration() == pytest.approx(1.5)
+
+
 def test_drafting_goes_on_at_the_optimistic_rate_and_tests_its_first_position():
     """Position 1 pays at a rate of 0.7 but not at 0.5: a call that drafts goes on at 0.5 plus one standard deviation
     (an exploring step, its first position verified even when the draft is unsure); a call that does not draft
