@@ -22,9 +22,10 @@ prompt, the second proposes two tokens (``t(3)``, first tests; the draft reads t
 (``t(1)``); ``t(n)`` is flat beyond ``t(3)`` until other verifications are measured, and ``t_draft`` counts as 0
 until a drafting step without the prompt measures it. The decision is the batch's (one more verified position
 costs the same whether one row or all rows propose it), so every row proposes the positions the batch verifies.
-A step drafts when position 1 pays at ``a``; once drafting, it goes on while position 1 pays at an optimistic
-``a`` (one posterior standard deviation up), verifying position 1 then whatever its confidence, so that a rate
-estimated low from a few unlucky tests is tested again rather than trusted. Otherwise the target steps alone,
+A step drafts when position 1 pays at ``a``; once drafting, and while ``a`` rests on fewer than ``TRUSTED_TESTS``
+tests, it goes on while position 1 pays at an optimistic ``a`` (one posterior standard deviation up), verifying
+position 1 then whatever its confidence, so that a rate estimated low from a few unlucky tests is tested again
+rather than trusted. Otherwise the target steps alone,
 and a probe step drafts one token after ``probe_every`` such steps (the wait doubles after every probe that finds
 drafting still does not pay, up to 64 steps), so that a change in acceptance is noticed; an accepted probe counts
 as drafting (the optimistic rate decides the next step).
@@ -38,6 +39,7 @@ import torch
 
 EMA = 0.8  # weight of the past in the running estimates of seconds
 MEMORY = 0.9  # decay per step of the acceptance counts (a batch-1 step tests one or two drafts: keep ~10 steps)
+TRUSTED_TESTS = 6.0  # (decayed) tests from which the acceptance rate is trusted: no more optimistic steps
 
 
 class FixedLength:
@@ -106,7 +108,8 @@ class AdaptiveLength:
         if not self._known():  # warm-up: the prompt alone, then two draft tokens (t(3), tests), then t(1)
             return 0 if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds) else 2
         pays = self._pays(self.acceptance, drafted=0, drafting=True)
-        self.exploring = not pays and self.drafting and self._pays(self.optimistic_acceptance(), 0, drafting=True)
+        self.exploring = (not pays and self.drafting and self.tested < TRUSTED_TESTS
+                          and self._pays(self.optimistic_acceptance(), 0, drafting=True))
         self.drafting = pays or self.exploring
         if self.drafting:
             self.skipped, self.probe_every = 0, self.first_probe

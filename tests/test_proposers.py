@@ -332,6 +332,8 @@ def test_drafting_goes_on_at_the_optimistic_rate_and_tests_its_first_position():
     assert not bool(length.proposes(2, torch.tensor([0.01, 0.01])).any())
     length.drafting = False
     assert length.limit() == 0 and not length.exploring
+    length.drafting, length.accepted, length.tested = True, 4.0, 8.0  # the same rate from enough tests: trusted
+    assert length.limit() == 0 and not length.exploring
 
 
 def test_an_accepted_probe_counts_as_drafting():
