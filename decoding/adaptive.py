@@ -10,25 +10,19 @@ forwards), the next position is drafted when, for some ``m >= 1``, verifying ``m
 and a drafted position is verified by the same test with its draft forward already spent. Looking ``m`` positions
 ahead matters because ``t(n)`` is not linear: on a CPU one token takes a matrix-vector path much faster than two,
 while the next few tokens cost little more. ``r`` is the row's estimated chance of accepting the positions up to
-the next one (averaged over rows) and ``a`` the acceptance rate of the drafts tested so far in the call (the mean
-of its Beta posterior from a uniform prior, over counts that decay by ``MEMORY`` per drafting step).
+the next one (averaged over rows) and ``a`` the acceptance rate of the drafts tested so far in the call.
 A row's chance of accepting positions 1..i is the product of the draft's confidence in each of its tokens
 (``q(x)`` when sampling, its top probability when greedy; 1 for proposers without one) times this call's
 calibration (accepted drafts over the confidence of the drafts tested), and ``a`` for a position not drafted yet.
-``t(n)`` is the time of a step verifying ``n - 1`` drafts, all but its draft forwards (the target forward over
-``n`` new tokens, verification and bookkeeping: ``t(1)`` and a line fitted through the steps measured over more
-tokens) and ``t_draft`` that of a draft forward, both measured on this call's own steps: the first step reads the
-prompt, the second proposes two tokens (``t(3)``, first tests; the draft reads the prompt), the third none
-(``t(1)``); ``t(n)`` is flat beyond ``t(3)`` until other verifications are measured, and ``t_draft`` counts as 0
-until a drafting step without the prompt measures it. The decision is the batch's (one more verified position
-costs the same whether one row or all rows propose it), so every row proposes the positions the batch verifies.
-A step drafts when position 1 pays at ``a``; once drafting, and while ``a`` rests on fewer than ``TRUSTED_TESTS``
-tests, it goes on while position 1 pays at an optimistic ``a`` (one posterior standard deviation up), verifying
-position 1 then whatever its confidence, so that a rate estimated low from a few unlucky tests is tested again
-rather than trusted. Otherwise the target steps alone,
-and a probe step drafts one token after ``probe_every`` such steps (the wait doubles after every probe that finds
-drafting still does not pay, up to 64 steps), so that a change in acceptance is noticed; an accepted probe counts
-as drafting (the optimistic rate decides the next step).
+``t(n)`` is the time of a target forward over ``n`` new tokens (``t(1)`` and a line fitted through
+the forwards measured over more tokens) and ``t_draft`` that of a draft forward, both measured on this call's own
+forwards: the first steps read the prompt, then propose one token (``t(2)``, and the draft reads the prompt), none
+(``t(1)``) and one (a draft forward without the prompt); ``t(n)`` is flat beyond ``t(2)`` until longer
+verifications are measured. The decision is the batch's (one more verified position costs the same whether one
+row or all rows propose it), so every row proposes the positions the batch verifies. When position 1 does not pay
+at the acceptance rate so far, the target steps alone, and a probe step drafts one token after ``probe_every``
+such steps (the wait doubles after every probe that finds drafting still does not pay, up to 64 steps), so that a
+change in acceptance is noticed.
 """
 
 from __future__ import annotations
@@ -39,7 +33,6 @@ import torch
 
 EMA = 0.8  # weight of the past in the running estimates of seconds
 MEMORY = 0.9  # decay per step of the acceptance counts (a batch-1 step tests one or two drafts: keep ~10 steps)
-TRUSTED_TESTS = 6.0  # (decayed) tests from which the acceptance rate is trusted: no more optimistic steps
 
 
 class FixedLength:
@@ -82,36 +75,22 @@ class AdaptiveLength:
         self.accepted = self.tested = self.tested_confidence = 0.0
         self.expected, self.verified = 1.0, 0  # this step so far: expected tokens per row, drafted positions verified
         self.probing = False  # this step drafts one token to measure acceptance, whatever it costs
-        self.drafting = False  # the last step drafted because drafting paid: it goes on while it may still pay
-        self.exploring = False  # this step drafts on the optimistic rate: its first position is verified (a test)
 
     def _known(self) -> bool:
-        return self.tested > 0 and 1 in self.target_seconds and len(self.target_seconds) >= 2
+        return self.draft_seconds is not None and self.tested > 0 and len(self.target_seconds) >= 2
 
     @property
     def acceptance(self) -> float:
-        """The acceptance rate of the drafts tested so far in this call: the mean of its Beta posterior from a
-        uniform prior and the decayed counts (a few tests say little: one rejection must not read as 0)."""
-        return (self.accepted + 1) / (self.tested + 2)
-
-    def optimistic_acceptance(self) -> float:
-        """One posterior standard deviation above :attr:`acceptance`: drafting goes on while it pays at this rate,
-        so that a rate estimated low from a few unlucky tests is tested again rather than trusted (the tests drafting
-        brings then settle it)."""
-        mean = self.acceptance
-        return min(mean + (mean * (1 - mean) / (self.tested + 3)) ** 0.5, 1.0)
+        """The acceptance rate of the drafts tested so far in this call (decayed)."""
+        return self.accepted / self.tested
 
     def limit(self) -> int:
         """The most tokens this step may propose (0: the target steps alone)."""
         self.steps += 1
-        self.expected, self.verified, self.probing, self.exploring = 1.0, 0, False, False
-        if not self._known():  # warm-up: the prompt alone, then two draft tokens (t(3), tests), then t(1)
-            return 0 if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds) else 2
-        pays = self._pays(self.acceptance, drafted=0, drafting=True)
-        self.exploring = (not pays and self.drafting and self.tested < TRUSTED_TESTS
-                          and self._pays(self.optimistic_acceptance(), 0, drafting=True))
-        self.drafting = pays or self.exploring
-        if self.drafting:
+        self.expected, self.verified, self.probing = 1.0, 0, False
+        if not self._known():  # warm-up: the prompt alone, then t(2), t(1) and a draft forward measured
+            return 0 if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds) else 1
+        if self._pays(self.acceptance, drafted=0, drafting=True):
             self.skipped, self.probe_every = 0, self.first_probe
             return self.max_tokens
         if self.skipped >= self.probe_every:  # one token: enough to measure first-position acceptance, cheaply
@@ -121,9 +100,8 @@ class AdaptiveLength:
         return 0
 
     def calibration(self) -> float:
-        """Accepted drafts per unit of draft confidence, in this call (1 before any test); above 1 for an
-        underconfident draft (the proposers cap each position's chance, confidence times this, at 1)."""
-        return self.accepted / self.tested_confidence if self.tested_confidence > 0 else 1.0
+        """Accepted drafts per unit of draft confidence, in this call (1 before any test)."""
+        return min(self.accepted / self.tested_confidence, 1.0) if self.tested_confidence > 0 else 1.0
 
     def proposes(self, position: int, reach: torch.Tensor) -> torch.Tensor | None:
         """Whether the batch verifies drafted position ``position``, as ``# [b]`` (all equal: once a position is
@@ -133,7 +111,7 @@ class AdaptiveLength:
         if not self._known() or self.probing:
             return None
         gain = float(reach.mean())
-        pays = (self.exploring and position == 1) or self._pays(gain, drafted=position, drafting=False)
+        pays = self._pays(gain, drafted=position, drafting=False)
         if pays:
             self.expected, self.verified = self.expected + gain, position
         return torch.full_like(reach, pays, dtype=torch.bool)
@@ -148,13 +126,12 @@ class AdaptiveLength:
         ``reach`` being the chance of accepting the first of them, ``drafted`` the draft forwards spent so far and
         ``drafting`` whether the first is still to be drafted. Looking ahead matters: one more verified token may
         cost much more than the next few (one token takes a faster matrix-vector path on some CPUs)."""
-        draft_seconds = self.draft_seconds or 0.0  # unknown until a drafting step without the prompt: optimistic
-        now = self.expected / (self._target_time(self.verified + 1) + drafted * draft_seconds)
+        now = self.expected / (self._target_time(self.verified + 1) + drafted * self.draft_seconds)
         gain = 0.0
         for m in range(1, self.max_tokens - self.verified + 1):
             gain += reach * self.acceptance ** (m - 1)
             drafts = drafted + m - (0 if drafting else 1)
-            seconds = self._target_time(self.verified + m + 1) + drafts * draft_seconds
+            seconds = self._target_time(self.verified + m + 1) + drafts * self.draft_seconds
             if (self.expected + gain) / seconds > now:
                 return True
         return False
@@ -165,9 +142,8 @@ class AdaptiveLength:
         return time.perf_counter()
 
     def observe(self, proposal, num_accepted, draft_seconds: float, target_seconds: float, new_tokens: int) -> None:
-        """Learn from one step: its proposal, ``num_accepted  # [b]``, the seconds of its draft forwards and of the
-        rest of the step (the target forward over ``new_tokens`` positions per row, verification and bookkeeping;
-        ``new_tokens`` 0 when that forward also read a prompt)."""
+        """Learn from one step: its proposal, ``num_accepted  # [b]``, the seconds of its draft forwards and of its
+        target forward over ``new_tokens`` positions per row (0 when that forward also read a prompt)."""
         drafted = proposal.ids.shape[1]
         if drafted and draft_seconds > 0 and self.drafted_before:
             self.draft_seconds = _ema(self.draft_seconds, draft_seconds / drafted)
@@ -180,7 +156,6 @@ class AdaptiveLength:
         positions = torch.arange(drafted, device=num_accepted.device)
         tested = (positions <= num_accepted[:, None]) & (proposal.ids >= 0)  # up to the first rejection
         confidence = proposal.confidence if proposal.confidence is not None else tested.to(torch.float32)
-        self.drafting = self.drafting or (self.probing and bool((num_accepted > 0).any()))  # worth a closer look
         self.accepted = MEMORY * self.accepted + float(num_accepted.sum())
         self.tested = MEMORY * self.tested + float(tested.sum())
         self.tested_confidence = MEMORY * self.tested_confidence + float((confidence * tested).sum())

@@ -119,8 +119,11 @@ class SpeculativeDecoding(Strategy):
             valid = torch.cat([feed[1], proposed.to(torch.int64)], dim=1)
             proposed_at = length.clock()
             logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
+            verified = length.clock()
             output_ids, num_accepted, scores = run.sampler.verify(
                 run.rows, self.target_scores(logits, proposal), proposal.ids, proposal.probs)  # [b, g+1], [b]
+            length.observe(drafted, num_accepted, proposed_at - started, verified - proposed_at,
+                           new_tokens=g + 1 if feed[0].shape[1] == 1 else 0)
             run.stats.record(num_accepted, proposed.sum(dim=1), g)
             finished = run.commit(output_ids, scores, logits)
             target.keep_last(torch.arange(g, device=num_accepted.device) < num_accepted[:, None])
@@ -133,7 +136,4 @@ class SpeculativeDecoding(Strategy):
                 drafter.select_rows(survivors)
             target.compact_if_holes_exceed(self.compact_threshold)
             drafter.prepare(run, self.compact_threshold)
-            # A step's seconds beyond proposing: the target forward and all the bookkeeping verifying drafts brings.
-            length.observe(drafted, num_accepted, proposed_at - started, length.clock() - proposed_at,
-                           new_tokens=g + 1 if feed[0].shape[1] == 1 else 0)
             feed = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])  # the emitted token

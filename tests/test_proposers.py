@@ -280,70 +280,20 @@ class ModeledCosts(AdaptiveLength):
         super().observe(proposal, num_accepted, drafts, self.target_cost(new_tokens), new_tokens)
 
 
-def _step(length: AdaptiveLength, accepted: list[int], first: bool = False) -> int:
-    """One step of a batch of ``len(accepted)`` rows proposing every position ``limit()`` allows; returns it."""
-    limit = length.limit()
-    ids = torch.zeros(len(accepted), limit, dtype=torch.int64)
-    proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=torch.full(ids.shape, 0.5))
-    length.observe(proposal, torch.tensor(accepted).clamp_max(limit), 0.0, 0.0, new_tokens=0 if first else limit + 1)
-    return limit
-
-
-def test_adaptive_warm_up_measures_the_prompt_then_t3_and_t1():
+def test_adaptive_warm_up_measures_the_prompt_then_t2_t1_and_a_draft_forward():
     length = ModeledCosts(8, "cpu")
-    limits = [_step(length, [0, 0], first=True), _step(length, [2, 1]), _step(length, [0, 0])]
-    assert limits == [0, 2, 0]
-    # The drafting step also read the prompt: its draft time is not kept (0 until measured: optimistic).
-    assert sorted(length.target_seconds) == [1, 3] and length.draft_seconds is None
-    assert length.acceptance == pytest.approx((3 + 1) / (4 + 2))  # Beta(1, 1) prior; 3 accepted of 4 tested
-    assert length._target_time(5) == length._target_time(3)  # flat beyond t(3) until more is measured
-    assert _step(length, [8, 8]) == 8 and length.draft_seconds == pytest.approx(0.1)
-
-
-def test_few_rejections_do_not_read_as_no_acceptance():
-    length = AdaptiveLength(8, "cpu")
-    length.accepted, length.tested = 0.0, 1.0
-    assert length.acceptance == pytest.approx(1 / 3)
-    assert length.optimistic_acceptance() == pytest.approx(1 / 3 + (2 / 9 / 4) ** 0.5)
-    length.tested = 100.0
-    assert length.optimistic_acceptance() < 0.03
-
-
-def test_an_underconfident_draft_is_calibrated_up():
-    """A draft that says 0.5 where 3 of 4 drafts pass: each position's chance is read as 0.75, not capped at 0.5."""
-    length = AdaptiveLength(8, "cpu")
-    assert length.calibration() == 1.0
-    proposal = decoding.proposers.Proposal(ids=torch.zeros(4, 1, dtype=torch.int64), confidence=torch.full((4, 1), 0.5))
-    length.observe(proposal, torch.tensor([1, 1, 1, 0]), 0.1, 1.0, new_tokens=2)
-    assert length.calibration() == pytest.approx(1.5)
-
-
-def test_drafting_goes_on_at_the_optimistic_rate_and_tests_its_first_position():
-    """Position 1 pays at a rate of 0.7 but not at 0.5: a call that drafts goes on at 0.5 plus one standard deviation
-    (an exploring step, its first position verified even when the draft is unsure); a call that does not draft
-    stays plain at the same counts."""
-    length = AdaptiveLength(8, "cpu")
-    length.target_seconds, length.draft_seconds = {1: 1.0, 2: 1.6, 4: 2.0}, 0.1
-    assert not length._pays(0.5, 0, True) and length._pays(0.7, 0, True)
-    length.accepted, length.tested = 2.0, 4.0  # mean 0.5, optimistic 0.5 + sqrt(0.25 / 7) = 0.69
-    length.drafting = True
-    assert length.limit() == 8 and length.exploring
-    assert bool(length.proposes(1, torch.tensor([0.05, 0.05])).all())  # unsure draft: tested all the same
-    assert not bool(length.proposes(2, torch.tensor([0.01, 0.01])).any())
-    length.drafting = False
-    assert length.limit() == 0 and not length.exploring
-    length.drafting, length.accepted, length.tested = True, 4.0, 8.0  # the same rate from enough tests: trusted
-    assert length.limit() == 0 and not length.exploring
-
-
-def test_an_accepted_probe_counts_as_drafting():
-    length = AdaptiveLength(8, "cpu", probe_every=1)
-    length.target_seconds, length.draft_seconds = {1: 1.0, 2: 1.6}, 0.1
-    length.accepted, length.tested = 1.0, 3.0  # mean 0.4, optimistic 0.6: not enough to start
-    assert [length.limit(), length.limit()] == [0, 1] and length.probing
-    proposal = decoding.proposers.Proposal(ids=torch.zeros(1, 1, dtype=torch.int64))
-    length.observe(proposal, torch.tensor([1]), 0.1, 1.6, new_tokens=2)
-    assert length.drafting and length.limit() == 8  # mean (0.9 + 1 + 1) / (2.7 + 1 + 2) = 0.51, optimistic 0.70
+    limits = []
+    for step, accepted in enumerate([[0, 0], [1, 0], [0, 0], [1, 1]]):
+        limits.append(length.limit())
+        ids = torch.zeros(2, limits[-1], dtype=torch.int64)
+        proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=torch.full(ids.shape, 0.5))
+        length.observe(proposal, torch.tensor(accepted).clamp_max(limits[-1]), 0.0, 0.0,
+                       new_tokens=0 if step == 0 else limits[-1] + 1)
+    assert limits == [0, 1, 0, 1]
+    # The first drafting step also read the prompt: only the second one's draft time is kept.
+    assert sorted(length.target_seconds) == [1, 2] and length.draft_seconds == pytest.approx(0.1)
+    assert length.acceptance == pytest.approx((0.9 * 1 + 2) / (0.9 * 2 + 2))  # decayed accepted / tested
+    assert length._target_time(5) == length._target_time(2)  # flat beyond t(2) until more is measured
 
 
 def test_a_probe_step_verifies_its_draft_whatever_it_costs():
