@@ -95,6 +95,7 @@ def test_the_curve_joins_quality_and_speed_by_method():
     assert [(p.method, p.speedup, p.nll, p.se) for p in points] == [
         ("sample", 1.0, 0.0, 0.0), ("speculative_sample", 0.6, 0.01, 0.02), ("cascade:chow:0.3", 1.3, 0.09, 0.03)]
     assert [p.within_noise for p in points[1:]] == [True, False]  # 0.09 > 2 * 0.03
+    assert not curve.Point("cascade:chow:0.3", 1.0, None, None, None).within_noise  # too few prompts: null in JSON
     table = curve.markdown(points)
     assert "| cascade chow:0.3 | 1.30x | 2.00 | +0.090 ± 0.030 | no |" in table
     assert "| speculative | 0.60x | 2.00 | +0.010 ± 0.020 | yes |" in table

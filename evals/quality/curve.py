@@ -36,8 +36,9 @@ class Point:
 
     @property
     def within_noise(self) -> bool:
-        """Within two standard errors of the target's own samples."""
-        return abs(self.nll) <= 2 * self.se
+        """Within two standard errors of the target's own samples (False where either is unknown)."""
+        known = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (self.nll, self.se))
+        return known and abs(self.nll) <= 2 * self.se
 
 
 def _bench_name(method: str, g: int) -> str:
