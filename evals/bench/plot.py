@@ -6,7 +6,7 @@ import os
 import textwrap
 from pathlib import Path
 
-__all__ = ["PLOT_REQUIREMENT", "check_plotting", "plot_speedup"]
+__all__ = ["PLOT_REQUIREMENT", "check_plotting", "plot_speedup", "pyplot", "save_figure"]
 
 PLOT_REQUIREMENT = "--plot needs matplotlib: pip install 'pairdecode[eval]' (or pip install matplotlib)"
 
@@ -17,6 +17,29 @@ def check_plotting() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ImportError(PLOT_REQUIREMENT) from None
+
+
+def pyplot():
+    """matplotlib's ``pyplot`` on the file-only Agg backend (``ImportError`` with an install hint without it)."""
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: str | os.PathLike) -> Path:
+    """Lay out ``figure``, write it as a PNG at ``path`` (folders made) and close it."""
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt  # made by pyplot(), which drew the figure
+
+    plt.close(figure)
+    return path
 
 
 def _speedup(cell: dict) -> float:
@@ -86,12 +109,7 @@ def plot_speedup(cells: list[dict], path: str | os.PathLike, title: str = "") ->
     transformers' ``assistant_model=`` as crosses, ``--variants`` dotted (dash-dotted where without a draft
     length), 1x as the baseline; one panel per mode. Cells without a
     decoding speedup (older results) fall back to the whole-call speedup."""
-    check_plotting()
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     modes = list(dict.fromkeys(c.get("mode", "greedy") for c in cells))
     figure, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.6), squeeze=False, sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -100,9 +118,4 @@ def plot_speedup(cells: list[dict], path: str | os.PathLike, title: str = "") ->
     axes[0][0].set_ylim(0, top * 1.1)
     if title:
         figure.suptitle(textwrap.fill(title, 60 * len(modes)), fontsize=9)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

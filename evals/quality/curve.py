@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from decoding.evals.bench.plot import check_plotting
+from decoding.evals.bench.plot import check_plotting, pyplot, save_figure
 from decoding.evals.quality.generate import is_cascade, label
 
 __all__ = ["Point", "join", "main", "markdown", "merged_rows", "plot_curve"]
@@ -123,12 +123,7 @@ def markdown(points: list[Point]) -> str:
 def plot_curve(points: list[Point], path: str | Path, title: str = "") -> Path:
     """PNG: speedup (x) against the NLL difference (y, with 2-s.e. bars), one marker per rule, thresholds
     annotated; the target alone at (1, 0)."""
-    check_plotting()
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.6))
     groups: dict[str, list[Point]] = {}
     for p in points:
@@ -149,12 +144,7 @@ def plot_curve(points: list[Point], path: str | Path, title: str = "") -> Path:
     axis.legend(fontsize=8)
     if title:
         axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from decoding.evals.common.batches import left_pad
 from decoding.evals.common.measure import rotated, time_calls
 from decoding.evals.common.pairs import Pair, eos_token_ids
 
-__all__ = ["AT_TEMPERATURE", "DEFAULT_METHODS", "METHODS", "Generations", "generate_all", "is_cascade", "label"]
+__all__ = ["DEFAULT_METHODS", "METHODS", "Generations", "at_temperature", "generate_all", "is_cascade", "label"]
 
 DEFAULT_METHODS = ("greedy", "nucleus", "top_k", "contrastive", "speculative_contrastive")
 METHODS = {  # name -> table label
@@ -30,9 +30,6 @@ METHODS = {  # name -> table label
     "sample": "sample",
     "speculative_sample": "speculative",
 }
-# Pure sampling at --temperature: the target alone, lossless speculative decoding (the same law) and every cascade,
-# so that a cascade's quality is compared with the law it approximates.
-AT_TEMPERATURE = ("sample", "speculative_sample")
 
 
 def label(method: str) -> str:
@@ -42,6 +39,12 @@ def label(method: str) -> str:
 
 def is_cascade(method: str) -> bool:
     return method.startswith("cascade:")
+
+
+def at_temperature(method: str) -> bool:
+    """Pure sampling at ``--temperature``: the target alone, lossless speculative decoding (the same law) and every
+    cascade, so that a cascade's quality is compared with the law it approximates."""
+    return method in ("sample", "speculative_sample") or is_cascade(method)
 
 
 def _strategy(method: str, amateur, args):
@@ -62,7 +65,7 @@ def _strategy(method: str, amateur, args):
 
 
 def _sampling(method: str, temperature: float) -> dict:
-    if method in AT_TEMPERATURE or is_cascade(method):
+    if at_temperature(method):
         return {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": temperature}
     if method == "greedy" or method in ("contrastive", "speculative_contrastive"):
         return {"do_sample": False}

@@ -15,7 +15,7 @@ import torch
 from decoding.evals.common.acceptance import acceptance_summary
 from decoding.evals.common.pairs import Pair
 from decoding.evals.quality import metrics
-from decoding.evals.quality.generate import AT_TEMPERATURE, Generations, generate_all, is_cascade
+from decoding.evals.quality.generate import Generations, at_temperature, generate_all
 from decoding.evals.quality.prompts import PromptItem
 
 __all__ = ["HUMAN", "METRIC_KEYS", "evaluate", "paired_nll_difference", "score_texts"]
@@ -192,7 +192,7 @@ def _compare_with_sample(rows: dict) -> None:
         return
     baseline = rows["sample"]["per_prompt_perplexity"]
     for method, row in rows.items():
-        if method != "sample" and (method in AT_TEMPERATURE or is_cascade(method)):
+        if method != "sample" and at_temperature(method):
             row["nll_vs_sample"], row["nll_vs_sample_se"] = paired_nll_difference(row["per_prompt_perplexity"],
                                                                                   baseline)
 

@@ -34,15 +34,18 @@ def _compared(row: dict) -> str:
     return f"{_cell(row['nll_vs_sample'], '+.3f')}±{_cell(row['nll_vs_sample_se'], '.3f')}"
 
 
+def _has_comparison(result: dict) -> bool:
+    return any("nll_vs_sample" in row for row in result["methods"].values())
+
+
 def _header(result: dict) -> list[str]:
-    compared = any("nll_vs_sample" in row for row in result["methods"].values())
-    return HEADER + [COMPARED] if compared else HEADER
+    return HEADER + [COMPARED] if _has_comparison(result) else HEADER
 
 
 def table_rows(result: dict) -> list[list[str]]:
-    compared = len(_header(result)) > len(HEADER)
-    return [[label(method)] + [_cell(row.get(key), fmt) for key, _, fmt in COLUMNS] + ([_compared(row)] if compared else [])
-            for method, row in result["methods"].items()]
+    compared = _has_comparison(result)
+    return [[label(method)] + [_cell(row.get(key), fmt) for key, _, fmt in COLUMNS]
+            + ([_compared(row)] if compared else []) for method, row in result["methods"].items()]
 
 
 def format_table(result: dict) -> str:
