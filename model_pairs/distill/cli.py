@@ -52,7 +52,7 @@ def _load_mix(spec: str) -> tuple[list[dict], list[float], list[str]]:
 
 
 def _batch(records: list[dict], pad_id: int):
-    """Right-padded ids and mask, and for every trained position its (row, column) and the teacher's top-k."""
+    """Right-padded ids (any ``pad_id``: padding is masked and never trained) and mask, and for every trained position its (row, column) and the teacher's top-k."""
     width = max(len(r["ids"]) for r in records)
     ids = torch.full((len(records), width), pad_id, dtype=torch.int64)
     mask = torch.zeros_like(ids)
@@ -69,8 +69,15 @@ def _batch(records: list[dict], pad_id: int):
 
 
 def train(draft, records, weights, *, divergence_name: str, steps: int, batch_tokens: int, lr: float,
-          warmup: int, seed: int, pad_id: int, log_every: int = 25, max_len: int = 512) -> dict:
-    """AdamW, linear warmup then cosine decay to 10%, gradient clipping 1.0; returns the training record."""
+          warmup: int, seed: int, pad_id: int, log_every: int = 25, max_len: int = 512,
+          time_limit: float | None = None) -> dict:
+    """AdamW, linear warmup then cosine decay to 10%, gradient clipping 1.0; returns the training record.
+
+    Runs on the draft's device; on a GPU the forward runs under bfloat16 autocast (the losses in float32).
+    ``time_limit`` (seconds) stops early, keeping the schedule of ``steps``: the record says where it stopped.
+    """
+    device = draft.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     rng = random.Random(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(draft.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -92,9 +99,11 @@ def train(draft, records, weights, *, divergence_name: str, steps: int, batch_to
                      "topk_ids": r["topk_ids"][keep:], "topk_logp": r["topk_logp"][keep:]}
             chosen.append(r)
             count += len(r["topk_ids"])
-        ids, mask, rows, cols, top_ids, top_logp = _batch(chosen, pad_id)
-        hidden = draft.model(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]
-        logp = torch.log_softmax(draft.lm_head(hidden).float(), dim=-1)
+        ids, mask, rows, cols, top_ids, top_logp = (t.to(device) for t in _batch(chosen, pad_id))
+        with autocast:
+            hidden = draft.model(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]
+            logits = draft.lm_head(hidden)
+        logp = torch.log_softmax(logits.float(), dim=-1)
         loss = divergence(divergence_name, logp, top_ids, top_logp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -104,12 +113,16 @@ def train(draft, records, weights, *, divergence_name: str, steps: int, batch_to
         with torch.no_grad():
             agree = (logp.argmax(-1) == top_ids[:, 0].long()).float().mean().item()
         smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
-        if step % log_every == 0 or step == steps:
+        out_of_time = time_limit is not None and time.time() - started > time_limit
+        if step % log_every == 0 or step == steps or out_of_time:
             history.append({"step": step, "loss": round(smoothed, 4), "agree": round(agree, 3),
                             "seconds": round(time.time() - started, 1)})
             _log(f"step {step}/{steps} loss {smoothed:.4f} agree {agree:.3f} {time.time() - started:.0f} s")
+        if out_of_time:
+            _log(f"time limit of {time_limit} s reached at step {step} of {steps}")
+            break
     draft.eval()
-    return {"steps": steps, "positions": positions, "wall_s": round(time.time() - started, 1),
+    return {"steps": step, "steps_planned": steps, "positions": positions, "wall_s": round(time.time() - started, 1),
             "final_loss_smoothed": round(smoothed, 4), "history": history}
 
 
@@ -152,7 +165,8 @@ def main(argv=None) -> int:
     qual.add_argument("--out", type=Path, required=True)
     qual.add_argument("--prompt-set", type=Path, default=None, help="default: evals/prompts_chat")
     run = sub.add_parser("train", help="distil one draft")
-    run.add_argument("--target", required=True, help="registry name, GGUF file or folder (for init and config)")
+    run.add_argument("--target", default=None, help="registry name, GGUF file or folder (for init and config; "
+                     "not needed with --init)")
     run.add_argument("--data", required=True, help="teacher files, comma-separated, each PATH[:WEIGHT]")
     run.add_argument("--divergence", choices=DIVERGENCES, required=True)
     run.add_argument("--steps", type=int, default=600)
@@ -162,6 +176,8 @@ def main(argv=None) -> int:
     run.add_argument("--init", type=Path, default=None, help="continue from this draft folder")
     run.add_argument("--heldout", type=Path, default=None, help="held-out continuations (heldout command)")
     run.add_argument("--out", type=Path, required=True)
+    run.add_argument("--device", default="cpu", help="where to train, for example cuda (default cpu)")
+    run.add_argument("--time-limit", type=float, default=None, help="stop training after this many seconds")
     for field, default in asdict(DraftShape()).items():
         run.add_argument("--" + field.replace("_", "-"), type=int, default=default)
     for p in (held, qual, run):
@@ -171,7 +187,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from ..gguf import load_model_and_tokenizer
 
-    target, tokenizer = load_model_and_tokenizer(args.target)
+    if args.command == "train" and args.init is None and args.target is None:
+        parser.error("train needs --target (to initialise the draft) or --init (a draft to continue)")
+    target, tokenizer = load_model_and_tokenizer(args.target) if args.target else (None, None)
     if args.command in ("heldout", "quality-prompts"):
         from decoding.evals.bench.prompts import CHAT_PROMPTS_DIR, load_prompt_set
 
@@ -201,18 +219,21 @@ def main(argv=None) -> int:
         shape = DraftShape(**{f: getattr(args, f) for f in asdict(DraftShape())})
         draft = make_draft(target, shape, seed=args.seed)
     del target
+    draft.to(args.device)
     heldout = torch.load(args.heldout, weights_only=False) if args.heldout else None
     record = {"command": "python -m decoding.model_pairs.distill " + " ".join(sys.argv[1:] if argv is None else argv),
               "divergence": args.divergence, "data": data_names, "shape": asdict(shape),
               "parameters": sum(p.numel() for p in draft.parameters()), "torch": torch.__version__,
-              "python": platform.python_version(), "threads": torch.get_num_threads()}
+              "python": platform.python_version(), "threads": torch.get_num_threads(), "device": args.device}
+    if draft.device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(draft.device)
     if heldout is not None:
         draft.eval()
         record["heldout_before"] = evaluate(draft, heldout)
         _log(f"held-out before: alpha {record['heldout_before']['alpha']}")
     record["train"] = train(draft, records, weights, divergence_name=args.divergence, steps=args.steps,
                             batch_tokens=args.batch_tokens, lr=args.lr, warmup=args.warmup, seed=args.seed,
-                            pad_id=tokenizer.eos_token_id)
+                            pad_id=0, time_limit=args.time_limit)
     if heldout is not None:
         record["heldout"] = evaluate(draft, heldout)
         _log(f"held-out: {record['heldout']}")

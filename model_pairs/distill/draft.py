@@ -93,7 +93,7 @@ def greedy_acceptance(draft, sequences: list[tuple[torch.Tensor, int]], g: int =
     accepted = tests = drafted = steps = 0
     position_hits = [0] * g
     for ids, start in sequences:
-        logits = draft(ids[None]).logits[0]
+        logits = draft(ids[None].to(draft.device)).logits[0].cpu()
         match = (logits[start - 1: -1].argmax(-1) == ids[start:]).tolist()  # match[j]: token start + j
         t, n = 0, len(match)
         while t < n:

@@ -61,12 +61,14 @@ def generate_records(model, tokenizer, prompts: list[str], *, max_new_tokens: in
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else \
             dict(do_sample=False)
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=eos,
+        out = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=max_new_tokens, pad_token_id=eos,
                              eos_token_id=eos, return_dict_in_generate=True, output_logits=scorer is None,
                              **sampling)
-        new = out.sequences[:, width:]
+        new = out.sequences[:, width:].cpu()
         if scorer is None:
-            top_ids, top_logp = _topk(torch.stack(out.logits, dim=1), k)  # [b, n, k]
+            per_step = [_topk(step_logits, k) for step_logits in out.logits]  # a step at a time: less memory
+            top_ids = torch.stack([ids for ids, _ in per_step], dim=1).cpu()  # [b, n, k]
+            top_logp = torch.stack([logp for _, logp in per_step], dim=1).cpu()
         for r, i in enumerate(rows):
             n = new.shape[1]
             ends = (new[r] == eos).nonzero()
@@ -76,8 +78,8 @@ def generate_records(model, tokenizer, prompts: list[str], *, max_new_tokens: in
             if scorer is None:
                 rec_ids, rec_logp = top_ids[r, :n], top_logp[r, :n]
             else:
-                logits = scorer(seq[None]).logits[0, start - 1: start - 1 + n]
-                rec_ids, rec_logp = _topk(logits, k)
+                logits = scorer(seq[None].to(scorer.device)).logits[0, start - 1: start - 1 + n]
+                rec_ids, rec_logp = (t.cpu() for t in _topk(logits, k))
             records[i] = {"ids": seq, "start": start, "topk_ids": rec_ids.clone(), "topk_logp": rec_logp.clone()}
         done = min(b + batch_size, len(order))
         log(f"generated {done}/{len(order)} prompts, {sum(len(r['topk_ids']) for r in records if r):,} tokens, "
@@ -92,7 +94,7 @@ def score_windows(model, windows: torch.Tensor, *, batch_size: int, k: int, log=
     started = time.time()
     for b in range(0, len(windows), batch_size):
         chunk = windows[b: b + batch_size]
-        top_ids, top_logp = _topk(model(chunk).logits[:, :-1], k)
+        top_ids, top_logp = (t.cpu() for t in _topk(model(chunk.to(model.device)).logits[:, :-1], k))
         for r in range(len(chunk)):
             records.append({"ids": chunk[r].clone(), "start": 1, "topk_ids": top_ids[r].clone(),
                             "topk_logp": top_logp[r].clone()})
@@ -134,11 +136,13 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first prompts (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the models run, for example cuda (default cpu)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from ..gguf import load_model_and_tokenizer
 
     target, tokenizer = load_model_and_tokenizer(args.target)
+    target.to(args.device)
     started = time.time()
     if args.kind == "corpus":
         windows = corpus_windows(tokenizer, args.windows, args.window_length, args.seed)
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
         if args.draft is not None:
             from transformers import AutoModelForCausalLM
 
-            model, scorer = AutoModelForCausalLM.from_pretrained(args.draft).eval(), target
+            model, scorer = AutoModelForCausalLM.from_pretrained(args.draft).eval().to(args.device), target
         records = generate_records(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
                                    batch_size=args.batch_size, k=args.k, temperature=args.temperature,
                                    scorer=scorer, seed=args.seed)
