@@ -5,7 +5,7 @@ With ``E`` the tokens a row expects from the step so far (1 for the target's own
 accepting each verified draft position) and ``T`` the step's seconds so far (``v`` positions verified, ``d`` draft
 forwards), the next position is drafted when, for some ``m >= 1``, verifying ``m`` more positions pays::
 
-    (E + r (1 + a + ... + a^(m-1))) / (t(v + m + 1) + (d + m) t_draft)  >  E / (t(v + 1) + d t_draft)
+    (E + r (1 + a + ... + a^(m-1))) / (t(v + m + 1) + (d + m) t_draft + R)  >  E / (t(v + 1) + d t_draft + R)
 
 and a drafted position is verified by the same test with its draft forward already spent. Looking ``m`` positions
 ahead matters because ``t(n)`` is not linear: on a CPU one token takes a matrix-vector path much faster than two,
@@ -15,18 +15,27 @@ A row's chance of accepting positions 1..i is the product of the draft's confide
 (``q(x)`` when sampling, its top probability when greedy; 1 for proposers without one) times this call's
 calibration (accepted drafts over the confidence of the drafts tested), and ``a`` for a position not drafted yet.
 ``t(n)`` is the time of a target forward over ``n`` new tokens (``t(1)`` and a line fitted through
-the forwards measured over more tokens) and ``t_draft`` that of a draft forward, both measured on this call's own
-forwards: the first steps read the prompt, then propose one token (``t(2)``, and the draft reads the prompt), none
+the forwards measured over more tokens), ``t_draft`` that of a draft forward (kept only from steps whose draft was
+at most one step behind: after a run of plain steps the draft's first forward also reads what it missed) and ``R``
+the rest of a step (verification, commit, cache bookkeeping: a plain step pays it too), all measured on the run's
+own steps: the first steps read the prompt, then propose one token (``t(2)``, and the draft reads the prompt), none
 (``t(1)``) and one (a draft forward without the prompt); ``t(n)`` is flat beyond ``t(2)`` until longer
 verifications are measured. The decision is the batch's (one more verified position costs the same whether one
 row or all rows propose it), so every row proposes the positions the batch verifies. When position 1 does not pay
 at the acceptance rate so far, the target steps alone, and a probe step drafts one token after ``probe_every``
 such steps (the wait doubles after every probe that finds drafting still does not pay, up to 64 steps), so that a
 change in acceptance is noticed.
+
+A strategy keeps an :class:`AdaptiveMemory` across its calls: a call starts from what the previous one learned
+(the decayed acceptance counts, the probe wait, and for its batch size the measured seconds), so that only a
+strategy's first call of a batch size pays for the warm-up, and a call does not start from two tests' worth of
+acceptance. The call's own observations take over within about ten steps (the counts decay by ``MEMORY``).
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 
 import torch
@@ -57,24 +66,60 @@ class FixedLength:
     def clock(self) -> float:
         return 0.0
 
-    def observe(self, proposal, num_accepted, draft_seconds, target_seconds, new_tokens) -> None:
+    def observe(self, proposal, num_accepted, draft_seconds, target_seconds, new_tokens, rest_seconds=None) -> None:
         """Nothing to learn."""
 
 
-class AdaptiveLength:
-    """The rule of the module docstring, for one call; ``max_tokens`` bounds a step's proposals."""
+class AdaptiveMemory:
+    """What a strategy's calls learned, for its next call (thread-safe: one strategy may serve several threads):
+    the acceptance state of :class:`AdaptiveLength` and, per batch size, its measured seconds."""
 
-    def __init__(self, max_tokens: int, device: torch.device, probe_every: int = 16):
+    ACCEPTANCE = ("accepted", "tested", "tested_confidence", "probe_every", "skipped")
+    SECONDS = ("draft_seconds", "target_seconds", "rest_seconds")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._acceptance: dict = {}
+        self._seconds: dict[int, dict] = {}  # batch size -> seconds
+
+    def recall(self, length: "AdaptiveLength", batch_size: int) -> None:
+        """Start ``length`` (a new call) from what the last call learned, if any."""
+        with self._lock:
+            state = {**self._acceptance, **self._seconds.get(batch_size, {})}
+        for name, value in copy.deepcopy(state).items():
+            setattr(length, name, value)
+
+    def remember(self, length: "AdaptiveLength", batch_size: int) -> None:
+        """Keep ``length``'s state after one of its steps."""
+        acceptance = {name: getattr(length, name) for name in self.ACCEPTANCE}
+        seconds = {name: copy.copy(getattr(length, name)) for name in self.SECONDS}
+        with self._lock:
+            self._acceptance = acceptance
+            self._seconds[batch_size] = seconds
+
+
+class AdaptiveLength:
+    """The rule of the module docstring, for one call; ``max_tokens`` bounds a step's proposals. With a ``memory``,
+    the call starts from (and leaves behind) what the strategy's calls learned, for batches of ``batch_size``
+    rows."""
+
+    def __init__(self, max_tokens: int, device: torch.device, probe_every: int = 16,
+                 memory: AdaptiveMemory | None = None, batch_size: int = 1):
         self.max_tokens, self.device = max_tokens, torch.device(device)
         self.probe_every = self.first_probe = probe_every
         self.steps = self.skipped = 0
         self.draft_seconds: float | None = None  # per draft forward
         self.drafted_before = False  # the first drafting step also reads the prompt: its draft time is not kept
+        self.plain_steps = 0  # plain steps since the last drafting step (the draft's backlog)
+        self.rest_seconds: float | None = None  # per step, after the target forward
         self.target_seconds: dict[int, float] = {}  # new tokens per row -> seconds of a target forward
         # Decayed sums over the call's tested drafts: accepted, tested, and the confidence of those tested.
         self.accepted = self.tested = self.tested_confidence = 0.0
         self.expected, self.verified = 1.0, 0  # this step so far: expected tokens per row, drafted positions verified
         self.probing = False  # this step drafts one token to measure acceptance, whatever it costs
+        self.memory, self.batch_size = memory, batch_size
+        if memory is not None:
+            memory.recall(self, batch_size)
 
     def _known(self) -> bool:
         return self.draft_seconds is not None and self.tested > 0 and len(self.target_seconds) >= 2
@@ -100,8 +145,9 @@ class AdaptiveLength:
         return 0
 
     def calibration(self) -> float:
-        """Accepted drafts per unit of draft confidence, in this call (1 before any test)."""
-        return min(self.accepted / self.tested_confidence, 1.0) if self.tested_confidence > 0 else 1.0
+        """Accepted drafts per unit of draft confidence, in this call (1 before any test). Not capped at 1: an
+        under-confident draft (the proposers cap each position's product of confidence and calibration at 1)."""
+        return self.accepted / self.tested_confidence if self.tested_confidence > 0 else 1.0
 
     def proposes(self, position: int, reach: torch.Tensor) -> torch.Tensor | None:
         """Whether the batch verifies drafted position ``position``, as ``# [b]`` (all equal: once a position is
@@ -126,12 +172,13 @@ class AdaptiveLength:
         ``reach`` being the chance of accepting the first of them, ``drafted`` the draft forwards spent so far and
         ``drafting`` whether the first is still to be drafted. Looking ahead matters: one more verified token may
         cost much more than the next few (one token takes a faster matrix-vector path on some CPUs)."""
-        now = self.expected / (self._target_time(self.verified + 1) + drafted * self.draft_seconds)
+        rest = self.rest_seconds or 0.0
+        now = self.expected / (self._target_time(self.verified + 1) + drafted * self.draft_seconds + rest)
         gain = 0.0
         for m in range(1, self.max_tokens - self.verified + 1):
             gain += reach * self.acceptance ** (m - 1)
             drafts = drafted + m - (0 if drafting else 1)
-            seconds = self._target_time(self.verified + m + 1) + drafts * self.draft_seconds
+            seconds = self._target_time(self.verified + m + 1) + drafts * self.draft_seconds + rest
             if (self.expected + gain) / seconds > now:
                 return True
         return False
@@ -141,15 +188,27 @@ class AdaptiveLength:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def observe(self, proposal, num_accepted, draft_seconds: float, target_seconds: float, new_tokens: int) -> None:
+    def observe(self, proposal, num_accepted, draft_seconds: float, target_seconds: float, new_tokens: int,
+                rest_seconds: float | None = None) -> None:
         """Learn from one step: its proposal, ``num_accepted  # [b]``, the seconds of its draft forwards and of its
-        target forward over ``new_tokens`` positions per row (0 when that forward also read a prompt)."""
+        target forward over ``new_tokens`` positions per row (0 when that forward also read a prompt), and the
+        seconds the previous step took after its target forward (None: not known)."""
         drafted = proposal.ids.shape[1]
-        if drafted and draft_seconds > 0 and self.drafted_before:
+        if drafted and draft_seconds > 0 and self.drafted_before and self.plain_steps <= 1:
             self.draft_seconds = _ema(self.draft_seconds, draft_seconds / drafted)
         self.drafted_before = self.drafted_before or drafted > 0
+        self.plain_steps = 0 if drafted else self.plain_steps + 1
+        if rest_seconds is not None:
+            self.rest_seconds = _ema(self.rest_seconds, rest_seconds)
         if new_tokens:
             self.target_seconds[new_tokens] = _ema(self.target_seconds.get(new_tokens), target_seconds)
+        self._learn(proposal, num_accepted)
+        if self.memory is not None:
+            self.memory.remember(self, self.batch_size)
+
+    def _learn(self, proposal, num_accepted) -> None:
+        """Add one step's tested drafts to the decayed acceptance counts."""
+        drafted = proposal.ids.shape[1]
         proposed = proposal.lengths()
         if not bool((proposed > 0).any()):
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .adaptive import AdaptiveLength, FixedLength
+from .adaptive import AdaptiveLength, AdaptiveMemory, FixedLength
 from .proposers import CrossTokenizerDraft, DraftModel, Proposal, Proposer
 from .proposers.cross_tokenizer import MODES as CROSS_TOKENIZER_MODES
 from .ragged_cache import RaggedCache
@@ -64,6 +64,7 @@ class SpeculativeDecoding(Strategy):
         self.num_draft_tokens = num_draft_tokens
         self.compact_threshold = compact_threshold
         self.stats = self.new_stats()
+        self.adaptive_memory = AdaptiveMemory()  # what "auto" learned in earlier calls, for the next one
 
     def draft_model_proposer(self, model, tokenizers):
         """A :class:`DraftModel`, or a :class:`CrossTokenizerDraft` when ``tokenizers`` disagree on some id."""
@@ -92,7 +93,8 @@ class SpeculativeDecoding(Strategy):
 
     def length_policy(self, run: Run):
         if self.num_draft_tokens == "auto":
-            return AdaptiveLength(self.max_draft_tokens, run.prompt_mask.device)
+            return AdaptiveLength(self.max_draft_tokens, run.prompt_mask.device, memory=self.adaptive_memory,
+                                  batch_size=run.prompt_mask.shape[0])
         return FixedLength(self.num_draft_tokens)
 
     def validate(self, model, generation_config, input_ids, attention_mask) -> None:
@@ -109,8 +111,10 @@ class SpeculativeDecoding(Strategy):
         drafter = self.proposer.start(run)
         length = self.length_policy(run)
         feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)  # the prompt first
+        verified = None
         while True:
             started = length.clock()
+            rest = None if verified is None else started - verified  # the last step, after its target forward
             drafted = drafter.propose(run, run.sampler, min(length.limit(), run.remaining() - 1), length)
             proposal = drafted.trimmed()
             g = proposal.ids.shape[1]  # ids [b, g], -1 where a row proposes nothing
@@ -123,7 +127,7 @@ class SpeculativeDecoding(Strategy):
             output_ids, num_accepted, scores = run.sampler.verify(
                 run.rows, self.target_scores(logits, proposal), proposal.ids, proposal.probs)  # [b, g+1], [b]
             length.observe(drafted, num_accepted, proposed_at - started, verified - proposed_at,
-                           new_tokens=g + 1 if feed[0].shape[1] == 1 else 0)
+                           new_tokens=g + 1 if feed[0].shape[1] == 1 else 0, rest_seconds=rest)
             run.stats.record(num_accepted, proposed.sum(dim=1), g)
             finished = run.commit(output_ids, scores, logits)
             target.keep_last(torch.arange(g, device=num_accepted.device) < num_accepted[:, None])

@@ -133,6 +133,25 @@ def test_teacher_records_and_a_short_training_run_lower_the_loss():
     assert losses[-1] < losses[0] and result["positions"] >= 30 * 40
 
 
+def test_train_continues_a_saved_draft_without_the_target_and_stops_at_its_time_limit(tmp_path):
+    from decoding.model_pairs.distill.cli import main
+
+    target = tiny_llama(seed=3)
+    windows = torch.randint(3, V, (4, 16), generator=torch.Generator().manual_seed(1))
+    torch.save({"records": score_windows(target, windows, batch_size=2, k=4, log=lambda m: None)}, tmp_path / "t.pt")
+    save_draft(make_draft(target, DraftShape(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                             num_key_value_heads=1, intermediate_size=32, head_dim=8)),
+               tmp_path / "init")
+    common = ["train", "--data", str(tmp_path / "t.pt"), "--divergence", "tv", "--steps", "5", "--batch-tokens",
+              "20", "--warmup", "1", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit):  # neither a target to initialise from nor a draft to continue
+        main(common)
+    assert main(common + ["--init", str(tmp_path / "init"), "--time-limit", "0"]) == 0
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert (record["train"]["steps"], record["train"]["steps_planned"], record["device"]) == (1, 5, "cpu")
+    assert (tmp_path / "run" / "draft" / "model.safetensors").is_file()
+
+
 def _char_tokenizer(cls, template):
     from tokenizers import Tokenizer, models, pre_tokenizers
 

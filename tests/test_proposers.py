@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import decoding
 from decoding import kernels
-from decoding.adaptive import AdaptiveLength
+from decoding.adaptive import AdaptiveLength, AdaptiveMemory
 from decoding.kernels import cupy_backend, reference
 from decoding.proposers.prompt_lookup import lookup
 from tests.kernel_emulator import Emulator
@@ -272,12 +272,13 @@ class ModeledCosts(AdaptiveLength):
     the load."""
 
     draft_cost = 0.1
+    rest_cost = 0.0
     target_cost = staticmethod(linear_costs)
 
-    def observe(self, proposal, num_accepted, draft_seconds, target_seconds, new_tokens):
+    def observe(self, proposal, num_accepted, draft_seconds, target_seconds, new_tokens, rest_seconds=None):
         self.proposed = getattr(self, "proposed", []) + [proposal.lengths()]  # [b] per step
         drafts = self.draft_cost * proposal.ids.shape[1]
-        super().observe(proposal, num_accepted, drafts, self.target_cost(new_tokens), new_tokens)
+        super().observe(proposal, num_accepted, drafts, self.target_cost(new_tokens), new_tokens, self.rest_cost)
 
 
 def test_adaptive_warm_up_measures_the_prompt_then_t2_t1_and_a_draft_forward():
@@ -294,6 +295,71 @@ def test_adaptive_warm_up_measures_the_prompt_then_t2_t1_and_a_draft_forward():
     assert sorted(length.target_seconds) == [1, 2] and length.draft_seconds == pytest.approx(0.1)
     assert length.acceptance == pytest.approx((0.9 * 1 + 2) / (0.9 * 2 + 2))  # decayed accepted / tested
     assert length._target_time(5) == length._target_time(2)  # flat beyond t(2) until more is measured
+
+
+def _warm_up(length):
+    """The warm-up of the test above: prompt, one draft (accepted in one row), none, one (accepted in both)."""
+    for step, accepted in enumerate([[0, 0], [1, 0], [0, 0], [1, 1]]):
+        limit = length.limit()
+        ids = torch.zeros(2, limit, dtype=torch.int64)
+        proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=torch.full(ids.shape, 0.5))
+        length.observe(proposal, torch.tensor(accepted).clamp_max(limit), 0.0, 0.0,
+                       new_tokens=0 if step == 0 else limit + 1)
+
+
+def test_a_call_starts_from_what_the_strategys_last_call_learned():
+    memory = AdaptiveMemory()
+    first = ModeledCosts(8, "cpu", memory=memory, batch_size=2)
+    _warm_up(first)
+    second = ModeledCosts(8, "cpu", memory=memory, batch_size=2)
+    assert second._known() and not second.drafted_before  # no warm-up; its first draft still reads the prompt
+    assert (second.acceptance, second.calibration()) == (first.acceptance, first.calibration())
+    assert second.target_seconds == first.target_seconds and second.draft_seconds == first.draft_seconds
+    assert second.limit() == 8  # acceptance 0.76 and drafts at a tenth of a target step: drafting pays at once
+    second.target_seconds[1] = 99.0
+    assert ModeledCosts(8, "cpu", memory=memory, batch_size=2).target_seconds[1] == pytest.approx(1.05)
+    other = ModeledCosts(8, "cpu", memory=memory, batch_size=3)  # seconds are per batch size, acceptance is not
+    assert not other._known() and other.target_seconds == {} and other.acceptance == first.acceptance
+    assert AdaptiveLength(8, "cpu", memory=AdaptiveMemory()).tested == 0  # an empty memory: a cold start
+
+
+def _costed(acceptance: float, rest: float | None) -> AdaptiveLength:
+    length = AdaptiveLength(8, "cpu")
+    length.target_seconds, length.draft_seconds, length.rest_seconds = {1: 1.0, 2: 1.8}, 0.3, rest
+    length.accepted, length.tested = acceptance * 10, 10.0
+    return length
+
+
+def test_the_rest_of_a_step_counts_for_plain_steps_too():
+    """A step also verifies, commits and keeps its caches (``R``): with R = 1 a target step costs 2, not 1, and
+    three drafts at acceptance 0.7 pay ((1 + 0.7 + 0.49 + 0.34) / (1.8 + 0.9 + 1) = 0.68 > 1 / 2), which they do
+    not without it (0.94 < 1)."""
+    assert _costed(0.7, rest=None).limit() == 0
+    assert _costed(0.7, rest=1.0).limit() == 8
+
+
+def test_draft_seconds_are_kept_only_when_the_draft_is_at_most_one_step_behind():
+    length = AdaptiveLength(8, "cpu")
+    length.drafted_before, length.draft_seconds = True, 0.1
+
+    def step(drafts: int, seconds: float):
+        ids = torch.zeros(1, drafts, dtype=torch.int64)
+        proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=None)
+        length.observe(proposal, torch.zeros(1, dtype=torch.int64), seconds, 1.0, new_tokens=drafts + 1)
+
+    for _ in range(3):
+        step(0, 0.0)
+    step(1, 0.9)  # the draft's first forward read three missed tokens as well: not a draft forward's cost
+    assert length.draft_seconds == 0.1
+    step(0, 0.0)
+    step(2, 0.4)  # one plain step behind: kept
+    assert length.draft_seconds == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)
+
+
+def test_calibration_is_not_capped_for_an_under_confident_draft():
+    length = AdaptiveLength(8, "cpu")
+    length.accepted, length.tested, length.tested_confidence = 6.0, 8.0, 4.0
+    assert length.calibration() == 1.5
 
 
 def test_a_probe_step_verifies_its_draft_whatever_it_costs():
@@ -336,3 +402,22 @@ def test_auto_length_is_exact_and_stops_drafting_when_it_does_not_pay(damping, d
         assert strategy.stats.drafted < 0.5 * strategy.stats.steps
     else:
         assert strategy.stats.accepted > strategy.stats.steps
+
+
+def test_a_strategys_second_call_skips_the_warm_up_where_drafting_does_not_pay(monkeypatch):
+    from decoding.model_pairs.synthetic import damped_pair
+
+    monkeypatch.setattr(ModeledCosts, "draft_cost", 1.0)
+    monkeypatch.setattr(decoding.SpeculativeDecoding, "length_policy", lambda self, run: ModeledCosts(
+        self.max_draft_tokens, run.prompt_mask.device, memory=self.adaptive_memory, batch_size=len(run.prompt_mask)))
+    target, draft = damped_pair(num_layers=3, hidden_size=64, vocab_size=256, damping=0.3, seed=0,
+                                dtype=torch.float64)
+    decoding.enable(target)
+    ids = torch.randint(10, 250, (2, 8), generator=torch.Generator().manual_seed(0))
+    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens="auto")
+    drafted = []
+    for _ in range(2):
+        out = target.generate(ids, max_new_tokens=12, do_sample=False, strategy=strategy)
+        assert torch.equal(out, greedy_reference(target, ids, torch.ones_like(ids), 12))
+        drafted.append(strategy.stats.drafted)
+    assert drafted[0] > 0 and drafted[1] == 0  # warm-up drafts, then 12 plain steps (the first probe waits 16)
