@@ -1,19 +1,22 @@
 """How many tokens a speculative step proposes: a fixed ``g``, or ``num_draft_tokens="auto"`` (:class:`AdaptiveLength`).
 
-The adaptive rule, per step, training-free: a step grows while growing raises its expected tokens per second.
-With ``E`` the tokens a row expects from the step so far (1 for the target's own token, plus the chance of
-accepting each verified draft position) and ``T`` the step's seconds so far (``v`` positions verified, ``d`` draft
-forwards), the next position is drafted when, for some ``m >= 1``, verifying ``m`` more positions pays::
+The adaptive rule, training-free, decides twice. At the start of a step, whether it drafts at all: once both have
+been measured, by the realized tokens per second of the run's recent drafting steps against its plain steps (whole
+steps, decayed sums: what the cost model below leaves out or gets wrong is in them); before that, by the cost
+model at position 1. Within a drafting step, position by position: a step grows while growing raises its expected
+tokens per second. With ``E`` the tokens a row expects from the step so far (1 for the target's own token, plus the
+chance of accepting each verified draft position) and ``v`` positions verified and ``d`` draft forwards spent so
+far, the next position is drafted when, for some ``m >= 1``, verifying ``m`` more positions pays::
 
     (E + r (1 + a + ... + a^(m-1))) / (t(v + m + 1) + (d + m) t_draft + R)  >  E / (t(v + 1) + d t_draft + R)
 
 and a drafted position is verified by the same test with its draft forward already spent. Looking ``m`` positions
 ahead matters because ``t(n)`` is not linear: on a CPU one token takes a matrix-vector path much faster than two,
 while the next few tokens cost little more. ``r`` is the row's estimated chance of accepting the positions up to
-the next one (averaged over rows) and ``a`` the acceptance rate of the drafts tested so far in the call.
+the next one (averaged over rows) and ``a`` the acceptance rate of the drafts tested lately.
 A row's chance of accepting positions 1..i is the product of the draft's confidence in each of its tokens
-(``q(x)`` when sampling, its top probability when greedy; 1 for proposers without one) times this call's
-calibration (accepted drafts over the confidence of the drafts tested), and ``a`` for a position not drafted yet.
+(``q(x)`` when sampling, its top probability when greedy; 1 for proposers without one) times the calibration
+(accepted drafts over the confidence of the drafts tested), and ``a`` for a position not drafted yet.
 ``t(n)`` is the time of a target forward over ``n`` new tokens (``t(1)`` and a line fitted through
 the forwards measured over more tokens), ``t_draft`` that of a draft forward (kept only from steps whose draft was
 at most one step behind: after a run of plain steps the draft's first forward also reads what it missed) and ``R``
@@ -21,15 +24,18 @@ the rest of a step (verification, commit, cache bookkeeping: a plain step pays i
 own steps: the first steps read the prompt, then propose one token (``t(2)``, and the draft reads the prompt), none
 (``t(1)``) and one (a draft forward without the prompt); ``t(n)`` is flat beyond ``t(2)`` until longer
 verifications are measured. The decision is the batch's (one more verified position costs the same whether one
-row or all rows propose it), so every row proposes the positions the batch verifies. When position 1 does not pay
-at the acceptance rate so far, the target steps alone, and a probe step drafts one token after ``probe_every``
-such steps (the wait doubles after every probe that finds drafting still does not pay, up to 64 steps), so that a
-change in acceptance is noticed.
+row or all rows propose it), so every row proposes the positions the batch verifies. When drafting does not pay,
+the target steps alone, and a probe step drafts once the time spent in plain steps reaches ``probe_every`` times
+what a probe costs over a plain step (the draft first reads what it has not read: the prompt, in a new call, and
+the plain steps' tokens, at the per-token cost measured when it last did; then one drafted token verified). The
+probe verifies its first position whatever it costs, further ones as the rule says. ``probe_every`` doubles after
+every probe that finds drafting still does not pay, up to :data:`MAX_PROBE_WAIT`: probes spend at most a
+``1 / probe_every`` share of the time, and a change in acceptance is noticed.
 
 A strategy keeps an :class:`AdaptiveMemory` across its calls: a call starts from what the previous one learned
-(the decayed acceptance counts, the probe wait, and for its batch size the measured seconds), so that only a
-strategy's first call of a batch size pays for the warm-up, and a call does not start from two tests' worth of
-acceptance. The call's own observations take over within about ten steps (the counts decay by ``MEMORY``).
+(the decayed acceptance counts, the probe wait, and for its batch size the measured seconds and realized rates), so
+that only a strategy's first call of a batch size pays for the warm-up. The call's own observations take over
+within about ten steps (counts and sums decay by ``MEMORY``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ import torch
 
 EMA = 0.8  # weight of the past in the running estimates of seconds
 MEMORY = 0.9  # decay per step of the acceptance counts (a batch-1 step tests one or two drafts: keep ~10 steps)
+# The longest wait between probes, in probe costs: where drafting keeps not paying, probes take at most 1/256 of
+# the time (waits double, carried across calls).
+MAX_PROBE_WAIT = 256
 
 
 class FixedLength:
@@ -52,6 +61,19 @@ class FixedLength:
 
     def limit(self) -> int:
         return self.g
+
+    def rate(self, kind: str) -> float | None:
+        """Realized tokens per row per second of ``kind`` ("plain" or "draft") steps lately (None: none yet)."""
+        tokens, seconds = self.realized[kind]
+        return tokens / seconds if seconds > 0 else None
+
+    def _drafting_pays(self) -> bool:
+        """Whether this step drafts: the realized rates of drafting and plain steps once both are measured (they
+        include what the cost model leaves out or gets wrong), else the cost model at the acceptance so far."""
+        plain, draft = self.rate("plain"), self.rate("draft")
+        if plain is not None and draft is not None:
+            return draft > plain
+        return self._pays(self.acceptance, drafted=0, drafting=True)
 
     def calibration(self) -> float:
         return 1.0
@@ -74,8 +96,8 @@ class AdaptiveMemory:
     """What a strategy's calls learned, for its next call (thread-safe: one strategy may serve several threads):
     the acceptance state of :class:`AdaptiveLength` and, per batch size, its measured seconds."""
 
-    ACCEPTANCE = ("accepted", "tested", "tested_confidence", "probe_every", "skipped")
-    SECONDS = ("draft_seconds", "target_seconds", "rest_seconds")
+    ACCEPTANCE = ("accepted", "tested", "tested_confidence", "probe_every")
+    SECONDS = ("draft_seconds", "target_seconds", "rest_seconds", "realized", "prefill_seconds", "waited")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -92,7 +114,7 @@ class AdaptiveMemory:
     def remember(self, length: "AdaptiveLength", batch_size: int) -> None:
         """Keep ``length``'s state after one of its steps."""
         acceptance = {name: getattr(length, name) for name in self.ACCEPTANCE}
-        seconds = {name: copy.copy(getattr(length, name)) for name in self.SECONDS}
+        seconds = {name: copy.deepcopy(getattr(length, name)) for name in self.SECONDS}
         with self._lock:
             self._acceptance = acceptance
             self._seconds[batch_size] = seconds
@@ -104,14 +126,22 @@ class AdaptiveLength:
     rows."""
 
     def __init__(self, max_tokens: int, device: torch.device, probe_every: int = 16,
-                 memory: AdaptiveMemory | None = None, batch_size: int = 1):
+                 memory: AdaptiveMemory | None = None, batch_size: int = 1, prompt_length: int = 0):
         self.max_tokens, self.device = max_tokens, torch.device(device)
         self.probe_every = self.first_probe = probe_every
-        self.steps = self.skipped = 0
+        self.steps = 0
+        self.prompt_length = prompt_length  # what the draft reads first in this call
+        self.waited = 0.0  # seconds of plain steps since the last probe or drafting step
+        self.prefill_seconds: float | None = None  # per token the draft reads besides its drafts (catching up)
         self.draft_seconds: float | None = None  # per draft forward
         self.drafted_before = False  # the first drafting step also reads the prompt: its draft time is not kept
         self.plain_steps = 0  # plain steps since the last drafting step (the draft's backlog)
         self.rest_seconds: float | None = None  # per step, after the target forward
+        # Realized tokens per row and seconds of whole steps, plain and drafting, decayed sums (a ratio of sums:
+        # a step's tokens vary from 1 to g + 1), and the last step's, waiting for its rest (known at the next
+        # step's start): (kind, tokens per row, seconds).
+        self.realized: dict[str, list[float]] = {"plain": [0.0, 0.0], "draft": [0.0, 0.0]}
+        self.pending: tuple[str, float, float] | None = None
         self.target_seconds: dict[int, float] = {}  # new tokens per row -> seconds of a target forward
         # Decayed sums over the call's tested drafts: accepted, tested, and the confidence of those tested.
         self.accepted = self.tested = self.tested_confidence = 0.0
@@ -135,14 +165,33 @@ class AdaptiveLength:
         self.expected, self.verified, self.probing = 1.0, 0, False
         if not self._known():  # warm-up: the prompt alone, then t(2), t(1) and a draft forward measured
             return 0 if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds) else 1
-        if self._pays(self.acceptance, drafted=0, drafting=True):
-            self.skipped, self.probe_every = 0, self.first_probe
+        if self._drafting_pays():
+            self.waited, self.probe_every = 0.0, self.first_probe
             return self.max_tokens
-        if self.skipped >= self.probe_every:  # one token: enough to measure first-position acceptance, cheaply
-            self.skipped, self.probe_every, self.probing = 0, min(2 * self.probe_every, 64), True
-            return 1
-        self.skipped += 1
+        if self.waited >= self.probe_every * self._probe_cost():  # drafting measured again
+            self.waited, self.probe_every, self.probing = 0.0, min(2 * self.probe_every, MAX_PROBE_WAIT), True
+            return self.max_tokens
         return 0
+
+    def _probe_cost(self) -> float:
+        """Seconds a probe costs over a plain step: the draft catching up on what it has not read (the prompt, in
+        a new call; the plain steps' tokens) and one drafted token verified."""
+        backlog = self.plain_steps + (0 if self.drafted_before else self.prompt_length)
+        step = self._target_time(2) + self.draft_seconds - self._target_time(1)
+        return backlog * (self.prefill_seconds or 0.0) + max(step, 0.0)
+
+    def rate(self, kind: str) -> float | None:
+        """Realized tokens per row per second of ``kind`` ("plain" or "draft") steps lately (None: none yet)."""
+        tokens, seconds = self.realized[kind]
+        return tokens / seconds if seconds > 0 else None
+
+    def _drafting_pays(self) -> bool:
+        """Whether this step drafts: the realized rates of drafting and plain steps once both are measured (they
+        include what the cost model leaves out or gets wrong), else the cost model at the acceptance so far."""
+        plain, draft = self.rate("plain"), self.rate("draft")
+        if plain is not None and draft is not None:
+            return draft > plain
+        return self._pays(self.acceptance, drafted=0, drafting=True)
 
     def calibration(self) -> float:
         """Accepted drafts per unit of draft confidence, in this call (1 before any test). Not capped at 1: an
@@ -154,8 +203,11 @@ class AdaptiveLength:
         verified, every row proposing it costs nothing more), ``reach  # [b]`` being each row's estimated chance of
         accepting positions 1..``position`` (0 for a row not proposing it); None while the costs are unknown and in
         a probe step (every row proposes)."""
-        if not self._known() or self.probing:
+        if not self._known():
             return None
+        if self.probing:  # the probe's first position is verified whatever it costs
+            if position == 1:
+                return None
         gain = float(reach.mean())
         pays = self._pays(gain, drafted=position, drafting=False)
         if pays:
@@ -194,8 +246,26 @@ class AdaptiveLength:
         target forward over ``new_tokens`` positions per row (0 when that forward also read a prompt), and the
         seconds the previous step took after its target forward (None: not known)."""
         drafted = proposal.ids.shape[1]
-        if drafted and draft_seconds > 0 and self.drafted_before and self.plain_steps <= 1:
+        if rest_seconds is not None and self.pending is not None:
+            kind, tokens, seconds = self.pending
+            sums = self.realized[kind]
+            sums[0], sums[1] = MEMORY * sums[0] + tokens, MEMORY * sums[1] + seconds + rest_seconds
+        behind = self.plain_steps > 1
+        if drafted and draft_seconds > 0 and self.drafted_before and not behind:
             self.draft_seconds = _ema(self.draft_seconds, draft_seconds / drafted)
+        elif drafted and draft_seconds > 0 and self.draft_seconds is not None:  # it also read a backlog
+            backlog = self.plain_steps + (0 if self.drafted_before else self.prompt_length)
+            extra = max(draft_seconds - drafted * self.draft_seconds, 0.0) / max(backlog, 1)
+            self.prefill_seconds = _ema(self.prefill_seconds, extra)
+        if not drafted and new_tokens:
+            self.waited += target_seconds + (self.rest_seconds or 0.0)
+        # A step's rate, once its rest is known; not for steps that read the prompt (the target's or the draft's),
+        # and a draft that caught up on missed tokens is counted at its usual cost (a switch, not the regime's).
+        self.pending = None
+        if new_tokens and (drafted == 0 or (self.drafted_before and self.draft_seconds is not None)):
+            spent = drafted * self.draft_seconds if drafted and behind else draft_seconds
+            self.pending = ("draft" if drafted else "plain", 1 + float(num_accepted.float().mean()),
+                            spent + target_seconds)
         self.drafted_before = self.drafted_before or drafted > 0
         self.plain_steps = 0 if drafted else self.plain_steps + 1
         if rest_seconds is not None:
