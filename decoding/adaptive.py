@@ -25,12 +25,9 @@ own steps: the first steps read the prompt, then propose one token (``t(2)``, an
 (``t(1)``) and one (a draft forward without the prompt); ``t(n)`` is flat beyond ``t(2)`` until longer
 verifications are measured. The decision is the batch's (one more verified position costs the same whether one
 row or all rows propose it), so every row proposes the positions the batch verifies. When drafting does not pay,
-the target steps alone, and a probe step drafts once the time spent in plain steps reaches ``probe_every`` times
-what a probe costs over a plain step (the draft first reads what it has not read: the prompt, in a new call, and
-the plain steps' tokens, at the per-token cost measured when it last did; then one drafted token verified). The
-probe verifies its first position whatever it costs, further ones as the rule says. ``probe_every`` doubles after
-every probe that finds drafting still does not pay, up to :data:`MAX_PROBE_WAIT`: probes spend at most a
-``1 / probe_every`` share of the time, and a change in acceptance is noticed.
+the target steps alone, and a probe step drafts after ``probe_every`` such steps (its first position verified
+whatever it costs, further ones as the rule says); the wait doubles after every probe that finds drafting still
+does not pay, up to :data:`MAX_PROBE_WAIT` steps, so that a change in acceptance is noticed.
 
 A strategy keeps an :class:`AdaptiveMemory` across its calls: a call starts from what the previous one learned
 (the decayed acceptance counts, the probe wait, and for its batch size the measured seconds and realized rates), so
@@ -48,8 +45,9 @@ import torch
 
 EMA = 0.8  # weight of the past in the running estimates of seconds
 MEMORY = 0.9  # decay per step of the acceptance counts (a batch-1 step tests one or two drafts: keep ~10 steps)
-# The longest wait between probes, in probe costs: where drafting keeps not paying, probes take at most 1/256 of
-# the time (waits double, carried across calls).
+# The longest wait between probes, in plain steps. A probe costs more than a drafting step: the draft first reads
+# what it missed, the whole prompt in a new call. Waits double and are carried across calls, so where drafting
+# keeps not paying a probe comes about once in 256 steps, a few calls of typical length.
 MAX_PROBE_WAIT = 256
 
 
@@ -96,8 +94,8 @@ class AdaptiveMemory:
     """What a strategy's calls learned, for its next call (thread-safe: one strategy may serve several threads):
     the acceptance state of :class:`AdaptiveLength` and, per batch size, its measured seconds."""
 
-    ACCEPTANCE = ("accepted", "tested", "tested_confidence", "probe_every")
-    SECONDS = ("draft_seconds", "target_seconds", "rest_seconds", "realized", "prefill_seconds", "waited")
+    ACCEPTANCE = ("accepted", "tested", "tested_confidence", "probe_every", "skipped")
+    SECONDS = ("draft_seconds", "target_seconds", "rest_seconds", "realized")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -126,13 +124,10 @@ class AdaptiveLength:
     rows."""
 
     def __init__(self, max_tokens: int, device: torch.device, probe_every: int = 16,
-                 memory: AdaptiveMemory | None = None, batch_size: int = 1, prompt_length: int = 0):
+                 memory: AdaptiveMemory | None = None, batch_size: int = 1):
         self.max_tokens, self.device = max_tokens, torch.device(device)
         self.probe_every = self.first_probe = probe_every
-        self.steps = 0
-        self.prompt_length = prompt_length  # what the draft reads first in this call
-        self.waited = 0.0  # seconds of plain steps since the last probe or drafting step
-        self.prefill_seconds: float | None = None  # per token the draft reads besides its drafts (catching up)
+        self.steps = self.skipped = 0
         self.draft_seconds: float | None = None  # per draft forward
         self.drafted_before = False  # the first drafting step also reads the prompt: its draft time is not kept
         self.plain_steps = 0  # plain steps since the last drafting step (the draft's backlog)
@@ -166,19 +161,13 @@ class AdaptiveLength:
         if not self._known():  # warm-up: the prompt alone, then t(2), t(1) and a draft forward measured
             return 0 if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds) else 1
         if self._drafting_pays():
-            self.waited, self.probe_every = 0.0, self.first_probe
+            self.skipped, self.probe_every = 0, self.first_probe
             return self.max_tokens
-        if self.waited >= self.probe_every * self._probe_cost():  # drafting measured again
-            self.waited, self.probe_every, self.probing = 0.0, min(2 * self.probe_every, MAX_PROBE_WAIT), True
+        if self.skipped >= self.probe_every:  # drafting measured again
+            self.skipped, self.probe_every, self.probing = 0, min(2 * self.probe_every, MAX_PROBE_WAIT), True
             return self.max_tokens
+        self.skipped += 1
         return 0
-
-    def _probe_cost(self) -> float:
-        """Seconds a probe costs over a plain step: the draft catching up on what it has not read (the prompt, in
-        a new call; the plain steps' tokens) and one drafted token verified."""
-        backlog = self.plain_steps + (0 if self.drafted_before else self.prompt_length)
-        step = self._target_time(2) + self.draft_seconds - self._target_time(1)
-        return backlog * (self.prefill_seconds or 0.0) + max(step, 0.0)
 
     def rate(self, kind: str) -> float | None:
         """Realized tokens per row per second of ``kind`` ("plain" or "draft") steps lately (None: none yet)."""
@@ -253,12 +242,6 @@ class AdaptiveLength:
         behind = self.plain_steps > 1
         if drafted and draft_seconds > 0 and self.drafted_before and not behind:
             self.draft_seconds = _ema(self.draft_seconds, draft_seconds / drafted)
-        elif drafted and draft_seconds > 0 and self.draft_seconds is not None:  # it also read a backlog
-            backlog = self.plain_steps + (0 if self.drafted_before else self.prompt_length)
-            extra = max(draft_seconds - drafted * self.draft_seconds, 0.0) / max(backlog, 1)
-            self.prefill_seconds = _ema(self.prefill_seconds, extra)
-        if not drafted and new_tokens:
-            self.waited += target_seconds + (self.rest_seconds or 0.0)
         # A step's rate, once its rest is known; not for steps that read the prompt (the target's or the draft's),
         # and a draft that caught up on missed tokens is counted at its usual cost (a switch, not the regime's).
         self.pending = None
