@@ -190,13 +190,10 @@ class AdaptiveLength:
     def proposes(self, position: int, reach: torch.Tensor) -> torch.Tensor | None:
         """Whether the batch verifies drafted position ``position``, as ``# [b]`` (all equal: once a position is
         verified, every row proposing it costs nothing more), ``reach  # [b]`` being each row's estimated chance of
-        accepting positions 1..``position`` (0 for a row not proposing it); None while the costs are unknown and in
-        a probe step (every row proposes)."""
-        if not self._known():
+        accepting positions 1..``position`` (0 for a row not proposing it); None while the costs are unknown and at
+        a probe's first position, verified whatever it costs (every row proposes)."""
+        if not self._known() or self.probing and position == 1:
             return None
-        if self.probing:  # the probe's first position is verified whatever it costs
-            if position == 1:
-                return None
         gain = float(reach.mean())
         pays = self._pays(gain, drafted=position, drafting=False)
         if pays:
