@@ -60,19 +60,6 @@ class FixedLength:
     def limit(self) -> int:
         return self.g
 
-    def rate(self, kind: str) -> float | None:
-        """Realized tokens per row per second of ``kind`` ("plain" or "draft") steps lately (None: none yet)."""
-        tokens, seconds = self.realized[kind]
-        return tokens / seconds if seconds > 0 else None
-
-    def _drafting_pays(self) -> bool:
-        """Whether this step drafts: the realized rates of drafting and plain steps once both are measured (they
-        include what the cost model leaves out or gets wrong), else the cost model at the acceptance so far."""
-        plain, draft = self.rate("plain"), self.rate("draft")
-        if plain is not None and draft is not None:
-            return draft > plain
-        return self._pays(self.acceptance, drafted=0, drafting=True)
-
     def calibration(self) -> float:
         return 1.0
 
@@ -106,13 +93,13 @@ class AdaptiveMemory:
         """Start ``length`` (a new call) from what the last call learned, if any."""
         with self._lock:
             state = {**self._acceptance, **self._seconds.get(batch_size, {})}
-        for name, value in copy.deepcopy(state).items():
-            setattr(length, name, value)
+        for name, value in state.items():
+            setattr(length, name, copy.copy(value))  # numbers, or dicts of numbers and pairs
 
     def remember(self, length: "AdaptiveLength", batch_size: int) -> None:
         """Keep ``length``'s state after one of its steps."""
         acceptance = {name: getattr(length, name) for name in self.ACCEPTANCE}
-        seconds = {name: copy.deepcopy(getattr(length, name)) for name in self.SECONDS}
+        seconds = {name: copy.copy(getattr(length, name)) for name in self.SECONDS}
         with self._lock:
             self._acceptance = acceptance
             self._seconds[batch_size] = seconds
@@ -135,7 +122,7 @@ class AdaptiveLength:
         # Realized tokens per row and seconds of whole steps, plain and drafting, decayed sums (a ratio of sums:
         # a step's tokens vary from 1 to g + 1), and the last step's, waiting for its rest (known at the next
         # step's start): (kind, tokens per row, seconds).
-        self.realized: dict[str, list[float]] = {"plain": [0.0, 0.0], "draft": [0.0, 0.0]}
+        self.realized: dict[str, tuple[float, float]] = {"plain": (0.0, 0.0), "draft": (0.0, 0.0)}
         self.pending: tuple[str, float, float] | None = None
         self.target_seconds: dict[int, float] = {}  # new tokens per row -> seconds of a target forward
         # Decayed sums over the call's tested drafts: accepted, tested, and the confidence of those tested.
@@ -234,8 +221,8 @@ class AdaptiveLength:
         drafted = proposal.ids.shape[1]
         if rest_seconds is not None and self.pending is not None:
             kind, tokens, seconds = self.pending
-            sums = self.realized[kind]
-            sums[0], sums[1] = MEMORY * sums[0] + tokens, MEMORY * sums[1] + seconds + rest_seconds
+            past_tokens, past_seconds = self.realized[kind]
+            self.realized[kind] = (MEMORY * past_tokens + tokens, MEMORY * past_seconds + seconds + rest_seconds)
         behind = self.plain_steps > 1
         if drafted and draft_seconds > 0 and self.drafted_before and not behind:
             self.draft_seconds = _ema(self.draft_seconds, draft_seconds / drafted)

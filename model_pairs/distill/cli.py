@@ -52,7 +52,8 @@ def _load_mix(spec: str) -> tuple[list[dict], list[float], list[str]]:
 
 
 def _batch(records: list[dict], pad_id: int):
-    """Right-padded ids (any ``pad_id``: padding is masked and never trained) and mask, and for every trained position its (row, column) and the teacher's top-k."""
+    """Right-padded ids (any ``pad_id``: padding is masked and never trained) and mask, and for every trained
+    position its (row, column) and the teacher's top-k."""
     width = max(len(r["ids"]) for r in records)
     ids = torch.full((len(records), width), pad_id, dtype=torch.int64)
     mask = torch.zeros_like(ids)

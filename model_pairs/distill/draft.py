@@ -93,8 +93,8 @@ def greedy_acceptance(draft, sequences: list[tuple[torch.Tensor, int]], g: int =
     accepted = tests = drafted = steps = 0
     position_hits = [0] * g
     for ids, start in sequences:
-        logits = draft(ids[None].to(draft.device)).logits[0].cpu()
-        match = (logits[start - 1: -1].argmax(-1) == ids[start:]).tolist()  # match[j]: token start + j
+        predicted = draft(ids[None].to(draft.device)).logits[0, start - 1: -1].argmax(-1).cpu()
+        match = (predicted == ids[start:]).tolist()  # match[j]: token start + j
         t, n = 0, len(match)
         while t < n:
             budget = min(g, n - t - 1)  # as SpeculativeDecoding: g + 1 <= the tokens still to produce

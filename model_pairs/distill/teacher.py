@@ -61,14 +61,14 @@ def generate_records(model, tokenizer, prompts: list[str], *, max_new_tokens: in
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else \
             dict(do_sample=False)
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-        out = model.generate(ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=max_new_tokens, pad_token_id=eos,
-                             eos_token_id=eos, return_dict_in_generate=True, output_logits=scorer is None,
-                             **sampling)
+        out = model.generate(ids.to(model.device), attention_mask=mask.to(model.device),
+                             max_new_tokens=max_new_tokens, pad_token_id=eos, eos_token_id=eos,
+                             return_dict_in_generate=True, output_logits=scorer is None, **sampling)
         new = out.sequences[:, width:].cpu()
         if scorer is None:
             per_step = [_topk(step_logits, k) for step_logits in out.logits]  # a step at a time: less memory
-            top_ids = torch.stack([ids for ids, _ in per_step], dim=1).cpu()  # [b, n, k]
-            top_logp = torch.stack([logp for _, logp in per_step], dim=1).cpu()
+            top_ids = torch.stack([step_ids for step_ids, _ in per_step], dim=1).cpu()  # [b, n, k]
+            top_logp = torch.stack([step_logp for _, step_logp in per_step], dim=1).cpu()
         for r, i in enumerate(rows):
             n = new.shape[1]
             ends = (new[r] == eos).nonzero()
