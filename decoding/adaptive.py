@@ -1,38 +1,11 @@
 """How many tokens a speculative step proposes: a fixed ``g``, or ``num_draft_tokens="auto"`` (:class:`AdaptiveLength`).
 
-The adaptive rule, training-free, decides twice. At the start of a step, whether it drafts at all: once both have
-been measured, by the realized tokens per second of the run's recent drafting steps against its plain steps (whole
-steps, decayed sums: what the cost model below leaves out or gets wrong is in them); before that, by the cost
-model at position 1. Within a drafting step, position by position: a step grows while growing raises its expected
-tokens per second. With ``E`` the tokens a row expects from the step so far (1 for the target's own token, plus the
-chance of accepting each verified draft position) and ``v`` positions verified and ``d`` draft forwards spent so
-far, the next position is drafted when, for some ``m >= 1``, verifying ``m`` more positions pays::
-
-    (E + r (1 + a + ... + a^(m-1))) / (t(v + m + 1) + (d + m) t_draft + R)  >  E / (t(v + 1) + d t_draft + R)
-
-and a drafted position is verified by the same test with its draft forward already spent. Looking ``m`` positions
-ahead matters because ``t(n)`` is not linear: on a CPU one token takes a matrix-vector path much faster than two,
-while the next few tokens cost little more. ``r`` is the row's estimated chance of accepting the positions up to
-the next one (averaged over rows) and ``a`` the acceptance rate of the drafts tested lately.
-A row's chance of accepting positions 1..i is the product of the draft's confidence in each of its tokens
-(``q(x)`` when sampling, its top probability when greedy; 1 for proposers without one) times the calibration
-(accepted drafts over the confidence of the drafts tested), and ``a`` for a position not drafted yet.
-``t(n)`` is the time of a target forward over ``n`` new tokens (``t(1)`` and a line fitted through
-the forwards measured over more tokens), ``t_draft`` that of a draft forward (kept only from steps whose draft was
-at most one step behind: after a run of plain steps the draft's first forward also reads what it missed) and ``R``
-the rest of a step (verification, commit, cache bookkeeping: a plain step pays it too), all measured on the run's
-own steps: the first steps read the prompt, then propose one token (``t(2)``, and the draft reads the prompt), none
-(``t(1)``) and one (a draft forward without the prompt); ``t(n)`` is flat beyond ``t(2)`` until longer
-verifications are measured. The decision is the batch's (one more verified position costs the same whether one
-row or all rows propose it), so every row proposes the positions the batch verifies. When drafting does not pay,
-the target steps alone, and a probe step drafts after ``probe_every`` such steps (its first position verified
-whatever it costs, further ones as the rule says); the wait doubles after every probe that finds drafting still
-does not pay, up to :data:`MAX_PROBE_WAIT` steps, so that a change in acceptance is noticed.
-
-A strategy keeps an :class:`AdaptiveMemory` across its calls: a call starts from what the previous one learned
-(the decayed acceptance counts, the probe wait, and for its batch size the measured seconds and realized rates), so
-that only a strategy's first call of a batch size pays for the warm-up. The call's own observations take over
-within about ten steps (counts and sums decay by ``MEMORY``).
+The adaptive rule, training-free, decides twice per step from what the run measures on its own steps: whether the
+step drafts at all (the rates of recent drafting and plain steps, expected tokens over measured seconds), then
+position by position how far it drafts (while verifying more raises the expected tokens per second, the chance of
+each draft read from its confidence, the seconds from a model of the target's and the draft's forwards). Probes
+and refreshes keep both kinds of step measured; a strategy's calls share what they learned. The rule, its
+estimates and why each is as it is: ``docs/ADAPTIVE.md``.
 """
 
 from __future__ import annotations
@@ -44,11 +17,22 @@ import time
 import torch
 
 EMA = 0.8  # weight of the past in the running estimates of seconds
-MEMORY = 0.9  # decay per step of the acceptance counts (a batch-1 step tests one or two drafts: keep ~10 steps)
+LINE_MEMORY = 0.95  # decay per forward of the weights of the forwards that t(n >= 2) is fitted through
+# Decay per step of the acceptance counts and of the rates' sums (a batch-1 step tests one or two drafts: ~10 steps)
+MEMORY = 0.9
 # The longest wait between probes, in plain steps. A probe costs more than a drafting step: the draft first reads
 # what it missed, the whole prompt in a new call. Waits double and are carried across calls, so where drafting
 # keeps not paying a probe comes about once in 256 steps, a few calls of typical length.
 MAX_PROBE_WAIT = 256
+# A probe drafts up to this many steps in a row, its further steps only while drafting's rate is at least CLOSE of
+# plain steps': near the line one step is too noisy to judge by, far below it one step shows it.
+PROBE_STEPS = 3
+CLOSE = 0.8
+# While drafting pays, one step in this many is a plain one: the plain steps' rate would otherwise keep the value
+# of the last plain stretch (the warm-up's single step, at worst) for as long as drafting lasts.
+REFRESH_EVERY = 32
+BINS = 16  # confidence bins of the acceptance estimate
+PRIOR = 2.0  # pseudo-tests at the overall acceptance rate in every bin
 
 
 class FixedLength:
@@ -60,8 +44,9 @@ class FixedLength:
     def limit(self) -> int:
         return self.g
 
-    def calibration(self) -> float:
-        return 1.0
+    def chance(self, confidence: torch.Tensor) -> torch.Tensor:
+        """Unused: every position is proposed."""
+        return confidence
 
     def proposes(self, position: int, reach: torch.Tensor) -> torch.Tensor | None:
         """None: every row proposes every position."""
@@ -81,8 +66,8 @@ class AdaptiveMemory:
     """What a strategy's calls learned, for its next call (thread-safe: one strategy may serve several threads):
     the acceptance state of :class:`AdaptiveLength` and, per batch size, its measured seconds."""
 
-    ACCEPTANCE = ("accepted", "tested", "tested_confidence", "probe_every", "skipped")
-    SECONDS = ("draft_seconds", "target_seconds", "rest_seconds", "realized")
+    ACCEPTANCE = ("accepted", "tested", "bin_accepted", "bin_tested", "probe_every", "skipped")
+    SECONDS = ("draft_seconds", "target_seconds", "line", "rest_seconds", "realized", "drafting_steps")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -119,16 +104,21 @@ class AdaptiveLength:
         self.drafted_before = False  # the first drafting step also reads the prompt: its draft time is not kept
         self.plain_steps = 0  # plain steps since the last drafting step (the draft's backlog)
         self.rest_seconds: float | None = None  # per step, after the target forward
-        # Realized tokens per row and seconds of whole steps, plain and drafting, decayed sums (a ratio of sums:
-        # a step's tokens vary from 1 to g + 1), and the last step's, waiting for its rest (known at the next
-        # step's start): (kind, tokens per row, seconds).
+        # Tokens per row and seconds of whole steps, plain and drafting, decayed sums (a ratio of sums: a step's
+        # tokens vary from 1 to g + 1). A drafting step counts the tokens it expected (1 plus the estimated chances
+        # of accepting its verified positions), not those it got: the same mean, far less noise.
         self.realized: dict[str, tuple[float, float]] = {"plain": (0.0, 0.0), "draft": (0.0, 0.0)}
-        self.pending: tuple[str, float, float] | None = None
         self.target_seconds: dict[int, float] = {}  # new tokens per row -> seconds of a target forward
-        # Decayed sums over the call's tested drafts: accepted, tested, and the confidence of those tested.
-        self.accepted = self.tested = self.tested_confidence = 0.0
+        # Decayed sums over the target forwards of n >= 2 new tokens: weights, n, t, n^2 and n t (the line of t(n)).
+        self.line = (0.0,) * 5
+        # Decayed counts of the call's tested drafts, accepted and tested, in all and by confidence bin.
+        self.accepted = self.tested = 0.0
+        self.bin_accepted = self.bin_tested = (0.0,) * BINS
+        self._chances: torch.Tensor | None = None  # by bin, as of the last step
         self.expected, self.verified = 1.0, 0  # this step so far: expected tokens per row, drafted positions verified
         self.probing = False  # this step drafts one token to measure acceptance, whatever it costs
+        self.probe_left = 0  # the probe's drafting steps still to come
+        self.drafting_steps = 0  # steps drafted because drafting pays (one in REFRESH_EVERY is plain instead)
         self.memory, self.batch_size = memory, batch_size
         if memory is not None:
             memory.recall(self, batch_size)
@@ -147,11 +137,18 @@ class AdaptiveLength:
         self.expected, self.verified, self.probing = 1.0, 0, False
         if not self._known():  # warm-up: the prompt alone, then t(2), t(1) and a draft forward measured
             return 0 if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds) else 1
+        if self.probe_left:  # a probe goes on while drafting is close to paying: one step's count is noisy
+            if self._drafting_close():
+                self.probe_left -= 1
+                return self.max_tokens
+            self.probe_left = 0
         if self._drafting_pays():
             self.skipped, self.probe_every = 0, self.first_probe
-            return self.max_tokens
+            self.drafting_steps += 1
+            return 0 if self.drafting_steps % REFRESH_EVERY == 0 else self.max_tokens
         if self.skipped >= self.probe_every:  # drafting measured again
             self.skipped, self.probe_every, self.probing = 0, min(2 * self.probe_every, MAX_PROBE_WAIT), True
+            self.probe_left = PROBE_STEPS - 1
             return self.max_tokens
         self.skipped += 1
         return 0
@@ -161,6 +158,11 @@ class AdaptiveLength:
         tokens, seconds = self.realized[kind]
         return tokens / seconds if seconds > 0 else None
 
+    def _drafting_close(self) -> bool:
+        """Whether drafting's rate is at least :data:`CLOSE` of plain steps' (far below it, one step shows it)."""
+        plain, draft = self.rate("plain"), self.rate("draft")
+        return plain is None or draft is None or draft >= CLOSE * plain
+
     def _drafting_pays(self) -> bool:
         """Whether this step drafts: the realized rates of drafting and plain steps once both are measured (they
         include what the cost model leaves out or gets wrong), else the cost model at the acceptance so far."""
@@ -169,23 +171,26 @@ class AdaptiveLength:
             return draft > plain
         return self._pays(self.acceptance, drafted=0, drafting=True)
 
-    def calibration(self) -> float:
-        """Accepted drafts per unit of draft confidence, in this call (1 before any test). Not capped at 1: an
-        under-confident draft (the proposers cap each position's product of confidence and calibration at 1)."""
-        return self.accepted / self.tested_confidence if self.tested_confidence > 0 else 1.0
+    def chance(self, confidence: torch.Tensor) -> torch.Tensor:
+        """The estimated chance that a draft is accepted given its confidence, ``confidence  # [b]`` -> ``# [b]``:
+        its bin's decayed acceptance rate with :data:`PRIOR` tests at the overall rate (1 before any test)."""
+        if self._chances is None or self._chances.device != confidence.device:
+            overall = self.acceptance if self.tested > 0 else 1.0
+            self._chances = torch.tensor([(accepted + PRIOR * overall) / (tested + PRIOR) for accepted, tested
+                                          in zip(self.bin_accepted, self.bin_tested)], device=confidence.device)
+        return self._chances[_bin(confidence)]
 
     def proposes(self, position: int, reach: torch.Tensor) -> torch.Tensor | None:
         """Whether the batch verifies drafted position ``position``, as ``# [b]`` (all equal: once a position is
         verified, every row proposing it costs nothing more), ``reach  # [b]`` being each row's estimated chance of
         accepting positions 1..``position`` (0 for a row not proposing it); None while the costs are unknown and at
         a probe's first position, verified whatever it costs (every row proposes)."""
-        if not self._known() or self.probing and position == 1:
-            return None
         gain = float(reach.mean())
-        pays = self._pays(gain, drafted=position, drafting=False)
+        forced = not self._known() or self.probing and position == 1
+        pays = forced or self._pays(gain, drafted=position, drafting=False)
         if pays:
             self.expected, self.verified = self.expected + gain, position
-        return torch.full_like(reach, pays, dtype=torch.bool)
+        return None if forced else torch.full_like(reach, pays, dtype=torch.bool)
 
     def drafts_next(self, position: int, reach: torch.Tensor) -> bool:
         """Whether drafting position ``position + 1`` pays, ``reach  # [b]`` as in :meth:`proposes` and the next
@@ -219,29 +224,40 @@ class AdaptiveLength:
         target forward over ``new_tokens`` positions per row (0 when that forward also read a prompt), and the
         seconds the previous step took after its target forward (None: not known)."""
         drafted = proposal.ids.shape[1]
-        if rest_seconds is not None and self.pending is not None:
-            kind, tokens, seconds = self.pending
-            past_tokens, past_seconds = self.realized[kind]
-            self.realized[kind] = (MEMORY * past_tokens + tokens, MEMORY * past_seconds + seconds + rest_seconds)
+        if rest_seconds is not None:
+            self.rest_seconds = _ema(self.rest_seconds, rest_seconds)
         behind = self.plain_steps > 1
         if drafted and draft_seconds > 0 and self.drafted_before and not behind:
             self.draft_seconds = _ema(self.draft_seconds, draft_seconds / drafted)
-        # A step's rate, once its rest is known; not for steps that read the prompt (the target's or the draft's),
-        # and a draft that caught up on missed tokens is counted at its usual cost (a switch, not the regime's).
-        self.pending = None
+        # The step's rate, its rest taken as the running estimate (a step's own rest is known only at the next
+        # step's start); not for steps that read the prompt (the target's or the draft's), and a draft that caught
+        # up on missed tokens is counted at its usual cost (a switch, not the regime's).
         if new_tokens and (drafted == 0 or (self.drafted_before and self.draft_seconds is not None)):
             spent = drafted * self.draft_seconds if drafted and behind else draft_seconds
-            self.pending = ("draft" if drafted else "plain", 1 + float(num_accepted.float().mean()),
-                            spent + target_seconds)
+            self._record("draft" if drafted else "plain", self._tokens(drafted, num_accepted),
+                         spent + target_seconds + (self.rest_seconds or 0.0))
         self.drafted_before = self.drafted_before or drafted > 0
         self.plain_steps = 0 if drafted else self.plain_steps + 1
-        if rest_seconds is not None:
-            self.rest_seconds = _ema(self.rest_seconds, rest_seconds)
         if new_tokens:
-            self.target_seconds[new_tokens] = _ema(self.target_seconds.get(new_tokens), target_seconds)
+            self.measured(new_tokens, target_seconds)
         self._learn(proposal, num_accepted)
         if self.memory is not None:
             self.memory.remember(self, self.batch_size)
+
+    def _tokens(self, drafted: int, num_accepted: torch.Tensor) -> float:
+        """The tokens per row a step counts: 1 for a plain step, the tokens expected for a drafting step, and those
+        got where its proposer verified positions without asking :meth:`proposes` (string-level cross-tokenizer
+        drafts)."""
+        if not drafted:
+            return 1.0
+        return self.expected if self.verified else 1.0 + float(num_accepted.float().mean())
+
+    def _record(self, kind: str, tokens: float, seconds: float) -> None:
+        """Add a step of ``kind`` to the realized sums; both kinds decay with every step."""
+        self.realized = {name: (MEMORY * past_tokens, MEMORY * past_seconds)
+                         for name, (past_tokens, past_seconds) in self.realized.items()}
+        past_tokens, past_seconds = self.realized[kind]
+        self.realized[kind] = (past_tokens + tokens, past_seconds + seconds)
 
     def _learn(self, proposal, num_accepted) -> None:
         """Add one step's tested drafts to the decayed acceptance counts."""
@@ -251,25 +267,41 @@ class AdaptiveLength:
             return
         positions = torch.arange(drafted, device=num_accepted.device)
         tested = (positions <= num_accepted[:, None]) & (proposal.ids >= 0)  # up to the first rejection
-        confidence = proposal.confidence if proposal.confidence is not None else tested.to(torch.float32)
-        self.accepted = MEMORY * self.accepted + float(num_accepted.sum())
-        self.tested = MEMORY * self.tested + float(tested.sum())
-        self.tested_confidence = MEMORY * self.tested_confidence + float((confidence * tested).sum())
+        accepted = positions < num_accepted[:, None]
+        confidence = proposal.confidence if proposal.confidence is not None else torch.ones(tested.shape)
+        bins = _bin(confidence.to(tested.device))
+        counts = torch.stack([torch.bincount(bins[accepted], minlength=BINS),
+                              torch.bincount(bins[tested], minlength=BINS)]).tolist()  # one transfer
+        self.bin_accepted = tuple(MEMORY * past + new for past, new in zip(self.bin_accepted, counts[0]))
+        self.bin_tested = tuple(MEMORY * past + new for past, new in zip(self.bin_tested, counts[1]))
+        self.accepted = MEMORY * self.accepted + sum(counts[0])
+        self.tested = MEMORY * self.tested + sum(counts[1])
+        self._chances = None
+
+    def measured(self, new_tokens: int, seconds: float) -> None:
+        """Learn that a target forward over ``new_tokens`` tokens per row took ``seconds``."""
+        self.target_seconds[new_tokens] = _ema(self.target_seconds.get(new_tokens), seconds)
+        if new_tokens > 1:
+            n, t = float(new_tokens), seconds
+            self.line = tuple(LINE_MEMORY * past + new for past, new in zip(self.line, (1.0, n, t, n * n, n * t)))
 
     def _target_time(self, n: int) -> float:
         """``t(n)``: ``t(1)`` as measured, and for ``n >= 2`` a least-squares line through the forwards measured over
-        2 or more tokens (one token often takes a faster matrix-vector path, so it is kept off the line); never
-        decreasing."""
+        2 or more tokens, weighted by recency (one token often takes a faster matrix-vector path, so it is kept off
+        the line); never decreasing."""
         ones = self.target_seconds.get(1)
-        sizes = sorted(s for s in self.target_seconds if s > 1)
-        if n == 1 and ones is not None or not sizes:
+        weight, sum_n, sum_t, sum_nn, sum_nt = self.line
+        if n == 1 and ones is not None or weight == 0:
             return ones if ones is not None else self.target_seconds[min(self.target_seconds)]
-        mean_n = sum(sizes) / len(sizes)
-        mean_t = sum(self.target_seconds[s] for s in sizes) / len(sizes)
-        spread = sum((s - mean_n) ** 2 for s in sizes)
-        slope = sum((s - mean_n) * (self.target_seconds[s] - mean_t) for s in sizes) / spread if spread else 0.0
-        line = mean_t + max(slope, 0.0) * (n - mean_n)
+        spread = weight * sum_nn - sum_n * sum_n
+        slope = max((weight * sum_nt - sum_n * sum_t) / spread, 0.0) if spread > 1e-9 * weight * sum_nn else 0.0
+        line = (sum_t - slope * sum_n) / weight + slope * n
         return max(line, ones) if ones is not None else line
+
+
+def _bin(confidence: torch.Tensor) -> torch.Tensor:
+    """The confidence bin of each probability in ``confidence``: ``[0, 1/BINS)`` is bin 0, ``1`` is the last."""
+    return (confidence * BINS).long().clamp(0, BINS - 1)
 
 
 def _ema(previous: float | None, value: float) -> float:

@@ -10,7 +10,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import decoding
-from decoding import kernels
+from decoding import adaptive, kernels
 from decoding.adaptive import AdaptiveLength, AdaptiveMemory
 from decoding.kernels import cupy_backend, reference
 from decoding.proposers.prompt_lookup import lookup
@@ -178,8 +178,8 @@ class ScriptedLength:
     def limit(self) -> int:
         return self._draw(6)
 
-    def calibration(self) -> float:
-        return 1.0
+    def chance(self, confidence):
+        return confidence
 
     def proposes(self, position, reach):
         return torch.rand(reach.shape, generator=self.gen) < 0.8
@@ -281,30 +281,32 @@ class ModeledCosts(AdaptiveLength):
         super().observe(proposal, num_accepted, drafts, self.target_cost(new_tokens), new_tokens, self.rest_cost)
 
 
-def test_adaptive_warm_up_measures_the_prompt_then_t2_t1_and_a_draft_forward():
-    length = ModeledCosts(8, "cpu")
+def _warm_up(length) -> list[int]:
+    """The warm-up as a proposer runs it, two rows: prompt, one draft (accepted in one row), none, one (accepted in
+    both); returns the limits."""
     limits = []
     for step, accepted in enumerate([[0, 0], [1, 0], [0, 0], [1, 1]]):
         limits.append(length.limit())
         ids = torch.zeros(2, limits[-1], dtype=torch.int64)
-        proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=torch.full(ids.shape, 0.5))
+        confidence = torch.full(ids.shape, 0.5)
+        if limits[-1]:
+            assert length.proposes(1, length.chance(confidence[:, 0])) is None  # costs unknown: every row proposes
+        proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=confidence)
         length.observe(proposal, torch.tensor(accepted).clamp_max(limits[-1]), 0.0, 0.0,
                        new_tokens=0 if step == 0 else limits[-1] + 1)
-    assert limits == [0, 1, 0, 1]
+    return limits
+
+
+def test_adaptive_warm_up_measures_the_prompt_then_t2_t1_and_a_draft_forward():
+    length = ModeledCosts(8, "cpu")
+    assert _warm_up(length) == [0, 1, 0, 1]
     # The first drafting step also read the prompt: only the second one's draft time is kept.
     assert sorted(length.target_seconds) == [1, 2] and length.draft_seconds == pytest.approx(0.1)
     assert length.acceptance == pytest.approx((0.9 * 1 + 2) / (0.9 * 2 + 2))  # decayed accepted / tested
     assert length._target_time(5) == length._target_time(2)  # flat beyond t(2) until more is measured
-
-
-def _warm_up(length):
-    """The warm-up of the test above: prompt, one draft (accepted in one row), none, one (accepted in both)."""
-    for step, accepted in enumerate([[0, 0], [1, 0], [0, 0], [1, 1]]):
-        limit = length.limit()
-        ids = torch.zeros(2, limit, dtype=torch.int64)
-        proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=torch.full(ids.shape, 0.5))
-        length.observe(proposal, torch.tensor(accepted).clamp_max(limit), 0.0, 0.0,
-                       new_tokens=0 if step == 0 else limit + 1)
+    # Rates: the plain step, 1 token in t(1) = 1.05; the second drafting step, 1.5 tokens expected (its bin's
+    # chance, 1 of 2 tested, with 2 pseudo-tests at 1 of 2) in 0.1 + t(2) = 1.2.
+    assert (length.rate("plain"), length.rate("draft")) == (pytest.approx(1 / 1.05), pytest.approx(1.5 / 1.2))
 
 
 def test_a_call_starts_from_what_the_strategys_last_call_learned():
@@ -313,7 +315,7 @@ def test_a_call_starts_from_what_the_strategys_last_call_learned():
     _warm_up(first)
     second = ModeledCosts(8, "cpu", memory=memory, batch_size=2)
     assert second._known() and not second.drafted_before  # no warm-up; its first draft still reads the prompt
-    assert (second.acceptance, second.calibration()) == (first.acceptance, first.calibration())
+    assert (second.acceptance, second.bin_tested) == (first.acceptance, first.bin_tested)
     assert second.target_seconds == first.target_seconds and second.draft_seconds == first.draft_seconds
     assert second.limit() == 8  # acceptance 0.76 and drafts at a tenth of a target step: drafting pays at once
     second.target_seconds[1] = 99.0
@@ -325,7 +327,8 @@ def test_a_call_starts_from_what_the_strategys_last_call_learned():
 
 def _costed(acceptance: float, rest: float | None) -> AdaptiveLength:
     length = AdaptiveLength(8, "cpu")
-    length.target_seconds, length.draft_seconds, length.rest_seconds = {1: 1.0, 2: 1.8}, 0.3, rest
+    length.measured(1, 1.0), length.measured(2, 1.8)
+    length.draft_seconds, length.rest_seconds = 0.3, rest
     length.accepted, length.tested = acceptance * 10, 10.0
     return length
 
@@ -356,46 +359,137 @@ def test_draft_seconds_are_kept_only_when_the_draft_is_at_most_one_step_behind()
     assert length.draft_seconds == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)
 
 
-def test_calibration_is_not_capped_for_an_under_confident_draft():
+def test_a_drafts_chance_is_learned_by_confidence_bin_whatever_the_relation():
+    """An under-confident draft (its drafts of confidence 0.3 always accepted) and an over-confident one (0.95:
+    half of them): each bin learns its own rate; a bin never tested gets the overall rate, and one scale factor on
+    the confidence (capped at 1) would give neither."""
     length = AdaptiveLength(8, "cpu")
-    length.accepted, length.tested, length.tested_confidence = 6.0, 8.0, 4.0
-    assert length.calibration() == 1.5
+    assert torch.equal(length.chance(torch.tensor([0.3, 0.95])), torch.ones(2))  # nothing tested yet
+    for _ in range(40):  # rows: [0.3 accepted, 0.95 accepted], [0.3 accepted, 0.95 rejected]
+        confidence = torch.tensor([[0.3, 0.95], [0.3, 0.95]])
+        proposal = decoding.proposers.Proposal(ids=torch.zeros(2, 2, dtype=torch.int64), probs=None,
+                                               confidence=confidence)
+        length._learn(proposal, torch.tensor([2, 1]))
+    overall = 3 / 4
+    assert length.acceptance == pytest.approx(overall)
+    chances = length.chance(torch.tensor([0.3, 0.95, 0.6, 1.0]))
+    assert chances.tolist() == pytest.approx([1.0, 0.5, overall, 0.5], abs=0.03)  # 1.0: the last bin, as 0.95
 
 
-def test_a_probe_step_verifies_its_first_draft_whatever_it_costs():
+def test_a_probe_drafts_for_a_few_steps_and_verifies_its_first_draft_whatever_it_costs():
     length = AdaptiveLength(8, "cpu", probe_every=2)
-    length.target_seconds, length.draft_seconds = {1: 1.0, 2: 1.5}, 0.5
+    for n, seconds in {1: 1.0, 2: 1.5, 3: 2.0}.items():
+        length.measured(n, seconds)
+    length.draft_seconds = 0.5
     length.accepted, length.tested = 0.0, 4.0  # nothing accepted so far: drafting does not pay
     limits = [length.limit() for _ in range(3)]
     assert limits == [0, 0, 8] and length.proposes(1, torch.tensor([0.01, 0.0])) is None
+    assert (length.expected, length.verified) == (pytest.approx(1.005), 1)  # the forced position counts in the step's estimate
     assert not bool(length.proposes(2, torch.tensor([0.01, 0.0])).any())  # beyond the first: as the model says
-    assert length.limit() == 0 and not bool(length.proposes(1, torch.tensor([0.01, 0.0])).any())
+    for _ in range(adaptive.PROBE_STEPS - 1):  # the probe's further steps draft, their positions as the model says
+        assert length.limit() == 8 and not bool(length.proposes(1, torch.tensor([0.01, 0.0])).any())
+    assert length.limit() == 0
     assert length.probe_every == 4  # the wait doubles
 
 
-def test_once_both_are_measured_the_realized_rates_decide_whether_a_step_drafts():
-    length = _costed(0.7, rest=None)  # the cost model says drafting does not pay (see above)
-    length.drafted_before = True
+def _stepper(length: AdaptiveLength):
+    """``step(drafts, accepted, draft_seconds, target_seconds, rest, expected)``: ``length`` observes one step of a
+    row; with ``expected``, the step verified all its drafts and expected that many tokens (as ``proposes`` sets
+    them in a real step), without, its proposer never asked ``proposes``."""
 
-    def step(drafts: int, accepted: int, draft_seconds: float, target_seconds: float, rest: float):
+    def step(drafts: int, accepted: int, draft_seconds: float, target_seconds: float, rest: float | None,
+             expected: float | None = None):
         ids = torch.zeros(1, drafts, dtype=torch.int64)
         proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=None)
+        if expected is not None:
+            length.expected, length.verified = expected, drafts
         length.observe(proposal, torch.tensor([accepted]), draft_seconds, target_seconds, drafts + 1, rest)
+        length.expected, length.verified = 1.0, 0  # as the next step's start leaves them
 
-    step(0, 0, 0.0, 1.0, rest=None)
-    step(3, 3, 0.9, 1.9, rest=0.05)  # the plain step above: 1 token in 1.05 s
+    return step
+
+
+def test_a_drafting_step_counts_the_tokens_it_got_where_its_proposer_never_asked_proposes():
+    length = _costed(0.7, rest=None)
+    length.drafted_before = True
+    _stepper(length)(3, 2, 0.3, 1.0, rest=0.0)  # string-level cross-tokenizer drafts, for example
+    assert length.rate("draft") == pytest.approx(3 / 1.3)
+
+
+def test_once_both_are_measured_the_realized_rates_decide_whether_a_step_drafts():
+    length = _costed(0.8, rest=0.05)  # the cost model: three drafts pay (2.95 tokens in 2.75 s against 1 in 1.05)
+    length.drafted_before = True
+    step = _stepper(length)
+    step(0, 0, 0.0, 1.0, rest=0.05)  # a plain step: 1 token in 1.0 s and the rest (0.05 s)
     assert (length.rate("plain"), length.rate("draft")) == (pytest.approx(1 / 1.05), None)
-    assert length.limit() == 8  # no drafting rate yet: the cost model, at acceptance 0.78 now, says it pays
-    step(0, 0, 0.0, 1.0, rest=2.0)  # the drafting step above: 4 tokens in 0.9 + 1.9 + 2.0 = 4.8 s
-    assert length.rate("draft") == pytest.approx(4 / 4.8)
-    assert length._pays(length.acceptance, drafted=0, drafting=True) and length.limit() == 0
+    assert length.limit() == 8  # no drafting rate yet: the cost model decides
+    step(3, 3, 0.9, 1.9, rest=0.05, expected=2.0)  # 2 tokens expected (not the 4 got) in 2.85 s: slower
+    assert length.rate("draft") == pytest.approx(2.0 / 2.85)
+    assert length.limit() == 0 and length._pays(length.acceptance, drafted=0, drafting=True)  # rates rule
+
+
+def test_a_probe_outweighs_the_drafting_steps_before_a_stretch_of_plain_ones():
+    """Both rates decay with every step: after ten plain steps, the three steps of a probe (2 tokens in 0.6 s) decide
+    against the slow drafting steps before them (1 token in 2 s), which the probe's steps among their undecayed
+    sums would not."""
+    length = _costed(0.7, rest=None)
+    length.drafted_before, length.probe_every = True, 10
+    step = _stepper(length)
+    for _ in range(10):
+        step(1, 0, 0.2, 1.8, rest=0.0)  # slow drafting steps
+    assert length.rate("draft") == pytest.approx(0.5)
+    limits = []
+    for _ in range(10 + adaptive.PROBE_STEPS):
+        limits.append(length.limit())
+        if limits[-1]:
+            step(1, 1, 0.2, 0.4, rest=0.0, expected=2.0)
+        else:
+            step(0, 0, 0.0, 1.0, rest=0.0)
+    assert limits == [0] * 10 + [8] * adaptive.PROBE_STEPS
+    assert length.rate("draft") > length.rate("plain") == pytest.approx(1.0)
+    assert length.limit() == 8 and length.probe_every == length.first_probe
+
+
+def test_a_probe_ends_after_one_step_where_drafting_is_far_from_paying():
+    length = _costed(0.0, rest=None)
+    length.drafted_before, length.probe_every = True, 2
+    step = _stepper(length)
+    limits = []
+    for _ in range(2 * (2 + 1) + 4):  # two probes, the second after a doubled wait of 4
+        limits.append(length.limit())
+        if limits[-1]:
+            step(1, 0, 0.3, 1.8, rest=0.0)  # a probe step: 1 token in 2.1 s
+        else:
+            step(0, 0, 0.0, 1.0, rest=0.0)  # a plain step: 1 token in 1 s
+    assert limits == [0, 0, 8, 0, 0, 0, 0, 8, 0, 0]
+
+
+def test_while_drafting_pays_one_step_in_refresh_every_is_plain():
+    length = _costed(0.7, rest=None)
+    length.realized = {"plain": (1.0, 1.0), "draft": (3.0, 1.0)}
+    limits = [length.limit() for _ in range(2 * adaptive.REFRESH_EVERY)]
+    plain = [i + 1 for i, limit in enumerate(limits) if limit == 0]
+    assert plain == [adaptive.REFRESH_EVERY, 2 * adaptive.REFRESH_EVERY]
 
 
 def test_one_token_stays_off_the_line_of_t_n():
     length = AdaptiveLength(8, "cpu")
-    length.target_seconds = {1: 1.0, 2: 1.84, 4: 1.88}
+    for n, seconds in {1: 1.0, 2: 1.84, 4: 1.88}.items():
+        length.measured(n, seconds)
     assert length._target_time(1) == 1.0
-    assert [round(length._target_time(n), 6) for n in (2, 3, 6)] == [1.84, 1.86, 1.92]
+    assert [round(length._target_time(n), 6) for n in (2, 3, 6)] == pytest.approx([1.84, 1.86, 1.92], abs=2e-3)
+
+
+def test_a_length_measured_once_at_a_bad_moment_does_not_bend_the_line():
+    """t(n) is fitted through the forwards as measured, weighted by recency: a single slow forward over 8 tokens
+    among forty over 3 and 5 moves the line by a fraction of what a fit through one value per length would
+    (1.0 + 0.05 n is the truth)."""
+    length = AdaptiveLength(8, "cpu")
+    length.measured(8, 3.0)  # slow
+    for _ in range(20):
+        length.measured(3, 1.15), length.measured(5, 1.25)
+    assert 1.4 < length._target_time(8) < 1.6  # a fit through one value per length: 2.83
+    assert length.target_seconds == {3: pytest.approx(1.15), 5: pytest.approx(1.25), 8: 3.0}
 
 
 @pytest.mark.parametrize(("damping", "draft_cost", "target_cost"), [

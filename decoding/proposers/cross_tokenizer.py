@@ -146,7 +146,7 @@ class CrossTokenizerDrafter(Drafter):
             draft_token = self.mapping.target_to_draft[token]  # [b], -1 if the sampler left the shared tokens
             law = q if q is not None else torch.softmax(scores.float(), dim=-1)
             sure = law.gather(1, token[:, None]).squeeze(1).float()  # [b]
-            reach = reach * (sure * length.calibration()).clamp_max(1.0)
+            reach = reach * length.chance(sure)
             keep = length.proposes(position + 1, reach * proposing * (draft_token >= 0))
             proposing = proposing & (draft_token >= 0) & (True if keep is None else keep)
             ids.append(torch.where(proposing, token, -1))

@@ -63,7 +63,7 @@ class DraftModelDrafter(Drafter):
             logits.append(to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab))  # [b, 1, V]
             token, q = sampler.draft(run.rows, logits[-1][:, 0], position)
             sure = _confidence(logits[-1][:, 0], token, q)  # [b]
-            reach = reach * (sure * length.calibration()).clamp_max(1.0)
+            reach = reach * length.chance(sure)
             keep = length.proposes(position + 1, reach * proposing)
             proposing = proposing if keep is None else proposing & keep
             ids.append(torch.where(proposing, token, -1))

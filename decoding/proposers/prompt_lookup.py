@@ -38,7 +38,7 @@ class PromptLookupDrafter(Drafter):
                      self.settings.max_ngram, self.settings.min_ngram)  # [b, k]
         reach = torch.ones(rows.numel(), device=ids.device)
         for position in range(k):  # positions the length policy says do not pay are not proposed
-            reach = reach * length.calibration() * (ids[:, position] >= 0)  # rows without a match gain nothing
+            reach = reach * length.chance(torch.ones_like(reach)) * (ids[:, position] >= 0)  # no match: no gain
             keep = length.proposes(position + 1, reach)
             if keep is not None:
                 ids[:, position:] = torch.where(keep[:, None], ids[:, position:], -1)
