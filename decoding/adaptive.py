@@ -31,6 +31,10 @@ CLOSE = 0.8
 # While drafting pays, one step in this many is a plain one: the plain steps' rate would otherwise keep the value
 # of the last plain stretch (the warm-up's single step, at worst) for as long as drafting lasts.
 REFRESH_EVERY = 32
+# After plain steps (or at a call's start), drafting resumes only when its rate beats theirs by this factor: the
+# draft's first forward then reads what it missed (the whole prompt in a new call), a cost the rates leave out; near
+# the line, switching back and forth would pay it again and again.
+SWITCH = 1.05
 BINS = 16  # confidence bins of the acceptance estimate
 PRIOR = 2.0  # pseudo-tests at the overall acceptance rate in every bin
 
@@ -168,7 +172,8 @@ class AdaptiveLength:
         include what the cost model leaves out or gets wrong), else the cost model at the acceptance so far."""
         plain, draft = self.rate("plain"), self.rate("draft")
         if plain is not None and draft is not None:
-            return draft > plain
+            catching_up = self.plain_steps or not self.drafted_before  # the draft has tokens to read first
+            return draft > plain * (SWITCH if catching_up else 1.0)
         return self._pays(self.acceptance, drafted=0, drafting=True)
 
     def chance(self, confidence: torch.Tensor) -> torch.Tensor:
