@@ -110,7 +110,7 @@ class AdaptiveLength:
         self.rest_seconds: float | None = None  # per step, after the target forward
         # Tokens per row and seconds of whole steps, plain and drafting, decayed sums (a ratio of sums: a step's
         # tokens vary from 1 to g + 1). A drafting step counts the tokens it expected (1 plus the estimated chances
-        # of accepting its verified positions), not those it got: the same mean, far less noise.
+        # of accepting its verified positions), not those it got: about the same mean, far less noise.
         self.realized: dict[str, tuple[float, float]] = {"plain": (0.0, 0.0), "draft": (0.0, 0.0)}
         self.target_seconds: dict[int, float] = {}  # new tokens per row -> seconds of a target forward
         # Decayed sums over the target forwards of n >= 2 new tokens: weights, n, t, n^2 and n t (the line of t(n)).
