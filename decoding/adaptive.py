@@ -120,7 +120,7 @@ class AdaptiveLength:
         self.bin_accepted = self.bin_tested = (0.0,) * BINS
         self._chances: torch.Tensor | None = None  # by bin, as of the last step
         self.expected, self.verified = 1.0, 0  # this step so far: expected tokens per row, drafted positions verified
-        self.probing = False  # this step drafts one token to measure acceptance, whatever it costs
+        self.probing = False  # this step is a probe's first: its first position is verified whatever it costs
         self.probe_left = 0  # the probe's drafting steps still to come
         self.drafting_steps = 0  # steps drafted because drafting pays (one in REFRESH_EVERY is plain instead)
         self.memory, self.batch_size = memory, batch_size
@@ -259,10 +259,8 @@ class AdaptiveLength:
 
     def _record(self, kind: str, tokens: float, seconds: float) -> None:
         """Add a step of ``kind`` to the realized sums; both kinds decay with every step."""
-        self.realized = {name: (MEMORY * past_tokens, MEMORY * past_seconds)
-                         for name, (past_tokens, past_seconds) in self.realized.items()}
-        past_tokens, past_seconds = self.realized[kind]
-        self.realized[kind] = (past_tokens + tokens, past_seconds + seconds)
+        self.realized = {name: _decayed(sums, (tokens, seconds) if name == kind else (0.0, 0.0))
+                         for name, sums in self.realized.items()}
 
     def _learn(self, proposal, num_accepted) -> None:
         """Add one step's tested drafts to the decayed acceptance counts."""
@@ -273,14 +271,15 @@ class AdaptiveLength:
         positions = torch.arange(drafted, device=num_accepted.device)
         tested = (positions <= num_accepted[:, None]) & (proposal.ids >= 0)  # up to the first rejection
         accepted = positions < num_accepted[:, None]
-        confidence = proposal.confidence if proposal.confidence is not None else torch.ones(tested.shape)
+        confidence = proposal.confidence
+        if confidence is None:  # a proposer without confidence: every draft in the last bin
+            confidence = torch.ones_like(tested, dtype=torch.float32)
         bins = _bin(confidence.to(tested.device))
         counts = torch.stack([torch.bincount(bins[accepted], minlength=BINS),
                               torch.bincount(bins[tested], minlength=BINS)]).tolist()  # one transfer
-        self.bin_accepted = tuple(MEMORY * past + new for past, new in zip(self.bin_accepted, counts[0]))
-        self.bin_tested = tuple(MEMORY * past + new for past, new in zip(self.bin_tested, counts[1]))
-        self.accepted = MEMORY * self.accepted + sum(counts[0])
-        self.tested = MEMORY * self.tested + sum(counts[1])
+        self.bin_accepted = _decayed(self.bin_accepted, counts[0])
+        self.bin_tested = _decayed(self.bin_tested, counts[1])
+        self.accepted, self.tested = _decayed((self.accepted, self.tested), (sum(counts[0]), sum(counts[1])))
         self._chances = None
 
     def measured(self, new_tokens: int, seconds: float) -> None:
@@ -288,7 +287,7 @@ class AdaptiveLength:
         self.target_seconds[new_tokens] = _ema(self.target_seconds.get(new_tokens), seconds)
         if new_tokens > 1:
             n, t = float(new_tokens), seconds
-            self.line = tuple(LINE_MEMORY * past + new for past, new in zip(self.line, (1.0, n, t, n * n, n * t)))
+            self.line = _decayed(self.line, (1.0, n, t, n * n, n * t), LINE_MEMORY)
 
     def _target_time(self, n: int) -> float:
         """``t(n)``: ``t(1)`` as measured, and for ``n >= 2`` a least-squares line through the forwards measured over
@@ -307,6 +306,11 @@ class AdaptiveLength:
 def _bin(confidence: torch.Tensor) -> torch.Tensor:
     """The confidence bin of each probability in ``confidence``: ``[0, 1/BINS)`` is bin 0, ``1`` is the last."""
     return (confidence * BINS).long().clamp(0, BINS - 1)
+
+
+def _decayed(sums: tuple, new, memory: float = MEMORY) -> tuple:
+    """Decayed sums: each of ``sums`` times ``memory``, plus its counterpart in ``new``."""
+    return tuple(memory * past + value for past, value in zip(sums, new))
 
 
 def _ema(previous: float | None, value: float) -> float:
