@@ -464,6 +464,17 @@ def test_a_probe_ends_after_one_step_where_drafting_is_far_from_paying():
     assert limits == [0, 0, 8, 0, 0, 0, 0, 8, 0, 0]
 
 
+def test_after_plain_steps_drafting_must_beat_them_by_the_switch_margin():
+    """Drafting at 1.03 times the plain steps' rate goes on while the draft is caught up, but does not resume after
+    a plain step (its first forward would read what it missed, a cost the rates leave out)."""
+    length = _costed(0.7, rest=None)
+    length.drafted_before = True
+    length.realized = {"plain": (1.0, 1.0), "draft": (1.03, 1.0)}
+    assert length.limit() == 8  # the last step drafted: no margin
+    length.plain_steps = 1
+    assert adaptive.SWITCH > 1.03 and length.limit() == 0
+
+
 def test_while_drafting_pays_one_step_in_refresh_every_is_plain():
     length = _costed(0.7, rest=None)
     length.realized = {"plain": (1.0, 1.0), "draft": (3.0, 1.0)}
