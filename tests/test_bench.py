@@ -378,6 +378,8 @@ def test_hf_dynamic_uses_transformers_defaults_and_restores_the_draft_config():
     for method in methods[1:5]:
         assert torch.equal(method.generate(ids, torch.ones_like(ids)), expected), method.name
         assert {k: getattr(draft.generation_config, k, None) for k in settings} == before
+    for method in methods[:5]:  # the warm-up's shorter call: generate's kwargs may be overridden per call
+        assert torch.equal(method.generate(ids, torch.ones_like(ids), max_new_tokens=2), expected[:, :7]), method.name
     assert len(make_methods(target, draft, 2, [2], kwargs, variants=parse_variants("hf-dynamic,hf-lookup"))) == 3
 
 
@@ -470,3 +472,44 @@ def test_generation_costs_time_the_forwards_of_real_calls():
     none = generation_cost_ratios(target, draft, [(ids, mask)], {"max_new_tokens": 1, "do_sample": False,
                                                             "pad_token_id": 0}, [3])
     assert none["c"] is None and none["v"] == {3: None}
+
+
+def test_the_warm_up_call_is_made_by_the_very_methods_timed(monkeypatch):
+    """A strategy that learns across calls (``num_draft_tokens="auto"``) must be timed warm: the untimed warm-up
+    call goes through the same method (and strategy) as the timed rounds, with fewer new tokens."""
+    from decoding.evals.bench import grid
+    from decoding.evals.bench.prompts import load_prompt_set, select_prompts, tokenize_prompts
+    from decoding.evals.bench.variants import parse_variants
+    from decoding.evals.common import pairs
+
+    pair = pairs.synthetic({"num_layers": 2, "hidden_size": 32, "vocab_size": 96}, seed=0, dtype=torch.float64,
+                           device="cpu")
+    prompts = tokenize_prompts(pair, select_prompts(load_prompt_set(), ["math"], 2), 12)
+    calls = []  # (method name, id of its strategy, overrides)
+
+    make_methods = grid.make_methods
+
+    def logged(*args, **kwargs):
+        methods = make_methods(*args, **kwargs)
+        for method in methods:
+            method.generate = _logging(method.generate, method, calls)
+        return methods
+
+    monkeypatch.setattr(grid, "make_methods", logged)
+    grid.measure_share(pair, prompts, batch_sizes=[1], draft_lengths=[2], max_new_tokens=6, rounds=2,
+                       cost_repeats=2, variants=parse_variants("adaptive"), warmup_tokens=3)
+    names = {name for name, _, _ in calls}
+    assert {"target", "speculative g=2", "adaptive"} <= names
+    for name in names:
+        mine = [(strategy, overrides) for n, strategy, overrides in calls if n == name]
+        assert mine[0][1] == {"max_new_tokens": 3}  # the warm-up first, shorter
+        assert [o for _, o in mine[1:]] == [{}] * 2 * len(prompts)  # then every batch in each of 2 rounds
+        assert len({strategy for strategy, _ in mine}) == 1  # one method, one strategy throughout
+
+
+def _logging(generate, method, calls):
+    def wrapped(ids, mask, **overrides):
+        calls.append((method.name, id(method.strategy), overrides))
+        return generate(ids, mask, **overrides)
+
+    return wrapped

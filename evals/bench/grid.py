@@ -126,22 +126,23 @@ class _Grid:
     sync: _Sync
     progress: Progress
 
-    def methods(self, mode: str, batch_size: int, max_new_tokens: int) -> list[Method]:
-        kwargs = generation_kwargs(mode, max_new_tokens, self.pair.pad_token_id, self.temperature)
+    def methods(self, mode: str, batch_size: int) -> list[Method]:
+        kwargs = generation_kwargs(mode, self.max_new_tokens, self.pair.pad_token_id, self.temperature)
         return make_methods(self.pair.target, self.pair.draft, batch_size, self.draft_lengths, kwargs, self.assisted,
                             self.variants, self.pair.tokenizers, self.pair.cross_tokenizer)
 
     def block(self, mode: str, batch_size: int, data: list[Batch]) -> RawBlock:
-        """Every method on every batch, ``rounds`` times, after one untimed warm-up call per method."""
-        methods = self.methods(mode, batch_size, self.max_new_tokens)
+        """Every method on every batch, ``rounds`` times, after one untimed warm-up call per method (the very
+        methods timed: a strategy that learns across calls, like ``num_draft_tokens="auto"``, is timed warm)."""
+        methods = self.methods(mode, batch_size)
         label = f"{mode}, batch {batch_size}"
         self.progress.describe(f"{label}: warm-up")
         self.progress.log(f"{label}: {len(data)} batch(es) x {self.rounds} round(s) of "
                           + ", ".join(m.name for m in methods))
         warm = min(self.max_new_tokens, self.warmup_tokens or self.max_new_tokens)
-        for method in self.methods(mode, batch_size, warm):  # untimed
+        for method in methods:  # untimed
             torch.manual_seed(self.seed)
-            method.generate(data[0].ids, data[0].mask)
+            method.generate(data[0].ids, data[0].mask, max_new_tokens=warm)
             self.progress.advance()
         for round_ in range(self.rounds):
             self.round(methods, round_, data, mode, label)

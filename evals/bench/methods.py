@@ -23,7 +23,7 @@ class Method:
     name: str
     kind: str
     g: int | None
-    generate: Callable  # (ids, mask) -> LongTensor [b, width + new]
+    generate: Callable  # (ids, mask, **overrides of generate's kwargs) -> LongTensor [b, width + new]
     strategy: object = None
     seconds: list = field(default_factory=list)
     tokens: list = field(default_factory=list)
@@ -62,39 +62,41 @@ def make_methods(target, draft, batch_size: int, draft_lengths: Sequence[int], k
     no_transformers_draft = cross_tokenizer and vocab_size(target) == vocab_size(draft)
     assisted = assisted and not no_transformers_draft
     variants = [v for v in variants if not (v.kind == "hf-dynamic" and no_transformers_draft)]
-    methods = [Method("target", "target", None, lambda ids, mask: target.generate(ids, attention_mask=mask, **kwargs))]
+    methods = [Method("target", "target", None, _generate(target, kwargs))]
     for g in draft_lengths:
         if assisted and batch_size == 1:
             methods.append(Method(f"assisted g={g}", "assisted", g,
                                   _assisted(target, draft, g, kwargs, assistant_tokenizers)))
         strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g, tokenizers=tokenizers)
-        methods.append(Method(
-            f"speculative g={g}", "speculative", g,
-            lambda ids, mask, s=strategy: target.generate(ids, attention_mask=mask, strategy=s, **kwargs),
-            strategy,
-        ))
+        methods.append(Method(f"speculative g={g}", "speculative", g, _generate(target, kwargs, strategy=strategy),
+                              strategy))
         methods += [_variant(v, target, draft, g, kwargs, tokenizers, assistant_tokenizers) for v in variants
                     if v.kind in PER_G and v.runs_at(batch_size)]
     methods += [_variant(v, target, draft, None, kwargs, tokenizers, assistant_tokenizers) for v in variants
                 if v.kind not in PER_G and v.runs_at(batch_size)]
     one_token = {**kwargs, "max_new_tokens": 1}
-    methods.append(Method("prefill", "prefill", None,
-                          lambda ids, mask: target.generate(ids, attention_mask=mask, **one_token)))
+    methods.append(Method("prefill", "prefill", None, _generate(target, one_token)))
     return methods
+
+
+def _generate(target, kwargs: dict, **fixed) -> Callable:
+    """``target.generate`` of ``(ids, mask)`` with ``kwargs`` (any of which a call may override) and ``fixed``."""
+    def generate(ids, mask, **overrides):
+        return target.generate(ids, attention_mask=mask, **fixed, **{**kwargs, **overrides})
+
+    return generate
 
 
 def _variant(variant: Variant, target, draft, g: int | None, kwargs: dict, tokenizers, assistant_tokenizers) -> Method:
     """The method of one ``--variants`` item at ``g`` (None: a variant without a draft length)."""
     name = variant.label if g is None else f"{variant.label} g={g}"
     if variant.kind == "hf-lookup":
-        return Method(name, variant.kind, g, lambda ids, mask: target.generate(
-            ids, attention_mask=mask, prompt_lookup_num_tokens=g, **kwargs), draft_free=True)
+        return Method(name, variant.kind, g, _generate(target, kwargs, prompt_lookup_num_tokens=g), draft_free=True)
     if variant.kind == "hf-dynamic":
         return Method(name, variant.kind, g, _assisted(target, draft, None, kwargs, assistant_tokenizers))
     strategy = bench_variants.strategy(variant, draft, g, tokenizers)
-    return Method(name, variant.kind, g,
-                  lambda ids, mask, s=strategy: target.generate(ids, attention_mask=mask, strategy=s, **kwargs),
-                  strategy, lossy=variant.lossy, draft_free=variant.kind == "lookup")
+    return Method(name, variant.kind, g, _generate(target, kwargs, strategy=strategy), strategy,
+                  lossy=variant.lossy, draft_free=variant.kind == "lookup")
 
 
 def _assisted(target, draft, g: int | None, kwargs: dict, tokenizers: tuple | None = None):
@@ -108,8 +110,9 @@ def _assisted(target, draft, g: int | None, kwargs: dict, tokenizers: tuple | No
 
     across = {} if tokenizers is None else {"tokenizer": tokenizers[0], "assistant_tokenizer": tokenizers[1]}
 
-    def generate(ids, mask):
+    def generate(ids, mask, **overrides):
         with use_draft_config(draft, **settings):
-            return target.generate(ids, attention_mask=mask, assistant_model=draft, **across, **kwargs)
+            return target.generate(ids, attention_mask=mask, assistant_model=draft, **across,
+                                   **{**kwargs, **overrides})
 
     return generate
