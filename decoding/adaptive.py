@@ -265,8 +265,7 @@ class AdaptiveLength:
     def _learn(self, proposal, num_accepted) -> None:
         """Add one step's tested drafts to the decayed acceptance counts."""
         drafted = proposal.ids.shape[1]
-        proposed = proposal.lengths()
-        if not bool((proposed > 0).any()):
+        if drafted == 0:  # a plain step
             return
         positions = torch.arange(drafted, device=num_accepted.device)
         tested = (positions <= num_accepted[:, None]) & (proposal.ids >= 0)  # up to the first rejection
@@ -277,6 +276,8 @@ class AdaptiveLength:
         bins = _bin(confidence.to(tested.device))
         counts = torch.stack([torch.bincount(bins[accepted], minlength=BINS),
                               torch.bincount(bins[tested], minlength=BINS)]).tolist()  # one transfer
+        if not any(counts[1]):  # no row proposed anything: nothing learned, nothing decays
+            return
         self.bin_accepted = _decayed(self.bin_accepted, counts[0])
         self.bin_tested = _decayed(self.bin_tested, counts[1])
         self.accepted, self.tested = _decayed((self.accepted, self.tested), (sum(counts[0]), sum(counts[1])))

@@ -113,14 +113,15 @@ class Stopping:
         self.eos_token_ids = eos_token_ids
         self.simple = all(isinstance(c, SIMPLE_STOPPING) for c in criteria)
 
-    def __call__(self, sequences: Sequences, rows: torch.Tensor, emitted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens to keep and whether each row finished, for ``emitted  # [b]`` new tokens written after the
+    def __call__(self, sequences: Sequences, rows: torch.Tensor, new_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens to keep and whether each row finished, for ``new_ids  # [b, n]`` (-1 padded) written after the
         committed ones. A row keeps the token that stops it (an EOS is kept, as transformers does)."""
+        emitted = (new_ids >= 0).sum(dim=1)  # [b]
         budget = sequences.max_length - sequences.lengths[rows]  # [b]
         kept = torch.minimum(emitted, budget)
         finished = emitted >= budget
         if self.simple:
-            return self._first_eos(sequences, rows, kept, finished)
+            return self._first_eos(new_ids, kept, finished)
         for offset in range(int(kept.max())):
             # Rows that reach max_length in this step are checked too: a criterion may stop them earlier.
             live = (offset < kept).nonzero().squeeze(1)
@@ -135,13 +136,11 @@ class Stopping:
     def _done(self, _members: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return self.criteria(input_ids, None).to(torch.bool)
 
-    def _first_eos(self, sequences, rows, kept, finished):
-        if self.eos_token_ids is None or kept.max() == 0:
+    def _first_eos(self, new_ids, kept, finished):
+        if self.eos_token_ids is None:
             return kept, finished
-        width = int(kept.max())
-        columns = sequences.columns(rows, width)  # [b, width]
-        new = sequences.tokens[rows[:, None], columns]
-        is_eos = torch.isin(new, self.eos_token_ids) & (torch.arange(width, device=rows.device) < kept[:, None])
+        positions = torch.arange(new_ids.shape[1], device=new_ids.device)
+        is_eos = torch.isin(new_ids, self.eos_token_ids) & (positions < kept[:, None])  # [b, n]
         has_eos = is_eos.any(dim=1)
         first = is_eos.to(torch.int8).argmax(dim=1)
         return torch.where(has_eos, first + 1, kept), finished | has_eos

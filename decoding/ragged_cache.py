@@ -32,6 +32,9 @@ class RaggedCache:
         # Sliding windows are measured in slots: such a model's rows keep their valid slots contiguous.
         self.contiguous = hf_compat.uses_sliding_window(model)
         self.fed = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)  # [b, <=T] valid flags, as fed
+        # Whether holes may have grown since compact_if_holes_exceed last looked (a step that only appends one
+        # valid token per row cannot grow them: the check, a host sync, is skipped then).
+        self.holes_may_have_grown = True
         self._check_layers()
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
@@ -60,6 +63,7 @@ class RaggedCache:
         )
         self.mask = mask
         self.num_valid = self.num_valid + valid.sum(dim=1)
+        self.holes_may_have_grown |= tokens.shape[1] > 1
         return out.logits[:, -logits_to_keep:].to(tokens.device)
 
     def _forward_valid_first(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
@@ -82,6 +86,7 @@ class RaggedCache:
         n = keep.shape[1]
         if n == 0:
             return
+        self.holes_may_have_grown = True
         if self.contiguous:  # slots may have moved since they were fed: drop each row's last valid ones
             dropped = (self.fed[:, -n:] * (~keep).to(torch.int64)).sum(dim=1)  # [b]
             self.keep_first(self.num_valid - dropped)
@@ -94,6 +99,7 @@ class RaggedCache:
     def keep_first(self, counts: torch.Tensor) -> None:
         """Keep only the first ``counts  # [b]`` valid slots of each row (later ones become holes), then crop the
         slots that are holes in every row at the right end. A row then continues from its ``counts[r]``-th token."""
+        self.holes_may_have_grown = True
         self.mask = self.mask * (self.mask.cumsum(dim=1) <= counts[:, None]).to(torch.int64)
         if self.contiguous:  # the fed tokens dropped are each row's last ones
             dropped = (self.num_valid - counts).clamp_min(0)
@@ -118,6 +124,7 @@ class RaggedCache:
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only ``rows  # [b']`` of the batch (finished rows leave the batch)."""
         hf_compat.select_cache_rows(self.cache, rows)
+        self.holes_may_have_grown = True
         self.fed = self.fed[rows]
         self.mask = self.mask[rows]
         self.num_valid = self.num_valid[rows]
@@ -128,6 +135,9 @@ class RaggedCache:
 
     def compact_if_holes_exceed(self, threshold: float) -> None:
         """:meth:`compact` when the holes compaction would free exceed ``threshold`` of the slots."""
+        if not self.holes_may_have_grown:
+            return
+        self.holes_may_have_grown = False
         if self.mask.shape[0] and self.holes() > threshold * self.mask.shape[1]:
             self.compact()
 

@@ -41,9 +41,8 @@ class Run:
 
     def commit(self, output_ids: torch.Tensor, scores=None, logits=None) -> torch.Tensor:
         """Emit ``output_ids  # [b, n]`` (-1 padded), apply stopping, stream; returns ``finished  # [b]``."""
-        emitted = (output_ids >= 0).sum(dim=1)  # [b]
         self.sequences.write(self.rows, 0, output_ids)
-        kept, finished = self.stopping(self.sequences, self.rows, emitted)
+        kept, finished = self.stopping(self.sequences, self.rows, output_ids)
         if self.keep_scores:
             self.scores.append((self.rows, kept, scores))
         if self.keep_logits:

@@ -62,11 +62,13 @@ class Sequences:
         self.tokens[rows[:, None], columns] = torch.where(ids >= 0, ids, current)
 
     def commit(self, rows: torch.Tensor, counts: torch.Tensor, written: int) -> None:
-        """Advance rows by ``counts  # [b]`` and clear the rest of the ``written`` tentative columns."""
-        columns = self.columns(rows, written)  # [b, written]
-        keep = torch.arange(written, device=rows.device) < counts[:, None]
-        current = self.tokens[rows[:, None], columns]
-        self.tokens[rows[:, None], columns] = torch.where(keep, current, self.pad_token_id)
+        """Advance rows by ``counts  # [b]`` (each >= 1: a step emits a token per row) and clear the rest of the
+        ``written`` tentative columns."""
+        if written > 1:  # the first column is always kept
+            columns = self.columns(rows, written - 1, 1)  # [b, written - 1]
+            keep = torch.arange(1, written, device=rows.device) < counts[:, None]
+            current = self.tokens[rows[:, None], columns]
+            self.tokens[rows[:, None], columns] = torch.where(keep, current, self.pad_token_id)
         self.lengths[rows] += counts
         self.longest = int(self.lengths.max())
 

@@ -115,12 +115,14 @@ class SpeculativeDecoding(Strategy):
         while True:
             started = length.clock()
             rest = None if verified is None else started - verified  # the last step, after its target forward
-            drafted = drafter.propose(run, run.sampler, min(length.limit(), run.remaining() - 1), length)
+            k = length.limit()
+            drafted = drafter.propose(run, run.sampler, k and min(k, run.remaining() - 1), length)
             proposal = drafted.trimmed()
             g = proposal.ids.shape[1]  # ids [b, g], -1 where a row proposes nothing
             proposed = proposal.ids >= 0  # [b, g]
-            tokens = torch.cat([feed[0], proposal.ids.clamp_min(0)], dim=1)  # no-proposal slots are holes
-            valid = torch.cat([feed[1], proposed.to(torch.int64)], dim=1)
+            tokens, valid = feed if g == 0 else (
+                torch.cat([feed[0], proposal.ids.clamp_min(0)], dim=1),  # no-proposal slots are holes
+                torch.cat([feed[1], proposed.to(torch.int64)], dim=1))
             proposed_at = length.clock()
             logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
             verified = length.clock()
@@ -130,7 +132,8 @@ class SpeculativeDecoding(Strategy):
                            new_tokens=g + 1 if feed[0].shape[1] == 1 else 0, rest_seconds=rest)
             run.stats.record(num_accepted, proposed.sum(dim=1), g)
             finished = run.commit(output_ids, scores, logits)
-            target.keep_last(torch.arange(g, device=num_accepted.device) < num_accepted[:, None])
+            if g:
+                target.keep_last(torch.arange(g, device=num_accepted.device) < num_accepted[:, None])
             drafter.accept(num_accepted)
             survivors = run.drop_finished(finished)
             if survivors.numel() == 0:

@@ -47,19 +47,22 @@ class AcceptanceStats:
 
     def record(self, num_accepted: torch.Tensor, proposed: torch.Tensor, g: int) -> None:
         """Count one step of the active rows: ``num_accepted  # [b]`` of ``proposed  # [b]`` drafts (at most ``g``)."""
+        self.steps += num_accepted.shape[0]
+        if g == 0:  # a plain step: nothing drafted, nothing to read back
+            return
         grow = max(g - len(self.position_steps), 0)
         self.position_steps += [0] * grow
         self.position_accepted += [0] * grow
         positions = torch.arange(g, device=num_accepted.device)
-        drafted_at = (proposed[:, None] > positions).sum(dim=0).tolist()  # [g]
-        accepted_at = (num_accepted[:, None] > positions).sum(dim=0).tolist()
+        counts = torch.cat([(proposed[:, None] > positions).sum(dim=0),  # [g] row-steps that drafted position i
+                            (num_accepted[:, None] > positions).sum(dim=0),  # [g] ... that accepted it
+                            (num_accepted < proposed).sum().reshape(1)]).tolist()  # one transfer
         for i in range(g):
-            self.position_steps[i] += drafted_at[i]
-            self.position_accepted[i] += accepted_at[i]
-        self.steps += num_accepted.shape[0]
-        self.drafted += int(proposed.sum())
-        self.accepted += int(num_accepted.sum())
-        self.rejected += int((num_accepted < proposed).sum())
+            self.position_steps[i] += counts[i]
+            self.position_accepted[i] += counts[g + i]
+        self.drafted += sum(counts[:g])
+        self.accepted += sum(counts[g:2 * g])
+        self.rejected += counts[-1]
 
 
 @dataclass

@@ -241,3 +241,29 @@ def test_ragged_cache_compact_after_holes_fixed(arch):
         torch.testing.assert_close(logits, expected, rtol=0, atol=1e-10)
         cache.keep_last(torch.zeros(3, 1, dtype=torch.bool))  # roll the probe token back (a plain crop)
         check_cache_invariants(cache, sequences)
+
+
+def test_the_hole_check_is_skipped_only_after_single_valid_tokens():
+    """``compact_if_holes_exceed`` reads the holes back (a host sync) only when they may have grown: after a step
+    that appended one valid token per row and nothing else, holes are as many as at the last check and the slots
+    more, so the check is skipped; after a rollback it runs, and compacts."""
+    model = tiny_model("llama")
+    cache = RaggedCache(model, 2, torch.device("cpu"))
+    with torch.no_grad(), mock.patch.object(RaggedCache, "holes", autospec=True, side_effect=RaggedCache.holes) as spy:
+        cache.forward(torch.tensor([[0, 11, 12], [21, 22, 23]]), torch.tensor([[0, 1, 1], [1, 1, 1]]), 1)
+        cache.compact_if_holes_exceed(0.0)  # checked: a left pad is not a hole compaction frees
+        assert spy.call_count == 1 and cache.mask.shape[1] == 3
+        cache.forward(torch.tensor([[13, 14], [24, 25]]), torch.ones(2, 2, dtype=torch.int64), 1)
+        cache.keep_last(torch.tensor([[True, False], [False, False]]))  # row 1's slot 4 is now a hole
+        cache.forward(torch.tensor([[15], [26]]), torch.ones(2, 1, dtype=torch.int64), 1)
+        cache.compact_if_holes_exceed(1.0)  # checked: 1 hole in 5 slots, kept
+        assert spy.call_count == 2 and cache.mask.shape[1] == 5 and cache.holes() == 1
+        spy.reset_mock()
+        for token in (16, 17):  # single valid tokens: not checked (at 0.0 a check would compact)
+            cache.forward(torch.tensor([[token], [token + 11]]), torch.ones(2, 1, dtype=torch.int64), 1)
+            cache.compact_if_holes_exceed(0.0)
+        assert spy.call_count == 0 and cache.mask.shape[1] == 7
+        cache.keep_last(torch.tensor([[True], [True]]))  # a rollback, even one keeping everything: checked
+        cache.compact_if_holes_exceed(0.0)
+        assert spy.call_count == 1 and cache.mask.shape[1] == 6 and cache.holes() == 0
+    check_cache_invariants(cache, [[11, 12, 13, 15, 16, 17], [21, 22, 23, 26, 27, 28]])

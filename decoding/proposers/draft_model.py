@@ -84,11 +84,14 @@ class DraftModelDrafter(Drafter):
 
     def accept(self, num_accepted: torch.Tensor) -> None:
         """Roll the cache back to the accepted drafts (``num_accepted  # [b]``) and count what is left unread."""
-        drafts_read = max(self.forwards - 1, 0)  # drafts fed back into the cache this step
+        if self.forwards == 0:  # a plain target step: its token joins the unread ones
+            self.unread = self.unread + num_accepted + 1
+            return
+        drafts_read = self.forwards - 1  # drafts fed back into the cache this step
         self.cache.keep_last(torch.arange(drafts_read, device=num_accepted.device) < num_accepted[:, None])
         # Emitted: the accepted drafts and one recovered or bonus token; the accepted drafts it read are not unread.
         newly_unread = num_accepted + 1 - num_accepted.clamp_max(drafts_read)
-        self.unread = newly_unread if self.forwards else self.unread + newly_unread
+        self.unread = newly_unread
 
     def select_rows(self, survivors: torch.Tensor) -> None:
         """Keep the rows ``survivors  # [b']`` (positions in the current batch)."""
