@@ -35,6 +35,11 @@ REFRESH_EVERY = 32
 # draft's first forward then reads what it missed (the whole prompt in a new call), a cost the rates leave out; near
 # the line, switching back and forth would pay it again and again.
 SWITCH = 1.05
+# Drafting's rate is compared with plain steps' only within this many plain steps of the last step that drafted
+# (or was allowed to): the machine's speed drifts (by 20% within a minute on a shared CPU), and a drafting rate
+# from before a long stretch of plain steps against their current rate would switch on the drift, not on the
+# drafts. After that the target steps alone until a probe measures drafting again.
+FRESH = 2
 BINS = 16  # confidence bins of the acceptance estimate
 PRIOR = 2.0  # pseudo-tests at the overall acceptance rate in every bin
 
@@ -71,7 +76,7 @@ class AdaptiveMemory:
     the acceptance state of :class:`AdaptiveLength` and, per batch size, its measured seconds."""
 
     ACCEPTANCE = ("accepted", "tested", "bin_accepted", "bin_tested", "probe_every", "skipped")
-    SECONDS = ("draft_seconds", "target_seconds", "line", "rest_seconds", "realized", "drafting_steps")
+    SECONDS = ("draft_seconds", "target_seconds", "line", "rest_seconds", "realized", "drafting_steps", "undrafted")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -123,6 +128,7 @@ class AdaptiveLength:
         self.probing = False  # this step is a probe's first: its first position is verified whatever it costs
         self.probe_left = 0  # the probe's drafting steps still to come
         self.drafting_steps = 0  # steps drafted because drafting pays (one in REFRESH_EVERY is plain instead)
+        self.undrafted = 0  # steps in a row allowed no drafts (how old the drafting rate is)
         self.memory, self.batch_size = memory, batch_size
         if memory is not None:
             memory.recall(self, batch_size)
@@ -137,6 +143,11 @@ class AdaptiveLength:
 
     def limit(self) -> int:
         """The most tokens this step may propose (0: the target steps alone)."""
+        tokens = self._limit()
+        self.undrafted = 0 if tokens else self.undrafted + 1
+        return tokens
+
+    def _limit(self) -> int:
         self.steps += 1
         self.expected, self.verified, self.probing = 1.0, 0, False
         if not self._known():  # warm-up: the prompt alone, then t(2), t(1) and a draft forward measured
@@ -172,6 +183,8 @@ class AdaptiveLength:
         include what the cost model leaves out or gets wrong), else the cost model at the acceptance so far."""
         plain, draft = self.rate("plain"), self.rate("draft")
         if plain is not None and draft is not None:
+            if self.undrafted > FRESH:  # an old drafting rate: wait for a probe
+                return False
             catching_up = self.plain_steps or not self.drafted_before  # the draft has tokens to read first
             return draft > plain * (SWITCH if catching_up else 1.0)
         return self._pays(self.acceptance, drafted=0, drafting=True)

@@ -475,6 +475,21 @@ def test_after_plain_steps_drafting_must_beat_them_by_the_switch_margin():
     assert adaptive.SWITCH > 1.03 and length.limit() == 0
 
 
+def test_an_old_drafting_rate_waits_for_a_probe():
+    """The machine's speed drifts: plain steps that slow down below a drafting rate measured long before must not
+    switch to drafting on that old rate; the next probe measures drafting again, and from a fresh rate the rule
+    drafts (here it pays) or not."""
+    length = _costed(0.7, rest=None)
+    length.drafted_before = True
+    length.realized = {"plain": (1.0, 1.0), "draft": (1.5, 1.0)}
+    length.undrafted = adaptive.FRESH  # still fresh: drafting pays
+    assert length.limit() == 8 and length.undrafted == 0
+    length.undrafted, length.probe_every = adaptive.FRESH + 1, 6  # old: the target steps alone until the probe
+    limits = [length.limit() for _ in range(6 + 1)]
+    assert limits == [0] * 6 + [8]
+    assert length.undrafted == 0 and length.limit() == 8  # the probe measured drafting: it pays, and goes on
+
+
 def test_while_drafting_pays_one_step_in_refresh_every_is_plain():
     length = _costed(0.7, rest=None)
     length.realized = {"plain": (1.0, 1.0), "draft": (3.0, 1.0)}
