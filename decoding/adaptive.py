@@ -42,6 +42,9 @@ SWITCH = 1.05
 FRESH = 2
 BINS = 16  # confidence bins of the acceptance estimate
 PRIOR = 2.0  # pseudo-tests at the overall acceptance rate in every bin
+# A row's drafts may fare better or worse than their bins say (a prompt the draft knows well, or not at all): each
+# row's chances are scaled by its accepted drafts over those its bins expected, with this many of each added.
+ROW_PRIOR = 2.0
 
 
 class FixedLength:
@@ -105,7 +108,7 @@ class AdaptiveLength:
     rows."""
 
     def __init__(self, max_tokens: int, device: torch.device, probe_every: int = 16,
-                 memory: AdaptiveMemory | None = None, batch_size: int = 1):
+                 memory: AdaptiveMemory | None = None, batch_size: int = 1, run=None):
         self.max_tokens, self.device = max_tokens, torch.device(device)
         self.probe_every = self.first_probe = probe_every
         self.steps = self.skipped = 0
@@ -124,6 +127,10 @@ class AdaptiveLength:
         self.accepted = self.tested = 0.0
         self.bin_accepted = self.bin_tested = (0.0,) * BINS
         self._chances: torch.Tensor | None = None  # by bin, as of the last step
+        # Per original row of the call (``run.rows`` names the active ones; without a run, no row is told apart):
+        # decayed accepted drafts and the drafts their bins expected accepted, and their ratio (ROW_PRIOR added).
+        self.run = run
+        self.row_accepted = self.row_expected = self.row_ratio = None
         self.expected, self.verified = 1.0, 0  # this step so far: expected tokens per row, drafted positions verified
         self.probing = False  # this step is a probe's first: its first position is verified whatever it costs
         self.probe_left = 0  # the probe's drafting steps still to come
@@ -190,13 +197,21 @@ class AdaptiveLength:
         return self._pays(self.acceptance, drafted=0, drafting=True)
 
     def chance(self, confidence: torch.Tensor) -> torch.Tensor:
-        """The estimated chance that a draft is accepted given its confidence, ``confidence  # [b]`` -> ``# [b]``:
-        its bin's decayed acceptance rate with :data:`PRIOR` tests at the overall rate (1 before any test)."""
-        if self._chances is None or self._chances.device != confidence.device:
+        """The estimated chance that a draft is accepted given its confidence, ``confidence  # [b]`` -> ``# [b]`` (the
+        active rows): its bin's decayed acceptance rate with :data:`PRIOR` tests at the overall rate (1 before any
+        test), times its row's ratio of accepted to expected drafts, at most 1."""
+        chances = self._bin_chances(confidence.device)[_bin(confidence)]
+        if self.row_ratio is None:
+            return chances
+        return (chances * self.row_ratio[self.run.rows]).clamp_max(1.0)
+
+    def _bin_chances(self, device) -> torch.Tensor:
+        """Every bin's estimated chance ``# [BINS]``."""
+        if self._chances is None or self._chances.device != device:
             overall = self.acceptance if self.tested > 0 else 1.0
             self._chances = torch.tensor([(accepted + PRIOR * overall) / (tested + PRIOR) for accepted, tested
-                                          in zip(self.bin_accepted, self.bin_tested)], device=confidence.device)
-        return self._chances[_bin(confidence)]
+                                          in zip(self.bin_accepted, self.bin_tested)], device=device)
+        return self._chances
 
     def proposes(self, position: int, reach: torch.Tensor) -> torch.Tensor | None:
         """Whether the batch verifies drafted position ``position``, as ``# [b]`` (all equal: once a position is
@@ -276,7 +291,7 @@ class AdaptiveLength:
                          for name, sums in self.realized.items()}
 
     def _learn(self, proposal, num_accepted) -> None:
-        """Add one step's tested drafts to the decayed acceptance counts."""
+        """Add one step's tested drafts to the decayed acceptance counts, by bin and by row."""
         drafted = proposal.ids.shape[1]
         if drafted == 0:  # a plain step
             return
@@ -291,10 +306,24 @@ class AdaptiveLength:
                               torch.bincount(bins[tested], minlength=BINS)]).tolist()  # one transfer
         if not any(counts[1]):  # no row proposed anything: nothing learned, nothing decays
             return
+        if self.run is not None:
+            self._learn_rows(accepted.sum(dim=1), (self._bin_chances(bins.device)[bins] * tested).sum(dim=1))
         self.bin_accepted = _decayed(self.bin_accepted, counts[0])
         self.bin_tested = _decayed(self.bin_tested, counts[1])
         self.accepted, self.tested = _decayed((self.accepted, self.tested), (sum(counts[0]), sum(counts[1])))
         self._chances = None
+
+    def _learn_rows(self, accepted: torch.Tensor, expected: torch.Tensor) -> None:
+        """Add the step's accepted drafts ``# [b]`` and those their bins expected ``# [b]`` to its rows' decayed
+        sums, on the device (no transfer)."""
+        if self.row_accepted is None:
+            size = self.run.prompt_mask.shape[0]
+            self.row_accepted = torch.zeros(size, device=accepted.device)
+            self.row_expected = torch.zeros(size, device=accepted.device)
+        rows = self.run.rows
+        self.row_accepted = (MEMORY * self.row_accepted).index_add_(0, rows, accepted.float())
+        self.row_expected = (MEMORY * self.row_expected).index_add_(0, rows, expected.float())
+        self.row_ratio = (self.row_accepted + ROW_PRIOR) / (self.row_expected + ROW_PRIOR)
 
     def measured(self, new_tokens: int, seconds: float) -> None:
         """Learn that a target forward over ``new_tokens`` tokens per row took ``seconds``."""

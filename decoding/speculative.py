@@ -94,7 +94,7 @@ class SpeculativeDecoding(Strategy):
     def length_policy(self, run: Run):
         if self.num_draft_tokens == "auto":
             return AdaptiveLength(self.max_draft_tokens, run.prompt_mask.device, memory=self.adaptive_memory,
-                                  batch_size=run.prompt_mask.shape[0])
+                                  batch_size=run.prompt_mask.shape[0], run=run)
         return FixedLength(self.num_draft_tokens)
 
     def validate(self, model, generation_config, input_ids, attention_mask) -> None:

@@ -376,6 +376,30 @@ def test_a_drafts_chance_is_learned_by_confidence_bin_whatever_the_relation():
     assert chances.tolist() == pytest.approx([1.0, 0.5, overall, 0.5], abs=0.03)  # 1.0: the last bin, as 0.95
 
 
+def test_a_rows_chances_follow_how_its_own_drafts_fare():
+    """Three rows of a call drafting at equal confidence: row 0 always accepted, row 2 never, row 1 half the time.
+    The bin's rate is the batch's; each row's chance is scaled by its accepted over its expected drafts (plus
+    ROW_PRIOR of each), so that rows the draft does not know stop inflating the batch's expected gain. The rows are
+    the call's original ones: after row 0 finishes, the rows left keep theirs."""
+    run = type("Run", (), {})()
+    run.prompt_mask, run.rows = torch.ones(3, 4), torch.arange(3)
+    length = AdaptiveLength(8, "cpu", run=run)
+    for step in range(60):
+        accepted = torch.tensor([2, 2 * (step % 2), 0])
+        proposal = decoding.proposers.Proposal(ids=torch.zeros(3, 2, dtype=torch.int64), probs=None,
+                                               confidence=torch.full((3, 2), 0.5))
+        length._learn(proposal, accepted)
+    bin_rate = float(length._bin_chances(torch.device("cpu"))[adaptive._bin(torch.tensor(0.5))])
+    assert bin_rate == pytest.approx(length.acceptance, abs=0.05)  # 3 accepted of 4.5 tested per step
+    chances = length.chance(torch.full((3,), 0.5))
+    # Row 0 accepts 2 where the bin expects 1.33 (ratio 1.5, the prior pulls it to ~1.44); row 2 none of ~0.67.
+    assert 1.3 * bin_rate < chances[0] <= 1.0 and chances[2] < 0.3 * bin_rate
+    assert 0.75 * bin_rate < chances[1] < 1.25 * bin_rate  # about the batch's rate
+    run.rows = torch.tensor([1, 2])  # row 0 finished
+    assert torch.equal(length.chance(torch.full((2,), 0.5)), chances[1:])
+    assert torch.equal(AdaptiveLength(8, "cpu").chance(torch.full((3,), 0.5)), torch.ones(3))  # no run, no rows
+
+
 def test_a_probe_drafts_for_a_few_steps_and_verifies_its_first_draft_whatever_it_costs():
     length = AdaptiveLength(8, "cpu", probe_every=2)
     for n, seconds in {1: 1.0, 2: 1.5, 3: 2.0}.items():
