@@ -134,6 +134,7 @@ class AdaptiveLength:
         self.expected, self.verified = 1.0, 0  # this step so far: expected tokens per row, drafted positions verified
         self.probing = False  # this step is a probe's first: its first position is verified whatever it costs
         self.probe_left = 0  # the probe's drafting steps still to come
+        self.measuring = False  # this step is one of a probe's: its rate counts the tokens it got
         self.drafting_steps = 0  # steps drafted because drafting pays (one in REFRESH_EVERY is plain instead)
         self.undrafted = 0  # steps in a row allowed no drafts (how old the drafting rate is)
         self.memory, self.batch_size = memory, batch_size
@@ -156,12 +157,12 @@ class AdaptiveLength:
 
     def _limit(self) -> int:
         self.steps += 1
-        self.expected, self.verified, self.probing = 1.0, 0, False
+        self.expected, self.verified, self.probing, self.measuring = 1.0, 0, False, False
         if not self._known():  # warm-up: the prompt alone, then t(2), t(1) and a draft forward measured
             return 0 if self.steps == 1 or (self.target_seconds and 1 not in self.target_seconds) else 1
         if self.probe_left:  # a probe goes on while drafting is close to paying: one step's count is noisy
             if self._drafting_close():
-                self.probe_left -= 1
+                self.probe_left, self.measuring = self.probe_left - 1, True
                 return self.max_tokens
             self.probe_left = 0
         if self._drafting_pays():
@@ -170,7 +171,7 @@ class AdaptiveLength:
             return 0 if self.drafting_steps % REFRESH_EVERY == 0 else self.max_tokens
         if self.skipped >= self.probe_every:  # drafting measured again
             self.skipped, self.probe_every, self.probing = 0, min(2 * self.probe_every, MAX_PROBE_WAIT), True
-            self.probe_left = PROBE_STEPS - 1
+            self.probe_left, self.measuring = PROBE_STEPS - 1, True
             return self.max_tokens
         self.skipped += 1
         return 0
@@ -279,11 +280,13 @@ class AdaptiveLength:
 
     def _tokens(self, drafted: int, num_accepted: torch.Tensor) -> float:
         """The tokens per row a step counts: 1 for a plain step, the tokens expected for a drafting step, and those
-        got where its proposer verified positions without asking :meth:`proposes` (string-level cross-tokenizer
-        drafts)."""
+        got for a probe's steps (a probe measures what the estimates may have wrong: counted as expected, the
+        drafts of a stretch the draft does well after one it did badly would be judged by the bad stretch's
+        chances) and where its proposer verified positions without asking :meth:`proposes` (string-level
+        cross-tokenizer drafts)."""
         if not drafted:
             return 1.0
-        return self.expected if self.verified else 1.0 + float(num_accepted.float().mean())
+        return self.expected if self.verified and not self.measuring else 1.0 + float(num_accepted.float().mean())
 
     def _record(self, kind: str, tokens: float, seconds: float) -> None:
         """Add a step of ``kind`` to the realized sums; both kinds decay with every step."""

@@ -486,13 +486,14 @@ def test_the_warm_up_call_is_made_by_the_very_methods_timed(monkeypatch):
                            device="cpu")
     prompts = tokenize_prompts(pair, select_prompts(load_prompt_set(), ["math"], 2), 12)
     calls = []  # (method name, id of its strategy, overrides)
+    new_tokens = []  # (method name, new tokens of the call)
 
     make_methods = grid.make_methods
 
     def logged(*args, **kwargs):
         methods = make_methods(*args, **kwargs)
         for method in methods:
-            method.generate = _logging(method.generate, method, calls)
+            method.generate = _logging(method.generate, method, calls, new_tokens)
         return methods
 
     monkeypatch.setattr(grid, "make_methods", logged)
@@ -505,11 +506,17 @@ def test_the_warm_up_call_is_made_by_the_very_methods_timed(monkeypatch):
         assert mine[0][1] == {"max_new_tokens": 3}  # the warm-up first, shorter
         assert [o for _, o in mine[1:]] == [{}] * 2 * len(prompts)  # then every batch in each of 2 rounds
         assert len({strategy for strategy, _ in mine}) == 1  # one method, one strategy throughout
+    # The synthetic pair has no EOS: every call makes its full count, and the one-token prefill stays one token.
+    assert {n for name, n in new_tokens if name == "prefill"} == {1}
+    assert [n for name, n in new_tokens if name == "target"] == [3] + [6] * 2 * len(prompts)
 
 
-def _logging(generate, method, calls):
+def _logging(generate, method, calls, new_tokens=None):
     def wrapped(ids, mask, **overrides):
         calls.append((method.name, id(method.strategy), overrides))
-        return generate(ids, mask, **overrides)
+        output = generate(ids, mask, **overrides)
+        if new_tokens is not None:
+            new_tokens.append((method.name, output.shape[1] - ids.shape[1]))
+        return output
 
     return wrapped

@@ -433,6 +433,29 @@ def _stepper(length: AdaptiveLength):
     return step
 
 
+def test_a_probe_counts_the_tokens_it_got():
+    """Its chances learned on a stretch the draft did badly, a probe that gets 3 tokens where 1.3 were expected
+    counts 3: a probe measures what the estimates may have wrong. An ordinary drafting step counts 1.3."""
+    rates = []
+    for probe in (True, False):
+        length = _costed(0.15, rest=None)
+        length.drafted_before = True
+        length.measuring = probe
+        _stepper(length)(2, 2, 0.3, 1.0, rest=0.0, expected=1.3)
+        rates.append(length.rate("draft"))
+    assert rates == [pytest.approx(3 / 1.3), pytest.approx(1.3 / 1.3)]
+
+
+def test_every_step_of_a_probe_measures():
+    length = AdaptiveLength(8, "cpu", probe_every=1)
+    for n, seconds in {1: 1.0, 2: 1.5, 3: 2.0}.items():
+        length.measured(n, seconds)
+    length.draft_seconds, length.accepted, length.tested = 0.5, 0.0, 4.0  # drafting does not pay
+    length.realized = {"plain": (1.0, 1.0), "draft": (0.9, 1.0)}  # close enough for the probe to go on
+    assert [(length.limit(), length.measuring) for _ in range(5)] == [
+        (0, False), (8, True), (8, True), (8, True), (0, False)]
+
+
 def test_a_drafting_step_counts_the_tokens_it_got_where_its_proposer_never_asked_proposes():
     length = _costed(0.7, rest=None)
     length.drafted_before = True

@@ -74,15 +74,15 @@ def make_methods(target, draft, batch_size: int, draft_lengths: Sequence[int], k
                     if v.kind in PER_G and v.runs_at(batch_size)]
     methods += [_variant(v, target, draft, None, kwargs, tokenizers, assistant_tokenizers) for v in variants
                 if v.kind not in PER_G and v.runs_at(batch_size)]
-    one_token = {**kwargs, "max_new_tokens": 1}
-    methods.append(Method("prefill", "prefill", None, _generate(target, one_token)))
+    methods.append(Method("prefill", "prefill", None, _generate(target, kwargs, max_new_tokens=1)))
     return methods
 
 
 def _generate(target, kwargs: dict, **fixed) -> Callable:
-    """``target.generate`` of ``(ids, mask)`` with ``kwargs`` (any of which a call may override) and ``fixed``."""
+    """``target.generate`` of ``(ids, mask)`` with ``kwargs`` (any of which a call may override) and ``fixed`` (which
+    no call overrides: the one-token ``prefill`` warms up on one token too)."""
     def generate(ids, mask, **overrides):
-        return target.generate(ids, attention_mask=mask, **fixed, **{**kwargs, **overrides})
+        return target.generate(ids, attention_mask=mask, **{**kwargs, **overrides, **fixed})
 
     return generate
 
