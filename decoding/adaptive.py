@@ -42,8 +42,9 @@ SWITCH = 1.05
 FRESH = 2
 BINS = 16  # confidence bins of the acceptance estimate
 PRIOR = 2.0  # pseudo-tests at the overall acceptance rate in every bin
-# A row's drafts may fare better or worse than their bins say (a prompt the draft knows well, or not at all): each
-# row's chances are scaled by its accepted drafts over those its bins expected, with this many of each added.
+# A row's drafts may fare better or worse than their bins say (a prompt the draft knows well, or not at all): in a
+# batch, each row's chances are scaled by its accepted drafts over those its bins expected, with this many of each
+# added. With one row the bins learn from that row alone, over the same steps: the ratio would add only its noise.
 ROW_PRIOR = 2.0
 
 
@@ -127,7 +128,8 @@ class AdaptiveLength:
         self.accepted = self.tested = 0.0
         self.bin_accepted = self.bin_tested = (0.0,) * BINS
         self._chances: torch.Tensor | None = None  # by bin, as of the last step
-        # Per original row of the call (``run.rows`` names the active ones; without a run, no row is told apart):
+        # Per original row of a batch (``run.rows`` names the active ones; without a run or with one row, no row is
+        # told apart):
         # decayed accepted drafts and the drafts their bins expected accepted, and their ratio (ROW_PRIOR added).
         self.run = run
         self.row_accepted = self.row_expected = self.row_ratio = None
@@ -309,7 +311,7 @@ class AdaptiveLength:
                               torch.bincount(bins[tested], minlength=BINS)]).tolist()  # one transfer
         if not any(counts[1]):  # no row proposed anything: nothing learned, nothing decays
             return
-        if self.run is not None:
+        if self.run is not None and self.run.prompt_mask.shape[0] > 1:  # one row: its bins are its own record
             self._learn_rows(accepted.sum(dim=1), (self._bin_chances(bins.device)[bins] * tested).sum(dim=1))
         self.bin_accepted = _decayed(self.bin_accepted, counts[0])
         self.bin_tested = _decayed(self.bin_tested, counts[1])

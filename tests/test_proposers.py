@@ -398,6 +398,12 @@ def test_a_rows_chances_follow_how_its_own_drafts_fare():
     run.rows = torch.tensor([1, 2])  # row 0 finished
     assert torch.equal(length.chance(torch.full((2,), 0.5)), chances[1:])
     assert torch.equal(AdaptiveLength(8, "cpu").chance(torch.full((3,), 0.5)), torch.ones(3))  # no run, no rows
+    single = type("Run", (), {"prompt_mask": torch.ones(1, 4), "rows": torch.arange(1)})()
+    alone = AdaptiveLength(8, "cpu", run=single)  # one row: its bins already are its own record
+    for _ in range(20):
+        alone._learn(decoding.proposers.Proposal(ids=torch.zeros(1, 2, dtype=torch.int64), probs=None,
+                                                 confidence=torch.full((1, 2), 0.5)), torch.tensor([0]))
+    assert alone.row_ratio is None and alone.chance(torch.full((1,), 0.5)) == pytest.approx(alone.acceptance, abs=0.1)
 
 
 def test_a_probe_drafts_for_a_few_steps_and_verifies_its_first_draft_whatever_it_costs():
