@@ -106,7 +106,7 @@ class AdaptiveMemory:
 class AdaptiveLength:
     """The rule of the module docstring, for one call; ``max_tokens`` bounds a step's proposals. With a ``memory``,
     the call starts from (and leaves behind) what the strategy's calls learned, for batches of ``batch_size``
-    rows."""
+    rows; with the call's ``run`` (its ``rows``: the active original rows), the rows of a batch are told apart."""
 
     def __init__(self, max_tokens: int, device: torch.device, probe_every: int = 16,
                  memory: AdaptiveMemory | None = None, batch_size: int = 1, run=None):
@@ -129,8 +129,7 @@ class AdaptiveLength:
         self.bin_accepted = self.bin_tested = (0.0,) * BINS
         self._chances: torch.Tensor | None = None  # by bin, as of the last step
         # Per original row of a batch (``run.rows`` names the active ones; without a run or with one row, no row is
-        # told apart):
-        # decayed accepted drafts and the drafts their bins expected accepted, and their ratio (ROW_PRIOR added).
+        # told apart): decayed accepted drafts, the drafts their bins expected accepted, their ratio (ROW_PRIOR added).
         self.run = run
         self.row_accepted = self.row_expected = self.row_ratio = None
         self.expected, self.verified = 1.0, 0  # this step so far: expected tokens per row, drafted positions verified
@@ -311,7 +310,7 @@ class AdaptiveLength:
                               torch.bincount(bins[tested], minlength=BINS)]).tolist()  # one transfer
         if not any(counts[1]):  # no row proposed anything: nothing learned, nothing decays
             return
-        if self.run is not None and self.run.prompt_mask.shape[0] > 1:  # one row: its bins are its own record
+        if self.run is not None and self.batch_size > 1:  # one row: its bins are its own record
             self._learn_rows(accepted.sum(dim=1), (self._bin_chances(bins.device)[bins] * tested).sum(dim=1))
         self.bin_accepted = _decayed(self.bin_accepted, counts[0])
         self.bin_tested = _decayed(self.bin_tested, counts[1])
@@ -322,9 +321,8 @@ class AdaptiveLength:
         """Add the step's accepted drafts ``# [b]`` and those their bins expected ``# [b]`` to its rows' decayed
         sums, on the device (no transfer)."""
         if self.row_accepted is None:
-            size = self.run.prompt_mask.shape[0]
-            self.row_accepted = torch.zeros(size, device=accepted.device)
-            self.row_expected = torch.zeros(size, device=accepted.device)
+            self.row_accepted = torch.zeros(self.batch_size, device=accepted.device)
+            self.row_expected = torch.zeros(self.batch_size, device=accepted.device)
         rows = self.run.rows
         self.row_accepted = (MEMORY * self.row_accepted).index_add_(0, rows, accepted.float())
         self.row_expected = (MEMORY * self.row_expected).index_add_(0, rows, expected.float())

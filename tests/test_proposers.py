@@ -381,9 +381,8 @@ def test_a_rows_chances_follow_how_its_own_drafts_fare():
     The bin's rate is the batch's; each row's chance is scaled by its accepted over its expected drafts (plus
     ROW_PRIOR of each), so that rows the draft does not know stop inflating the batch's expected gain. The rows are
     the call's original ones: after row 0 finishes, the rows left keep theirs."""
-    run = type("Run", (), {})()
-    run.prompt_mask, run.rows = torch.ones(3, 4), torch.arange(3)
-    length = AdaptiveLength(8, "cpu", run=run)
+    run = type("Run", (), {"rows": torch.arange(3)})()
+    length = AdaptiveLength(8, "cpu", batch_size=3, run=run)
     for step in range(60):
         accepted = torch.tensor([2, 2 * (step % 2), 0])
         proposal = decoding.proposers.Proposal(ids=torch.zeros(3, 2, dtype=torch.int64), probs=None,
@@ -398,8 +397,8 @@ def test_a_rows_chances_follow_how_its_own_drafts_fare():
     run.rows = torch.tensor([1, 2])  # row 0 finished
     assert torch.equal(length.chance(torch.full((2,), 0.5)), chances[1:])
     assert torch.equal(AdaptiveLength(8, "cpu").chance(torch.full((3,), 0.5)), torch.ones(3))  # no run, no rows
-    single = type("Run", (), {"prompt_mask": torch.ones(1, 4), "rows": torch.arange(1)})()
-    alone = AdaptiveLength(8, "cpu", run=single)  # one row: its bins already are its own record
+    single = type("Run", (), {"rows": torch.arange(1)})()
+    alone = AdaptiveLength(8, "cpu", batch_size=1, run=single)  # one row: its bins already are its own record
     for _ in range(20):
         alone._learn(decoding.proposers.Proposal(ids=torch.zeros(1, 2, dtype=torch.int64), probs=None,
                                                  confidence=torch.full((1, 2), 0.5)), torch.tensor([0]))
