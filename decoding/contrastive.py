@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import kernels
+from .kernels import ops as kernels
 from .mixing import LogitMixing, recent_window
 from .ragged_cache import RaggedCache
 from .run import Run

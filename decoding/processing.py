@@ -87,7 +87,7 @@ def warper_settings(processors) -> tuple[float, int, float] | None:
     warpers, at most one of each, in ``generate``'s order and with their default filter value and
     ``min_tokens_to_keep`` folded in (``top_k = 0`` / ``top_p = 1.0`` when absent); None for anything else.
 
-    The fused kernels (:func:`decoding.kernels.verify`, ``sample_logits``, ``contrastive_choose``) apply exactly
+    The fused kernels (:func:`decoding.kernels.ops.verify`, ``sample_logits``, ``contrastive_choose``) apply exactly
     these three on the fly; any other processor keeps a strategy on the general path.
     """
     order = ("temperature", "top_k", "top_p")  # generate's order

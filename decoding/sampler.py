@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels
+from .kernels import ops as kernels
 from .kernels.reference import check_samplable
 from .processing import LogitsProcessing
 from .sequences import Sequences
@@ -33,7 +33,7 @@ def make_sampler(processing: LogitsProcessing, sequences: Sequences, do_sample: 
     """The fused sampler when the processors are only temperature / top-k / top-p (none at all when greedy, whose
     argmax they could only perturb through rounding ties), the processed scores are not kept for the output,
     verification is token-wise when sampling (the kernels implement that rule only) and
-    :func:`decoding.kernels.fused_route` says so (kernels available, or the torch reference forced); else the
+    :func:`decoding.kernels.ops.fused_route` says so (kernels available, or the torch reference forced); else the
     processors' sampler."""
     warpers = processing.warpers
     fused = warpers is not None and not keep_scores and kernels.fused_route(device)

@@ -96,7 +96,7 @@ def _pair(args):
 
         expert, amateur = damped_pair(seed=args.seed, intermediate_size=2048)
         return expert, amateur, None
-    from decoding.model_pairs import load_pair
+    from decoding.model_pairs.loading import load_pair
 
     loaded = load_pair(args.target, args.amateur, dtype="float32")
     return loaded.target, loaded.draft, loaded.tokenizer

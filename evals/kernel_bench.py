@@ -146,7 +146,7 @@ def measure_kernels(args, bandwidth: float) -> list[dict]:
 def measure_e2e(args) -> list[dict]:
     """Seconds per decoding step (per row-step) of sampled speculative decoding, kernels vs reference."""
     import decoding
-    from decoding import kernels
+    from decoding.kernels import ops as kernels
     from decoding.model_pairs.synthetic import damped_pair
 
     target, draft = damped_pair(vocab_size=32768, device="cuda", dtype=torch.bfloat16)

@@ -52,7 +52,7 @@ def setting() -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Force a backend inside a ``with`` block: ``with decoding.kernels.use_backend("torch"): ...``."""
+    """Force a backend inside a ``with`` block: ``with decoding.kernels.ops.use_backend("torch"): ...``."""
     token = _forced.set(_checked(name))
     try:
         yield
@@ -105,7 +105,7 @@ def backend_for(tensor: torch.Tensor) -> str:
 
 
 def fused_route(device: torch.device) -> bool:
-    """Whether strategies call the fused entry points (:func:`decoding.kernels.verify`, ``sample_logits``,
+    """Whether strategies call the fused entry points (:func:`decoding.kernels.ops.verify`, ``sample_logits``,
     ``contrastive_choose``) for tensors on ``device`` when their processing allows it: with the kernels, or
     with the reference when ``"torch"`` is forced. Under ``"auto"`` without kernels they keep the general path
     (transformers' own processors), which is what a CPU run has always done."""

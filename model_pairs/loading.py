@@ -3,7 +3,7 @@
 :func:`load_pair` takes a registry name (:mod:`decoding.model_pairs.registry`) or any hub id / local directory
 for the target, and a hub id / local directory for the draft::
 
-    >>> from decoding.model_pairs import load_pair
+    >>> from decoding.model_pairs.loading import load_pair
     >>> pair = load_pair("embedded")                                   # shipped with the package, no download
     >>> pair = load_pair("qwen2.5-7b-instruct", dtype="bfloat16", device_map="auto")
     >>> pair = load_pair("/models/llama-8b", "/models/llama-1b", load_in_4bit=True)
@@ -284,7 +284,7 @@ def load_pair(
     """Load a target model, its draft (or amateur) and their tokenizers, ready for the decoding strategies.
 
     Args:
-        target: a registry name (``decoding.model_pairs.names()``; the draft then comes from the registry unless
+        target: a registry name (``decoding.model_pairs.registry.names()``; the draft then comes from the registry unless
             ``draft`` is given), a hub id, a local directory or a ``.gguf`` file.
         draft: hub id, local directory or ``.gguf`` file of the small model; required unless ``target`` is a
             registry name.

@@ -5,7 +5,7 @@ pair), the role of the small model (``"draft"`` for speculative decoding, ``"ama
 decoding), a recommended draft length and notes. :func:`from_name` looks a pair up by name, :func:`names` lists
 the names. Loading is :func:`decoding.model_pairs.loading.load_pair`, which takes these names too::
 
-    >>> from decoding.model_pairs import from_name
+    >>> from decoding.model_pairs.registry import from_name
     >>> from_name("qwen2.5-7b-instruct").draft
     'Qwen/Qwen2.5-0.5B-Instruct'
 

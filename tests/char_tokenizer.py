@@ -1,7 +1,7 @@
 """A tiny character-level tokenizer built locally with the ``tokenizers`` library (nothing is downloaded).
 
 ``char_tokenizer(size=VOCAB, swap=None) -> PreTrainedTokenizerFast`` (cached: do not modify it)
-    Ids ``0, 1, 2`` are ``[PAD]``, ``[BOS]``, ``[EOS]`` (``tests.models.PAD_ID/BOS_ID/EOS_ID``); ids from 3 up are
+    Ids ``0, 1, 2`` are ``[PAD]``, ``[BOS]``, ``[EOS]`` (``models.PAD_ID/BOS_ID/EOS_ID``); ids from 3 up are
     single printable ASCII characters (digits, letters, punctuation), then, past 96 ids, two-character tokens
     ``"c0"``, ``"c1"``, ... (``size`` ids in all, up to 96 + 94 * 94). Text is the plain concatenation of the
     tokens (no spaces), so stop strings can span several tokens. ``swap=(i, j)`` exchanges the strings of ids
@@ -17,7 +17,7 @@ import string
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tests.models import VOCAB
+from models import VOCAB
 
 CHARS = string.printable[:94]  # digits, letters, punctuation: no whitespace
 

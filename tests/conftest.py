@@ -12,7 +12,9 @@ The ``HYPOTHESIS_PROFILE`` environment variable selects the default profile too
 (``HYPOTHESIS_PROFILE=thorough pytest``); ``--hypothesis-profile`` on the command line wins over both.
 
 Helpers for tests live in ``tests/models.py`` (tiny model factories) and ``tests/strategies.py`` (hypothesis
-strategies); import them as ``from tests.models import tiny_pair`` (``tests/__init__.py`` makes that work).
+strategies); import them as ``from models import tiny_pair``. ``tests/`` has no ``__init__.py`` (a root folder that
+is a package would shadow any installed ``tests`` module), so pytest's default import mode puts ``tests/`` itself
+on ``sys.path``: helper and test module names must be unique there.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tests.char_tokenizer import CHARS, _token_strings
-from tests.models import fresh_model
+from char_tokenizer import CHARS, _token_strings
+from models import fresh_model
 
 SPECIALS = ["[PAD]", "[BOS]", "[EOS]"]
 TARGET_PIECES = _token_strings(128)

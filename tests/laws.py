@@ -13,7 +13,7 @@ import torch
 from scipy import stats as scipy_stats
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
-from tests.models import PAD_ID
+from models import PAD_ID
 
 BISECTION_STEPS = 53  # float64 uniforms: the interval shrinks to 2^-53, far below the 1e-6 tolerance
 

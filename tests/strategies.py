@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from tests.models import FIRST_REAL_ID, PAD_ID, VOCAB
+from models import FIRST_REAL_ID, PAD_ID, VOCAB
 
 
 def batch_sizes(min_size: int = 1, max_size: int = 8):

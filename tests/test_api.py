@@ -9,8 +9,8 @@ from transformers.generation.streamers import BaseStreamer, TextStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 import decoding
-from tests.char_tokenizer import char_tokenizer
-from tests.models import ARCHS, PAD_ID, VOCAB, fresh_model, greedy_reference, tiny_model, tiny_pair
+from char_tokenizer import char_tokenizer
+from models import ARCHS, PAD_ID, VOCAB, fresh_model, greedy_reference, tiny_model, tiny_pair
 
 
 def ragged_batch(seed=0, batch=4, width=6):

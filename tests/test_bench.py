@@ -16,13 +16,14 @@ import pytest
 import torch
 
 import decoding
+from decoding.kernels import ops as kernels_ops
 from decoding.evals.bench import args as bench_args
 from decoding.evals.bench import cli as bench
 from decoding.evals.bench import plot, report
 from decoding.evals.bench import prompts as bench_prompts
 from decoding.evals.common import measure
 from decoding.evals.common.batches import make_batches
-from tests.models import save_llama, word_tokenizer
+from models import save_llama, word_tokenizer
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 # Subprocesses import the same checkout as this test, whatever the installed copy points at.
@@ -87,7 +88,7 @@ def test_prefill_ceiling_and_ratios():
     assert measure.prefill_ceiling(0.8, 4, 0.1, 1.6, 8.0, 1.0, 1e9) == pytest.approx(measure.ceiling(0.8, 4, 0.1, 1.6))
     # 32 new tokens after an 8-forward prefill: (8 + 32) / (8 + 1 + 32 * 2 / 3.3616).
     assert measure.prefill_ceiling(0.8, 4, 0.1, 1.6, 8.0, 1.0, 32) == pytest.approx(40 / (9 + 64 / 3.3616))
-    from decoding.model_pairs import damped_pair
+    from decoding.model_pairs.synthetic import damped_pair
 
     target, draft = damped_pair(num_layers=2, hidden_size=32, vocab_size=96)
     ratios = measure.prefill_ratios(target, draft, 2, 9, repeats=2)
@@ -251,7 +252,7 @@ def test_quantization_without_bitsandbytes(saved_pair, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")
 def test_cupy_kernels_without_cupy_is_a_usage_error(monkeypatch, capsys):
-    monkeypatch.setattr(decoding.kernels, "cupy_status", lambda: (False, "CuPy is not installed (test)"))
+    monkeypatch.setattr(kernels_ops, "cupy_status", lambda: (False, "CuPy is not installed (test)"))
     assert bench.main(["--kernels", "cupy", *TINY]) == 2
     assert "--kernels cupy: CuPy is not installed (test)" in error_line(capsys)
 
@@ -362,7 +363,7 @@ def test_variants_run_side_by_side_and_lossless_ones_match_the_target(tmp_path, 
 def test_hf_dynamic_uses_transformers_defaults_and_restores_the_draft_config():
     from decoding.evals.bench.methods import make_methods
     from decoding.evals.bench.variants import hf_dynamic_settings, parse_variants
-    from decoding.model_pairs import damped_pair
+    from decoding.model_pairs.synthetic import damped_pair
 
     settings = hf_dynamic_settings()
     assert settings["num_assistant_tokens"] >= 1 and 0 < settings["assistant_confidence_threshold"] < 1
@@ -453,7 +454,7 @@ def test_two_cpu_processes_split_prompts_and_report_once(tmp_path):
 def test_generation_costs_time_the_forwards_of_real_calls():
     from decoding.evals.bench.generation_costs import forward_log, generation_cost_ratios
 
-    from .models import tiny_pair
+    from models import tiny_pair
 
     target, draft = tiny_pair("llama", draft_kind="noisy_copy")
     ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])

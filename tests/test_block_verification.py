@@ -10,12 +10,12 @@ import torch
 from hypothesis import given
 
 import decoding
-from decoding import kernels
+from decoding.kernels import ops as kernels
 from decoding.kernels import reference
-from tests.models import greedy_reference, tiny_pair
-from tests.strategies import draft_lengths, prompts
-from tests.test_sampling_law import assert_follows_target_law, speculative_samples
-from tests.test_verification import _below, _emitted_law, _measure, _threshold, two_step_laws
+from models import greedy_reference, tiny_pair
+from strategies import draft_lengths, prompts
+from test_sampling_law import assert_follows_target_law, speculative_samples
+from test_verification import _below, _emitted_law, _measure, _threshold, two_step_laws
 
 
 class Block:

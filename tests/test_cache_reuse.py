@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 import decoding
 from decoding.ragged_cache import RaggedCache
-from tests.models import ARCHS, EOS_ID, VOCAB, greedy_reference, tiny_model, tiny_pair
-from tests.strategies import batch_sizes, draft_lengths, eos_choices, new_token_counts, prompts
+from models import ARCHS, EOS_ID, VOCAB, greedy_reference, tiny_model, tiny_pair
+from strategies import batch_sizes, draft_lengths, eos_choices, new_token_counts, prompts
 
 NEVER = 1e9  # a compact_threshold no hole count can exceed
 

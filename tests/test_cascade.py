@@ -10,10 +10,10 @@ from hypothesis import given
 
 import decoding
 from decoding.cascade import Cascade
-from tests.laws import chi_square_pvalue, left_pad
-from tests.models import greedy_reference, tiny_pair
-from tests.strategies import draft_lengths, prompts
-from tests.test_sampling_law import next_token_laws
+from laws import chi_square_pvalue, left_pad
+from models import greedy_reference, tiny_pair
+from strategies import draft_lengths, prompts
+from test_sampling_law import next_token_laws
 
 
 def _laws(seed: int, batch=5, g=3, vocab=9):

@@ -1,8 +1,8 @@
 """Contrastive decoding (``decoding.ContrastiveDecoding``) against the formula applied by hand.
 
-The oracle (:func:`tests.laws.greedy_by_hand`) runs the expert and the amateur with full recomputation at
+The oracle (:func:`laws.greedy_by_hand`) runs the expert and the amateur with full recomputation at
 every step (no cache: a plain forward pass over each row's compact token list), computes the score from the
-papers' formulas (:func:`tests.laws.contrastive_by_hand`) and takes the argmax, row by row. Properties:
+papers' formulas (:func:`laws.contrastive_by_hand`) and takes the argmax, row by row. Properties:
 
 - the kernel entry points ``contrastive_scores`` and ``proxy_tuning_scores`` equal the formulas on random
   logits (same ``-inf`` set, values to 1e-12), for the reference and for ``decoding.kernels``;
@@ -31,10 +31,10 @@ from transformers import LogitsProcessorList
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 import decoding
-from decoding import kernels
+from decoding.kernels import ops as kernels
 from decoding.kernels import reference
-from tests.char_tokenizer import char_tokenizer
-from tests.laws import (
+from char_tokenizer import char_tokenizer
+from laws import (
     chi_square_pvalue,
     contrastive_by_hand,
     contrastive_law,
@@ -48,10 +48,10 @@ from tests.laws import (
     threshold,
     token_counts,
 )
-from tests.models import ARCHS, EOS_ID, fresh_model, greedy_reference, tiny_model, tiny_pair
-from tests.strategies import batch_sizes, eos_choices, new_token_counts, prompts
-from tests.test_greedy_equivalence import assert_same_tokens, generated_lengths
-from tests.test_validation import forbid_forward
+from models import ARCHS, EOS_ID, fresh_model, greedy_reference, tiny_model, tiny_pair
+from strategies import batch_sizes, eos_choices, new_token_counts, prompts
+from test_greedy_equivalence import assert_same_tokens, generated_lengths
+from test_validation import forbid_forward
 
 FORMS = ("logit", "logprob")
 ALPHAS = st.sampled_from([0.01, 0.1, 0.5, 1.0]) | st.floats(0.01, 1.0)

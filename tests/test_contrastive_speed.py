@@ -8,7 +8,7 @@ import torch
 from decoding.evals import contrastive_speed
 from decoding.evals.common.batches import make_batches
 
-from .models import tiny_pair
+from models import tiny_pair
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 
 import decoding
 from decoding.proposers import CrossTokenizerDraft
-from tests.cross_tokenizers import (DRAFT_PIECES, SMALL_DRAFT_PIECES, SMALL_TARGET_PIECES, TARGET_PIECES, bpe_tokenizer,
+from cross_tokenizers import (DRAFT_PIECES, SMALL_DRAFT_PIECES, SMALL_TARGET_PIECES, TARGET_PIECES, bpe_tokenizer,
                                     draft_tokenizer, mapped_draft, target_tokenizer)
-from tests.laws import chi_square_pvalue, left_pad
-from tests.models import greedy_reference, tiny_model
-from tests.strategies import cross_tokenizer_modes, draft_lengths, new_token_counts, prompts
+from laws import chi_square_pvalue, left_pad
+from models import greedy_reference, tiny_model
+from strategies import cross_tokenizer_modes, draft_lengths, new_token_counts, prompts
 
 V_TARGET = len(TARGET_PIECES)
 

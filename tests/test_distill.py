@@ -13,7 +13,7 @@ from decoding.model_pairs.distill.cli import train
 from decoding.model_pairs.distill.draft import DraftShape, greedy_acceptance, make_draft, save_draft
 from decoding.model_pairs.distill.losses import DIVERGENCES, bucket_laws, divergence
 from decoding.model_pairs.distill.teacher import generate_records, score_windows
-from tests.gguf_files import tiny_llama
+from gguf_files import tiny_llama
 
 V = 40
 
@@ -105,7 +105,7 @@ def test_draft_init_keeps_the_vocabulary_and_saves_in_float16(tmp_path):
 def test_teacher_records_and_a_short_training_run_lower_the_loss():
     from transformers import PreTrainedTokenizerFast
 
-    from tests.gguf_files import CHAT_TEMPLATE
+    from gguf_files import CHAT_TEMPLATE
 
     target = tiny_llama(seed=3)
     windows = torch.randint(3, V, (6, 24), generator=torch.Generator().manual_seed(0))

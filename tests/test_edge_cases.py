@@ -10,11 +10,11 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import decoding
-from decoding import kernels
+from decoding.kernels import ops as kernels
 from decoding.sequences import Sequences
-from tests.char_tokenizer import char_tokenizer
-from tests.laws import left_pad
-from tests.models import EOS_ID, PAD_ID, fresh_model, greedy_reference, tiny_model, tiny_pair
+from char_tokenizer import char_tokenizer
+from laws import left_pad
+from models import EOS_ID, PAD_ID, fresh_model, greedy_reference, tiny_model, tiny_pair
 
 PROMPTS = [[5, 9, 14], [3, 7, 11, 4, 8], [20, 21]]
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import decoding
-from decoding.model_pairs import MissingPackageError, ModelNotFoundError, cache_dir, convert_gguf, load_pair
+from decoding.model_pairs.gguf import MissingPackageError, cache_dir, convert_gguf
+from decoding.model_pairs.loading import ModelNotFoundError, load_pair
 from decoding.model_pairs import gguf as gguf_module
 from decoding.model_pairs.registry import SMOLLM2, from_name
 
@@ -25,7 +26,7 @@ needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason
 
 @pytest.fixture()
 def tiny_gguf(tmp_path):
-    from tests.gguf_files import tiny_llama, write_gguf
+    from gguf_files import tiny_llama, write_gguf
 
     model = tiny_llama()
     return model, write_gguf(model, tmp_path / "tiny-llama.F32.gguf")
@@ -78,7 +79,7 @@ def test_convert_once_then_load_from_the_cache(tiny_gguf, tmp_path, monkeypatch)
 
 @needs_gguf
 def test_load_pair_on_gguf_files_greedy_equals_transformers(tiny_gguf, tmp_path):
-    from tests.gguf_files import tiny_llama, write_gguf
+    from gguf_files import tiny_llama, write_gguf
 
     _, target_path = tiny_gguf
     draft_path = write_gguf(tiny_llama(seed=1, layers=1), tmp_path / "draft.gguf")

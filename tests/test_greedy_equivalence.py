@@ -22,8 +22,8 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import decoding
-from tests.models import ARCHS, DRAFT_KINDS, EOS_ID, PAD_ID, fresh_model, greedy_reference, tiny_pair
-from tests.strategies import draft_lengths, eos_choices, new_token_counts, prompts
+from models import ARCHS, DRAFT_KINDS, EOS_ID, PAD_ID, fresh_model, greedy_reference, tiny_pair
+from strategies import draft_lengths, eos_choices, new_token_counts, prompts
 
 
 def speculative(target, draft, input_ids, attention_mask, max_new_tokens, g, **kwargs):

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaF
 from transformers.generation import logits_process as lp
 
 from decoding import hf_compat
-from tests.laws import left_pad
-from tests.models import PAD_ID, fresh_model, tiny_model
+from laws import left_pad
+from models import PAD_ID, fresh_model, tiny_model
 
 IDS = torch.tensor([[5, 9, 14, 3, 7, 11]])
 

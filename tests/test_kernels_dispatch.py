@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import decoding
-from decoding import kernels
+from decoding.kernels import ops as kernels
 from decoding.kernels import dispatch, reference
-from tests.laws import left_pad
-from tests.models import tiny_pair
+from laws import left_pad
+from models import tiny_pair
 
 
 @pytest.fixture

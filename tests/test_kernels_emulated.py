@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import decoding
-from decoding import kernels
+from decoding.kernels import ops as kernels
 from decoding.kernels import cupy_backend, reference
-from tests.kernel_emulator import Emulator, compiler
-from tests.laws import left_pad
-from tests.models import tiny_pair
-from tests.strategies import kernel_dtypes, kernel_shapes, logit_tensors, processing_settings, seeds
+from kernel_emulator import Emulator, compiler
+from laws import left_pad
+from models import tiny_pair
+from strategies import kernel_dtypes, kernel_shapes, logit_tensors, processing_settings, seeds
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="the kernel emulator needs g++ (not found on PATH)")
 

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import decoding
-from decoding import kernels
+from decoding.kernels import ops as kernels
 from decoding.kernels import cupy_backend, dispatch, reference
-from tests.laws import chi_square_pvalue, left_pad
-from tests.models import tiny_pair
+from laws import chi_square_pvalue, left_pad
+from models import tiny_pair
 
 _ok, _reason = (torch.cuda.is_available(), "no CUDA device") if not torch.cuda.is_available() else dispatch.cupy_status()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _ok, reason=f"GPU kernel tests need CUDA and CuPy: {_reason}")]

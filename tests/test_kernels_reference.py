@@ -20,8 +20,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 from decoding.kernels import reference
 from decoding.processing import warper_settings
-from tests.laws import measure, threshold
-from tests.strategies import logit_tensors, processing_settings, vocab_sizes
+from laws import measure, threshold
+from strategies import logit_tensors, processing_settings, vocab_sizes
 
 
 def transformers_warp(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

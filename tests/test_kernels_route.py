@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import decoding
-from decoding import kernels
-from tests.laws import chi_square_pvalue, left_pad
-from tests.models import greedy_reference, tiny_pair
-from tests.test_sampling_law import POWER, PROMPTS, assert_follows_target_law, counts, next_token_laws, speculative_samples
+from decoding.kernels import ops as kernels
+from laws import chi_square_pvalue, left_pad
+from models import greedy_reference, tiny_pair
+from test_sampling_law import POWER, PROMPTS, assert_follows_target_law, counts, next_token_laws, speculative_samples
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])

@@ -11,16 +11,10 @@ import torch
 from transformers import LlamaForCausalLM
 
 import decoding
-from decoding.model_pairs import (
-    LoadedPair,
-    ModelNotFoundError,
-    UnknownPairError,
-    embedded_path,
-    from_name,
-    load_pair,
-)
+from decoding.model_pairs.loading import LoadedPair, ModelNotFoundError, load_pair
+from decoding.model_pairs.registry import UnknownPairError, embedded_path, from_name
 from decoding.model_pairs.loading import _registry_pair, resolve_dtype
-from tests.models import EOS_ID, WORD_VOCAB, save_llama, word_tokenizer
+from models import EOS_ID, WORD_VOCAB, save_llama, word_tokenizer
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 

@@ -23,9 +23,9 @@ from transformers.generation.stopping_criteria import StopStringCriteria, Stoppi
 
 import decoding
 from decoding.processing import SCORE_ONLY_PROCESSORS
-from tests.char_tokenizer import char_tokenizer
-from tests.models import ARCHS, EOS_ID, PAD_ID, VOCAB, greedy_reference, tiny_model, tiny_pair
-from tests.strategies import draft_lengths, prompts, seeds
+from char_tokenizer import char_tokenizer
+from models import ARCHS, EOS_ID, PAD_ID, VOCAB, greedy_reference, tiny_model, tiny_pair
+from strategies import draft_lengths, prompts, seeds
 
 
 def speculative(target, draft, input_ids, mask, max_new_tokens, g, **kwargs):

@@ -10,15 +10,16 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import decoding
-from decoding import adaptive, kernels
+from decoding import adaptive
+from decoding.kernels import ops as kernels
 from decoding.adaptive import AdaptiveLength, AdaptiveMemory
 from decoding.kernels import cupy_backend, reference
 from decoding.proposers.prompt_lookup import lookup
-from tests.kernel_emulator import Emulator
-from tests.laws import chi_square_pvalue, left_pad
-from tests.models import fresh_model, greedy_reference, tiny_pair
-from tests.strategies import draft_lengths, eos_choices, prompts, seeds
-from tests.test_sampling_law import ALPHA, PROMPTS, assert_follows_target_law, counts, exact_laws, pvalues
+from kernel_emulator import Emulator
+from laws import chi_square_pvalue, left_pad
+from models import fresh_model, greedy_reference, tiny_pair
+from strategies import draft_lengths, eos_choices, prompts, seeds
+from test_sampling_law import ALPHA, PROMPTS, assert_follows_target_law, counts, exact_laws, pvalues
 
 
 def lookup_by_hand(row: list[int], k: int, max_ngram: int, min_ngram: int) -> list[int]:
@@ -140,7 +141,7 @@ def test_prompt_lookup_proposes_and_gets_accepted_on_text_that_repeats():
 @pytest.mark.parametrize("backend", ["auto", "torch"], ids=["processors", "fused"])
 def test_prompt_lookup_sampling_follows_the_target_law(backend):
     """Chi-square against exact enumeration, as tests/test_sampling_law.py does for a draft model."""
-    from tests.test_sampling_law import NEW_TOKENS, ROWS_PER_PROMPT
+    from test_sampling_law import NEW_TOKENS, ROWS_PER_PROMPT
 
     target, _ = tiny_pair("gpt2", vocab_size=12, draft_kind="noisy_copy", noise=0.1)
     settings = dict(temperature=0.9, top_k=8)
@@ -214,7 +215,7 @@ def test_any_length_choices_keep_greedy_output_exact(arch, batch, seed, contrast
 
 @pytest.mark.parametrize("backend", ["auto", "torch"], ids=["processors", "fused"])
 def test_any_length_choices_keep_the_sampling_law(backend, monkeypatch):
-    from tests.test_sampling_law import speculative_samples
+    from test_sampling_law import speculative_samples
 
     monkeypatch.setattr(decoding.SpeculativeDecoding, "length_policy", lambda self, run: ScriptedLength(11))
     target, draft = tiny_pair("gpt2", vocab_size=12, draft_kind="noisy_copy", noise=0.1)

@@ -4,7 +4,7 @@
   output is the large model's own greedy ``generate``, shape included, with and without EOS and with a user
   processor (repetition penalty) that transformers applies to the large model's logits.
 - Otherwise greedy decoding equals the formula applied by hand with full recomputation of all three models
-  (:func:`tests.laws.greedy_by_hand`), per row of a left-padded batch, on five architectures, for drawn
+  (:func:`laws.greedy_by_hand`), per row of a left-padded batch, on five architectures, for drawn
   ``alpha`` (negative values included: the formula does not restrict it); the steer really changes the text.
 - Sampling: the exact law of one step (the strategy's uniform scripted and bisected) is ``softmax(score)``.
 - ``MixingStats`` count every row-step and one forward pass per model per step.
@@ -20,10 +20,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import decoding
-from tests.laws import greedy_by_hand, left_pad, measure, next_token_logits, proxy_by_hand, scripted_rand, threshold
-from tests.models import ARCHS, fresh_model, greedy_reference, tiny_model, tiny_pair
-from tests.strategies import batch_sizes, new_token_counts, prompts
-from tests.test_contrastive import (
+from laws import greedy_by_hand, left_pad, measure, next_token_logits, proxy_by_hand, scripted_rand, threshold
+from models import ARCHS, fresh_model, greedy_reference, tiny_model, tiny_pair
+from strategies import batch_sizes, new_token_counts, prompts
+from test_contrastive import (
     SAMPLING_PROMPTS,
     SHARED,
     SMALL_VOCAB,
@@ -31,8 +31,8 @@ from tests.test_contrastive import (
     draw_eos,
     padded_copy,
 )
-from tests.test_greedy_equivalence import assert_same_tokens, generated_lengths
-from tests.test_validation import forbid_forward
+from test_greedy_equivalence import assert_same_tokens, generated_lengths
+from test_validation import forbid_forward
 
 ROLES = ("target", "base", "tuned")
 ALPHAS = st.sampled_from([0.5, 1.0, 2.0]) | st.floats(-1.0, 3.0)

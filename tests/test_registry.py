@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import decoding.model_pairs as model_pairs
-from decoding.model_pairs import ModelPair, UnknownPairError, embedded_path, from_name, names, pairs
+import decoding.model_pairs.registry as registry
+from decoding.model_pairs.registry import ModelPair, UnknownPairError, embedded_path, from_name, names, pairs
 from decoding.model_pairs.registry import ROLES
 
 EXPECTED = {
@@ -76,7 +76,7 @@ def test_unknown_name_lists_known_names(bad):
 def test_embedded_pair_points_inside_the_package():
     root = embedded_path()
     assert isinstance(root, Path)
-    assert root == Path(model_pairs.__file__).parent / "embedded"
+    assert root == Path(registry.__file__).parent / "embedded"
     assert root.parts[-2:] == ("model_pairs", "embedded")
     pair = from_name("embedded")
     assert Path(pair.target) == root / "target"

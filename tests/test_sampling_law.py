@@ -24,9 +24,9 @@ import transformers
 from packaging import version
 
 import decoding
-from decoding import kernels
-from tests.laws import chi_square_pvalue, left_pad
-from tests.models import tiny_pair
+from decoding.kernels import ops as kernels
+from laws import chi_square_pvalue, left_pad
+from models import tiny_pair
 
 VOCAB = 12
 ROWS_PER_PROMPT = 3000

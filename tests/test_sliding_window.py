@@ -1,6 +1,6 @@
 """Models with sliding-window attention (Gemma 3, Mistral) in every role: their caches are full layers whose rows
 are kept contiguous, since transformers measures the window in cache slots. Oracles: the model's logits over the
-compact sequence, recomputed without a cache, and greedy decoding by hand (``tests.laws.greedy_by_hand``)."""
+compact sequence, recomputed without a cache, and greedy decoding by hand (``laws.greedy_by_hand``)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from transformers import DynamicCache
 import decoding
 from decoding import hf_compat
 from decoding.ragged_cache import RaggedCache
-from tests.laws import greedy_by_hand, next_token_logits
-from tests.models import SLIDING_ARCHS, _noisy_copy, tiny_model
-from tests.strategies import draft_lengths, new_token_counts, prompts, seeds
-from tests.test_contrastive import cd_by_hand
+from laws import greedy_by_hand, next_token_logits
+from models import SLIDING_ARCHS, _noisy_copy, tiny_model
+from strategies import draft_lengths, new_token_counts, prompts, seeds
+from test_contrastive import cd_by_hand
 
 ARCH = st.sampled_from(SLIDING_ARCHS)
 

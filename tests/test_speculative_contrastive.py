@@ -27,8 +27,8 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import decoding
-from decoding import kernels
-from tests.laws import (
+from decoding.kernels import ops as kernels
+from laws import (
     chi_square_pvalue,
     contrastive_law,
     left_pad,
@@ -39,9 +39,9 @@ from tests.laws import (
     threshold,
     token_counts,
 )
-from tests.models import ARCHS, greedy_reference, tiny_pair
-from tests.strategies import draft_lengths, new_token_counts, prompts
-from tests.test_contrastive import (
+from models import ARCHS, greedy_reference, tiny_pair
+from strategies import draft_lengths, new_token_counts, prompts
+from test_contrastive import (
     ALPHAS,
     BETAS,
     FORMS,
@@ -54,7 +54,7 @@ from tests.test_contrastive import (
     draw_eos,
     padded_pair,
 )
-from tests.test_greedy_equivalence import assert_same_tokens, check_stats, generated_lengths
+from test_greedy_equivalence import assert_same_tokens, check_stats, generated_lengths
 
 
 def speculative_contrastive(expert, amateur, input_ids, mask, max_new_tokens, g, *, do_sample=False, **kwargs):

@@ -11,7 +11,7 @@ import torch
 from decoding.evals import speedup
 from decoding.evals.common import measure
 from decoding.evals.common.batches import left_pad
-from decoding.model_pairs import damped_pair
+from decoding.model_pairs.synthetic import damped_pair
 from decoding.model_pairs.synthetic import llama_intermediate_size
 
 TINY = {"num_layers": 3, "hidden_size": 64, "vocab_size": 128}

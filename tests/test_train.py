@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import decoding
 from decoding.model_pairs import corpus as corpus_mod
-from decoding.model_pairs import embedded_path
+from decoding.model_pairs.registry import embedded_path
 from decoding.model_pairs.train import cli as train_mod
 from decoding.model_pairs.train.presets import PRESETS
 

@@ -13,7 +13,7 @@ from transformers import BartConfig, BartForConditionalGeneration, DynamicCache,
 
 import decoding
 from decoding import hf_compat
-from tests.models import PAD_ID, VOCAB, fresh_model
+from models import PAD_ID, VOCAB, fresh_model
 
 
 class ForwardCalled(AssertionError):

@@ -18,10 +18,10 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from decoding import kernels
+from decoding.kernels import ops as kernels
 from decoding.kernels import reference
-from tests.laws import measure as _measure
-from tests.laws import threshold as _threshold
+from laws import measure as _measure
+from laws import threshold as _threshold
 
 IMPLEMENTATIONS = [pytest.param(reference, id="reference"), pytest.param(kernels, id="entry-points")]
 

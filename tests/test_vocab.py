@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import decoding
-from tests.char_tokenizer import char_tokenizer
-from tests.models import greedy_reference, fresh_model, tiny_model, tiny_pair
-from tests.strategies import draft_lengths, prompts
+from char_tokenizer import char_tokenizer
+from models import greedy_reference, fresh_model, tiny_model, tiny_pair
+from strategies import draft_lengths, prompts
 
 SHARED, PADDED = 128, 160
 

@@ -61,7 +61,7 @@ class _Parser(argparse.ArgumentParser):
 def _pair_arguments(parser: argparse.ArgumentParser) -> None:
     pair = parser.add_argument_group("model pair")
     pair.add_argument("--target", default=DEFAULT_TARGET,
-                      help="registry name (see decoding.model_pairs.names()), hub id, local folder or .gguf file "
+                      help="registry name (see decoding.model_pairs.registry.names()), hub id, local folder or .gguf file "
                            f"(default: {DEFAULT_TARGET}, the pair shipped in model_pairs/embedded); a chat registry "
                            "pair such as smollm2-135m-instruct uses its chat template and the chat prompt set")
     pair.add_argument("--draft", default=None, help="draft hub id or local folder (default: the registry's draft)")

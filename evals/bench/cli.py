@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import decoding
+from decoding.kernels import ops as kernels
 from decoding.evals.bench import pair as bench_pair
 from decoding.evals.bench import report
 from decoding.evals.bench.args import PROG, SetupError, UsageError, parse_args
@@ -77,7 +78,7 @@ def _check_environment(args: argparse.Namespace) -> None:
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     if args.kernels == "cupy":
-        available, reason = decoding.kernels.cupy_status()
+        available, reason = kernels.cupy_status()
         if not available:
             raise UsageError(f"--kernels cupy: {reason}")
 
@@ -124,7 +125,7 @@ def _measure(args: argparse.Namespace, state, pair: Pair, prompts: list[Prompt])
     progress = Progress(work_units(len(share), args.batch_sizes, args.draft_lengths, args.modes, args.rounds,
                                    args.assisted, args.variants), enabled=not args.quiet and state.is_main_process)
     try:
-        with decoding.kernels.use_backend(args.kernels):
+        with kernels.use_backend(args.kernels):
             raw = measure_share(pair, share, batch_sizes=args.batch_sizes, draft_lengths=args.draft_lengths,
                                 modes=args.modes, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 rounds=args.rounds, cost_repeats=args.cost_repeats, seed=args.seed,
@@ -141,7 +142,7 @@ def _meta(args, pair: Pair, state, shares: list[RawShare], seconds: float) -> Me
         device=str(target.device), device_name=shares[0]["device_name"],
         device_names=[s["device_name"] for s in shares], num_processes=state.num_processes,
         torch_threads=torch.get_num_threads(), kernels=args.kernels,
-        cupy=dict(zip(("available", "reason"), decoding.kernels.cupy_status())),
+        cupy=dict(zip(("available", "reason"), kernels.cupy_status())),
         target=pair.name, draft=pair.draft_name, dtype=str(next(target.parameters()).dtype).removeprefix("torch."),
         quantization="8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None,
         target_parameters=sum(p.numel() for p in target.parameters()),

