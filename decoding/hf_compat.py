@@ -52,11 +52,6 @@ def pad_token_tensor(generation_config) -> torch.Tensor | None:
     return generation_config._pad_token_tensor
 
 
-def eos_token_tensor(generation_config) -> torch.Tensor | None:
-    """The EOS ids tensor ``generate`` resolved into the generation config (private ``_eos_token_tensor``)."""
-    return generation_config._eos_token_tensor
-
-
 def supports_logits_to_keep(model) -> bool:
     """Whether ``model``'s forward takes ``logits_to_keep`` (private ``_supports_logits_to_keep``)."""
     return model._supports_logits_to_keep()

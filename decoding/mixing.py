@@ -94,8 +94,10 @@ class LogitMixing(Strategy):
 def recent_window(run: Run, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The last ``width`` committed tokens of each active row and their validity, ``# [b, width]`` each.
 
-    Columns before a row's start, and the prompt's left padding, are marked invalid.
+    Columns before a row's start, and the prompt's left padding, are marked invalid. ``width`` is capped at the
+    longest row, so that a window wider than the context costs what the context costs.
     """
+    width = min(width, run.sequences.longest)
     prompt_length = run.sequences.prompt_length
     columns = run.sequences.columns(run.rows, width, -width)
     inside = columns >= 0

@@ -22,6 +22,7 @@ from .kernels.reference import compute_dtype
 from .sequences import Sequences, apply_per_view
 
 # Processors whose output depends on the scores alone, never on input_ids (tests/test_processing.py checks it).
+# Matched by exact type: a subclass may read input_ids (tests/test_user_hooks.py), so it takes the general path.
 SCORE_ONLY_PROCESSORS = (
     lp.TemperatureLogitsWarper,
     lp.TopKLogitsWarper,
@@ -54,7 +55,7 @@ class LogitsProcessing:
                     raise ValueError(f"{type(processor).__name__} is not supported with a strategy: {reason}.")
         self.processors = processors
         self.batch_size = batch_size
-        self.score_only = all(isinstance(p, SCORE_ONLY_PROCESSORS) for p in processors)
+        self.score_only = all(type(p) in SCORE_ONLY_PROCESSORS for p in processors)
         self.has_row_state = any(hf_compat.per_row_state(p) for p in processors)
         self.warpers = warper_settings(processors)
 
@@ -105,12 +106,29 @@ def warper_settings(processors) -> tuple[float, int, float] | None:
     return settings["temperature"], settings["top_k"], settings["top_p"]
 
 
-class Stopping:
-    """Apply a ``StoppingCriteriaList`` to the tokens rows emit in one step, token by token."""
+def max_length(criteria, default: int) -> int:
+    """The length at which the criteria stop every row: the tightest ``MaxLengthCriteria`` among them (a user's
+    replaces the one ``generate`` builds from the config), else ``default``."""
+    return min((c.max_length for c in criteria if isinstance(c, sc.MaxLengthCriteria)), default=default)
 
-    def __init__(self, criteria, eos_token_ids: torch.Tensor | None):
+
+def eos_token_ids(criteria, device) -> torch.Tensor | None:
+    """Every id that an ``EosTokenCriteria`` among the criteria stops on, ``# [k]``; None when there is none."""
+    ids = [c.eos_token_id.reshape(-1) for c in criteria if isinstance(c, sc.EosTokenCriteria)]
+    return torch.cat(ids).to(device=device, dtype=torch.int64) if ids else None
+
+
+class Stopping:
+    """Apply a ``StoppingCriteriaList`` to the tokens rows emit in one step, token by token.
+
+    When every criterion is a ``MaxLengthCriteria`` or an ``EosTokenCriteria`` (``generate``'s own, or the user's
+    in their place) a step is judged at once from their lengths and ids (see :func:`max_length`, which sizes the
+    :class:`~decoding.sequences.Sequences`); any other criterion is called on each row's view, token by token.
+    """
+
+    def __init__(self, criteria, device):
         self.criteria = criteria
-        self.eos_token_ids = eos_token_ids
+        self.eos_token_ids = eos_token_ids(criteria, device)
         self.simple = all(isinstance(c, SIMPLE_STOPPING) for c in criteria)
 
     def __call__(self, sequences: Sequences, rows: torch.Tensor, new_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from . import hf_compat
-from .processing import LogitsProcessing, Stopping
+from .processing import LogitsProcessing, Stopping, max_length
 from .sampler import make_sampler
 from .sequences import Sequences
 
@@ -53,10 +53,15 @@ class Run:
         return finished
 
     def _stream(self, kept: torch.Tensor) -> None:
+        """Hand the streamer this step's tokens as ``[B, n]``: every row of the batch, in its place, with pads where
+        a row kept fewer tokens or has finished (so a consumer can tell rows apart)."""
+        pad = self.sequences.pad_token_id
         columns = self.sequences.columns(self.rows, int(kept.max()))  # [b, n]: the new tokens' columns
         new = self.sequences.tokens[self.rows[:, None], columns]
         ends = (self.sequences.lengths[self.rows] + kept)[:, None]
-        self.streamer.put(torch.where(columns < ends, new, self.sequences.pad_token_id).cpu())
+        step = new.new_full((self.sequences.tokens.shape[0], columns.shape[1]), pad)  # [B, n]
+        step[self.rows] = torch.where(columns < ends, new, pad)
+        self.streamer.put(step.cpu())
 
     def drop_finished(self, finished: torch.Tensor) -> torch.Tensor:
         """Remove finished rows; returns ``survivors  # [b']``, the positions of the others in the old batch."""
@@ -70,8 +75,8 @@ def new_run(model, input_ids, attention_mask, processors, criteria, config, stre
     """The :class:`Run` of a call; ``slack`` is the most columns a step writes beyond ``max_length``;
     ``verification``: ``"token"`` or ``"block"``, the rule that judges drafts when sampling."""
     pad = hf_compat.pad_token_tensor(config)
-    eos = hf_compat.eos_token_tensor(config)
-    sequences = Sequences(input_ids, config.max_length, slack, int(pad) if pad is not None else 0)
+    criteria = criteria or []
+    sequences = Sequences(input_ids, max_length(criteria, config.max_length), slack, int(pad) if pad is not None else 0)
     keep_scores = bool(config.return_dict_in_generate and config.output_scores)
     processing = LogitsProcessing(processors or [], input_ids.shape[0])
     return Run(
@@ -80,7 +85,7 @@ def new_run(model, input_ids, attention_mask, processors, criteria, config, stre
         prompt_mask=attention_mask,
         sampler=make_sampler(processing, sequences, bool(config.do_sample), keep_scores, input_ids.device,
                              verification),
-        stopping=Stopping(criteria or [], None if eos is None else eos.to(input_ids.device).reshape(-1)),
+        stopping=Stopping(criteria, input_ids.device),
         do_sample=bool(config.do_sample),
         streamer=streamer,
         keep_scores=keep_scores,

@@ -24,6 +24,11 @@ def check_model(model, role: str) -> None:
                         f"AutoModelForCausalLM.from_pretrained), got {type(model).__name__}")
 
 
+def article(role: str) -> str:
+    """``role`` with its indefinite article, for messages: "a draft", "an amateur"."""
+    return f"{'an' if role[:1] in 'aeiou' else 'a'} {role}"
+
+
 def check_int(value, name: str, minimum: int) -> None:
     """An ``int`` (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -73,6 +78,34 @@ def check_ids_in_vocab(input_ids: torch.Tensor, attention_mask: torch.Tensor, mo
         raise ValueError(f"the prompt holds token id {bad}, outside the target's vocabulary [0, {size}).")
 
 
+def learned_position_limit(model) -> int | None:
+    """How many positions ``model`` can encode when it learns absolute position embeddings (GPT-2's ``wpe``, OPT's
+    and BioGPT's ``embed_positions`` after their offset): past that its embedding lookup fails with an IndexError.
+    None for rotary, ALiBi or sinusoidal positions, which have no hard limit."""
+    limits = [module.num_embeddings - getattr(module, "offset", 0) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Embedding) and _is_position_table(name.rsplit(".", 1)[-1])]
+    return min(limits, default=None)
+
+
+def _is_position_table(name: str) -> bool:
+    return name == "wpe" or "position" in name
+
+
+def check_positions(strategy, config) -> None:
+    """Every helper model must encode the positions a call can reach: ``max_length`` plus the draft positions a
+    step writes beyond it."""
+    needed = config.max_length + strategy.draft_length()
+    for role, other in strategy.models().items():
+        limit = learned_position_limit(other)
+        if limit is not None and needed > limit:
+            raise ValueError(
+                f"the {role} model learns absolute position embeddings for {limit} positions, but this call can "
+                f"reach position {needed} (max_length {config.max_length}, prompt included, + "
+                f"{strategy.draft_length()} draft positions): shorten the prompt or max_new_tokens to at most "
+                f"{limit - strategy.draft_length()} tokens in all, or use {article(role)} model with more positions."
+            )
+
+
 def check_call(strategy, model, input_ids, attention_mask, config, model_kwargs) -> None:
     """Every check of one ``generate`` call with ``strategy`` on target ``model``."""
     check_decoder_only(model)  # first: an encoder-decoder call also brings encoder_outputs
@@ -88,6 +121,9 @@ def check_call(strategy, model, input_ids, attention_mask, config, model_kwargs)
             "dola_layers, prompt_lookup_num_tokens, assistant_model, beams or constraints), which cannot run inside "
             "a decoding strategy: remove those settings, or call generate without strategy=."
         )
+    for name in ("output_attentions", "output_hidden_states"):  # before the model inputs, which may carry them
+        if getattr(config, name, False) or model_kwargs.get(name):
+            raise ValueError(f"{name}=True is not supported with a decoding strategy.")
     unknown = sorted(k for k, v in model_kwargs.items() if v is not None and k not in ACCEPTED_MODEL_KWARGS)
     if unknown:
         raise ValueError(
@@ -97,9 +133,6 @@ def check_call(strategy, model, input_ids, attention_mask, config, model_kwargs)
     if cache is not None and cache.get_seq_length() > 0:
         raise ValueError("a prefilled cache (past_key_values) cannot be reused by a strategy; pass the full prompt "
                          "instead.")
-    for name in ("output_attentions", "output_hidden_states"):
-        if getattr(config, name, False):
-            raise ValueError(f"{name}=True is not supported with a decoding strategy.")
     check_prompt(input_ids, attention_mask)
     check_ids_in_vocab(input_ids, attention_mask, model)
     if input_ids.shape[0] > 1 and hf_compat.pad_token_tensor(config) is None:
@@ -114,3 +147,4 @@ def check_call(strategy, model, input_ids, attention_mask, config, model_kwargs)
                 f"the {role} model is on {other.device} but the target is on {model.device}; "
                 f"move it with .to({str(model.device)!r}) first."
             )
+    check_positions(strategy, config)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .validation import article
+
 # Embedding tables are padded to multiples of 64 or 128; larger gaps mean different tokenizers.
 MAX_PADDING_ROWS = 128
 
@@ -32,7 +34,7 @@ def check_vocab_compatibility(target, other, tokenizers=None, role: str = "draft
     if abs(size_target - size_other) > MAX_PADDING_ROWS:
         raise ValueError(
             f"vocab sizes differ too much to be embedding padding: target has {size_target} rows, {role} has "
-            f"{size_other} (more than {MAX_PADDING_ROWS} apart). Use a {role} from the target's tokenizer family, "
+            f"{size_other} (more than {MAX_PADDING_ROWS} apart). Use {article(role)} from the target's tokenizer family, "
             f"or pass tokenizers=(target_tokenizer, {role}_tokenizer) so that compatibility can be checked."
         )
 
@@ -58,7 +60,7 @@ def check_prompt_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, mode
     if real.numel() and int(real.max()) >= size:
         raise ValueError(
             f"the prompt holds id {int(real.max())}, beyond the {role} model's vocabulary of {size} rows; its logits "
-            f"enter every score, so it must read every prompt id. Remove such ids from the prompt, or use a {role} "
+            f"enter every score, so it must read every prompt id. Remove such ids from the prompt, or use {article(role)} "
             "with the target's full vocabulary."
         )
 

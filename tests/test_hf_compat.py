@@ -21,7 +21,8 @@ def _capture_call(model, **generate_kwargs) -> dict:
     seen = {}
 
     def callable_(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None, **kwargs):
-        seen.update(kwargs, logits_processor=logits_processor, generation_config=generation_config)
+        seen.update(kwargs, logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                    generation_config=generation_config)
         return input_ids
 
     model.generate(custom_generate=callable_, **generate_kwargs)
@@ -72,11 +73,16 @@ def test_pad_token_tensor():
     assert torch.equal(hf_compat.pad_token_tensor(seen["generation_config"]).reshape(-1), torch.tensor([7]))
 
 
-def test_eos_token_tensor():
+def test_the_stopping_criteria_handed_over_carry_the_eos_ids_and_max_length():
+    """Stopping reads EOS ids and the max length from the criteria ``generate`` hands over (public classes), not
+    from the generation config, so a user's ``EosTokenCriteria`` or ``MaxLengthCriteria`` counts."""
+    from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
+
     seen = _capture_call(tiny_model("llama"), input_ids=IDS, max_new_tokens=2, eos_token_id=[2, 9])
-    assert hf_compat.eos_token_tensor(seen["generation_config"]).reshape(-1).tolist() == [2, 9]
-    seen = _capture_call(tiny_model("llama"), input_ids=IDS, max_new_tokens=2)
-    assert hf_compat.eos_token_tensor(seen["generation_config"]) is None  # the tiny models have no EOS
+    eos = [c for c in seen["stopping_criteria"] if isinstance(c, EosTokenCriteria)]
+    assert [c.eos_token_id.reshape(-1).tolist() for c in eos] == [[2, 9]]
+    lengths = [c.max_length for c in seen["stopping_criteria"] if isinstance(c, MaxLengthCriteria)]
+    assert lengths == [IDS.shape[1] + 2]
 
 
 def test_supports_logits_to_keep():

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BartConfig, BartForConditionalGeneration, DynamicCache, T5Config, T5ForConditionalGeneration
+from transformers import (
+    AutoModelForCausalLM,
+    BartConfig,
+    BartForConditionalGeneration,
+    DynamicCache,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 import decoding
 from decoding import hf_compat
-from models import PAD_ID, VOCAB, fresh_model
+from decoding.validation import learned_position_limit
+from models import MAX_POSITIONS, PAD_ID, VOCAB, fresh_model, tiny_config, tiny_model, tiny_pair
 
 
 class ForwardCalled(AssertionError):
@@ -173,10 +181,59 @@ def test_inputs_embeds(pair):
         generate(target, draft, inputs_embeds=embeds)
 
 
+@pytest.mark.parametrize("return_dict", [True, False])
 @pytest.mark.parametrize("flag", ["output_attentions", "output_hidden_states"])
-def test_output_attentions_and_hidden_states(pair, flag):
-    with pytest.raises(ValueError, match=flag):
-        generate(*pair, return_dict_in_generate=True, **{flag: True})
+def test_output_attentions_and_hidden_states(pair, flag, return_dict):
+    """The dedicated message, whether the flag reaches the strategy in the config or among the model inputs."""
+    with pytest.raises(ValueError, match=f"{flag}=True is not supported"):
+        generate(*pair, return_dict_in_generate=return_dict, **{flag: True})
+
+
+def _short_config(arch: str, positions: int):
+    """A one-layer config of ``arch`` whose learned position table holds ``positions`` entries."""
+    config = tiny_config(arch, num_layers=1)
+    setattr(config, "n_positions" if arch == "gpt2" else "max_position_embeddings", positions)
+    return config
+
+
+def _short_model(arch: str, positions: int):
+    torch.manual_seed(0)
+    return forbid_forward(AutoModelForCausalLM.from_config(_short_config(arch, positions)))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+@pytest.mark.parametrize("role", ["draft", "amateur"])
+def test_a_helper_with_fewer_learned_positions_than_the_call_reaches_is_refused(arch, role):
+    """A GPT-2 draft with n_positions=32 and a 40-token prompt crashed with an IndexError in its position
+    embedding; now a ValueError that names the limit comes before any forward (OPT's table has an offset of 2)."""
+    target = forbid_forward(fresh_model(arch))
+    helper = _short_model(arch, 32)
+    decoding.enable(target)
+    strategy = (decoding.SpeculativeDecoding(helper, num_draft_tokens=3) if role == "draft"
+                else decoding.ContrastiveDecoding(helper))
+    prompt = torch.randint(3, 90, (1, 40), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=rf"the {role} model learns absolute position embeddings for 32 positions"):
+        target.generate(prompt, max_new_tokens=4, strategy=strategy)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+def test_a_helper_whose_positions_suffice_exactly_runs(arch):
+    target, _ = tiny_pair(arch)
+    helper = AutoModelForCausalLM.from_config(_short_config(arch, 16))
+    decoding.enable(target)
+    prompt = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14]])
+    out = target.generate(prompt, max_new_tokens=3, do_sample=False,
+                          strategy=decoding.SpeculativeDecoding(helper, num_draft_tokens=3))
+    assert out.shape == (1, 13)
+    with pytest.raises(ValueError, match="at most 13 tokens in all"):
+        target.generate(prompt, max_new_tokens=4, strategy=decoding.SpeculativeDecoding(helper, num_draft_tokens=3))
+
+
+def test_rotary_helpers_have_no_learned_position_limit():
+    assert learned_position_limit(tiny_model("llama")) is None
+    assert learned_position_limit(tiny_model("gpt_neox")) is None
+    assert learned_position_limit(tiny_model("gpt2")) == MAX_POSITIONS
+    assert learned_position_limit(tiny_model("opt")) == MAX_POSITIONS
 
 
 def test_prefix_allowed_tokens_fn(pair):
