@@ -43,7 +43,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from decoding.vocab import check_vocab_compatibility
 
-from .gguf import convert_gguf
+from .gguf import check_gguf, convert_gguf
 from .registry import ModelPair, UnknownPairError, from_name, names
 
 __all__ = ["LoadedPair", "ModelNotFoundError", "load_pair", "resolve_dtype"]
@@ -229,9 +229,14 @@ def _quantization_config(load_in_8bit: bool, load_in_4bit: bool, dtype) -> Any:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 
 
+def _is_gguf_file(spec) -> bool:
+    text = None if spec is None else os.fspath(spec)
+    return text is not None and text.lower().endswith(".gguf") and Path(text).expanduser().is_file()
+
+
 def _gguf_folder(spec, cache_dir):
     """A ``.gguf`` file converted to its cached transformers folder; anything else passed through."""
-    if spec is not None and os.fspath(spec).lower().endswith(".gguf") and Path(os.fspath(spec)).expanduser().is_file():
+    if _is_gguf_file(spec):
         return str(convert_gguf(spec, cache_dir))
     return spec
 
@@ -241,7 +246,10 @@ def _registry_pair(target: str | os.PathLike, draft, cache_dir=None) -> tuple[Mo
     cached folder), anything else passed through."""
     if not isinstance(target, str) or target.strip().lower() not in names():
         if draft is None:
-            _source(target, "target")  # a path that does not exist is reported as such first
+            if _is_gguf_file(target):
+                check_gguf(target)  # a broken file is reported as such before a draft is asked for
+            else:
+                _source(target, "target")  # a path that does not exist is reported as such first
             raise UnknownPairError(
                 f"{os.fspath(target)!r} is not a registered pair, so a draft is needed: pass one (draft=, or "
                 f"--draft on the command line: a hub id or local directory), or use a registered pair: "
@@ -317,6 +325,8 @@ def load_pair(
         ImportError: quantization without bitsandbytes installed; a GGUF model without the ``gguf`` package or a
             packaged model without its package (:class:`~decoding.model_pairs.gguf.MissingPackageError`, whose
             message is the install command).
+        InvalidGGUFError (ValueError): a ``.gguf`` file that is truncated or not a GGUF file
+            (:class:`~decoding.model_pairs.gguf.InvalidGGUFError`).
     """
     pair, target, draft = _registry_pair(target, draft, cache_dir)
     target, draft = _gguf_folder(target, cache_dir), _gguf_folder(draft, cache_dir)

