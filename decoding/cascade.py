@@ -98,4 +98,4 @@ class SpeculativeCascade(SpeculativeDecoding):
         super().__init__(draft, num_draft_tokens, tokenizers=tokenizers, compact_threshold=compact_threshold)
         if not isinstance(self.proposer, DraftModel):
             raise TypeError("a speculative cascade needs a draft model: its deferral rules read the draft's law")
-        self.verification = cascade
+        self.cascade = cascade

@@ -71,9 +71,10 @@ class Run:
 
 
 def new_run(model, input_ids, attention_mask, processors, criteria, config, streamer, *, slack: int, stats,
-            verification: str = "token") -> Run:
+            verification: str = "token", cascade=None) -> Run:
     """The :class:`Run` of a call; ``slack`` is the most columns a step writes beyond ``max_length``;
-    ``verification``: ``"token"`` or ``"block"``, the rule that judges drafts when sampling."""
+    ``verification``: ``"token"`` or ``"block"``, the rule that judges drafts when sampling; ``cascade``: a speculative
+    cascade's rule, whose mixture of both laws drafts are judged by (None: the target's law)."""
     pad = hf_compat.pad_token_tensor(config)
     criteria = criteria or []
     sequences = Sequences(input_ids, max_length(criteria, config.max_length), slack, int(pad) if pad is not None else 0)
@@ -84,7 +85,7 @@ def new_run(model, input_ids, attention_mask, processors, criteria, config, stre
         sequences=sequences,
         prompt_mask=attention_mask,
         sampler=make_sampler(processing, sequences, bool(config.do_sample), keep_scores, input_ids.device,
-                             verification),
+                             verification, cascade),
         stopping=Stopping(criteria, input_ids.device),
         do_sample=bool(config.do_sample),
         streamer=streamer,

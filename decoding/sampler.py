@@ -29,18 +29,18 @@ from .vocab import to_vocab
 
 
 def make_sampler(processing: LogitsProcessing, sequences: Sequences, do_sample: bool, keep_scores: bool,
-                 device: torch.device, verification: str = "token"):
+                 device: torch.device, verification: str = "token", cascade=None):
     """The fused sampler when the processors are only temperature / top-k / top-p (none at all when greedy, whose
     argmax they could only perturb through rounding ties), the processed scores are not kept for the output,
-    verification is token-wise when sampling (the kernels implement that rule only) and
+    verification is token-wise against the target's law (the kernels implement that rule only) and
     :func:`decoding.kernels.ops.fused_route` says so (kernels available, or the torch reference forced); else the
     processors' sampler."""
     warpers = processing.warpers
     fused = warpers is not None and not keep_scores and kernels.fused_route(device)
-    token_rule = verification == "token"
+    token_rule = verification == "token" and cascade is None
     if fused and token_rule and (do_sample or warpers == (1.0, 0, 1.0)):
         return FusedSampler(*warpers, do_sample=do_sample)
-    return ProcessorSampler(processing, sequences, do_sample, verification)
+    return ProcessorSampler(processing, sequences, do_sample, verification, cascade)
 
 
 def _uniforms(like: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -57,12 +57,13 @@ def _plain_step(picked: tuple) -> tuple:
 class ProcessorSampler:
     """transformers' logits processors, then argmax or an inverse-CDF sample of the softmax."""
 
-    def __init__(self, processing: LogitsProcessing, sequences: Sequences, do_sample: bool, verification="token"):
+    def __init__(self, processing: LogitsProcessing, sequences: Sequences, do_sample: bool,
+                 verification: str = "token", cascade=None):
         self.processing, self.sequences, self.do_sample = processing, sequences, do_sample
         self.rule = kernels.verify_block if verification == "block" else kernels.verify_sampling
         # A cascade (decoding.cascade.Cascade) verifies against a mixture of both laws: it needs the draft's law
         # when greedy too.
-        self.cascade = verification if hasattr(verification, "law") else None
+        self.cascade = cascade
 
     def _scores(self, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
         """Processed ``# [b, n, V]`` scores of ``logits  # [b, n, V]``; position ``i`` sees view ``offset + i``."""

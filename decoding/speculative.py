@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .adaptive import AdaptiveLength, AdaptiveMemory, FixedLength
+from .adaptive import AdaptiveLength, AdaptiveMemory, FixedLength, StepFacts
 from .proposers import CrossTokenizerDraft, DraftModel, Proposal, Proposer
 from .proposers.cross_tokenizer import MODES as CROSS_TOKENIZER_MODES
 from .ragged_cache import RaggedCache
@@ -94,7 +94,7 @@ class SpeculativeDecoding(Strategy):
     def length_policy(self, run: Run):
         if self.num_draft_tokens == "auto":
             return AdaptiveLength(self.max_draft_tokens, run.prompt_mask.device, memory=self.adaptive_memory,
-                                  batch_size=run.prompt_mask.shape[0], run=run)
+                                  batch_size=run.prompt_mask.shape[0])
         return FixedLength(self.num_draft_tokens)
 
     def validate(self, model, generation_config, input_ids, attention_mask) -> None:
@@ -110,26 +110,25 @@ class SpeculativeDecoding(Strategy):
         target = RaggedCache(run.model, run.prompt_mask.shape[0], run.prompt_mask.device)
         drafter = self.proposer.start(run)
         length = self.length_policy(run)
+        watch = length.stopwatch()  # the step's phases, timed for the length policy
         feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)  # the prompt first
-        verified = None
         while True:
-            started = length.clock()
-            rest = None if verified is None else started - verified  # the last step, after its target forward
-            k = length.limit()
-            drafted = drafter.propose(run, run.sampler, k and min(k, run.remaining() - 1), length)
-            proposal = drafted.trimmed()
-            g = proposal.ids.shape[1]  # ids [b, g], -1 where a row proposes nothing
-            proposed = proposal.ids >= 0  # [b, g]
-            tokens, valid = feed if g == 0 else (
-                torch.cat([feed[0], proposal.ids.clamp_min(0)], dim=1),  # no-proposal slots are holes
-                torch.cat([feed[1], proposed.to(torch.int64)], dim=1))
-            proposed_at = length.clock()
-            logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
-            verified = length.clock()
+            with watch.phase("draft"):
+                k = length.limit()
+                proposal = drafter.propose(run, run.sampler, k and min(k, run.remaining() - 1), length)
+                drafts = proposal.trimmed()  # the positions some row proposed: what the target verifies
+                g = drafts.ids.shape[1]  # ids [b, g], -1 where a row proposes nothing
+                proposed = drafts.ids >= 0  # [b, g]
+                tokens, valid = feed if g == 0 else (
+                    torch.cat([feed[0], drafts.ids.clamp_min(0)], dim=1),  # no-proposal slots are holes
+                    torch.cat([feed[1], proposed.to(torch.int64)], dim=1))
+            with watch.phase("target"):
+                logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
             output_ids, num_accepted, scores = run.sampler.verify(
-                run.rows, self.target_scores(logits, proposal), proposal.ids, proposal.probs)  # [b, g+1], [b]
-            length.observe(drafted, num_accepted, proposed_at - started, verified - proposed_at,
-                           new_tokens=g + 1 if feed[0].shape[1] == 1 else 0, rest_seconds=rest)
+                run.rows, self.target_scores(logits, drafts), drafts.ids, drafts.probs)  # [b, g+1], [b]
+            length.observe(StepFacts(proposal, num_accepted, new_tokens=g + 1 if feed[0].shape[1] == 1 else 0,
+                                     rows=run.rows, draft_seconds=watch.seconds.get("draft", 0.0),
+                                     target_seconds=watch.seconds.get("target", 0.0), rest_seconds=watch.rest))
             run.stats.record(num_accepted, proposed.sum(dim=1), g)
             finished = run.commit(output_ids, scores, logits)
             if g:

@@ -36,6 +36,7 @@ class Strategy:
 
     stats: Any = None
     verification = "token"  # how sampled drafts are judged: "token" or "block" (speculative strategies)
+    cascade = None  # a speculative cascade's deferral rule (decoding.cascade.Cascade): drafts are judged by its law
 
     def decode(self, run: Run) -> None:
         raise NotImplementedError
@@ -68,7 +69,8 @@ class Strategy:
         self.validate(model, generation_config, input_ids, attention_mask)
         input_ids = input_ids.to(torch.int64)  # transformers accepts int32 ids too; the token buffer is int64
         run = new_run(model, input_ids, attention_mask, logits_processor, stopping_criteria, generation_config,
-                      streamer, slack=self.draft_length() + 1, stats=self.new_stats(), verification=self.verification)
+                      streamer, slack=self.draft_length() + 1, stats=self.new_stats(), verification=self.verification,
+                      cascade=self.cascade)
         self.decode(run)
         self.stats = run.stats
         if streamer is not None:

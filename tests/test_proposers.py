@@ -4,15 +4,19 @@ target's own greedy output; the sampling law by chi-square against exact enumera
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, note
 from hypothesis import strategies as st
 
 import decoding
-from decoding import adaptive
+from decoding.adaptive import AdaptiveLength, AdaptiveMemory, StepFacts
+from decoding.adaptive import rule as adaptive
+from decoding.adaptive.estimates import Acceptance, Rates, Seconds, confidence_bin
+from decoding.adaptive.step import NoStopwatch
 from decoding.kernels import ops as kernels
-from decoding.adaptive import AdaptiveLength, AdaptiveMemory
 from decoding.kernels import cupy_backend, reference
 from decoding.proposers.prompt_lookup import lookup
 from kernel_emulator import Emulator
@@ -179,7 +183,7 @@ class ScriptedLength:
     def limit(self) -> int:
         return self._draw(6)
 
-    def chance(self, confidence):
+    def chance(self, confidence, rows):
         return confidence
 
     def proposes(self, position, reach):
@@ -188,10 +192,10 @@ class ScriptedLength:
     def drafts_next(self, position, reach) -> bool:
         return self._draw(4) > 0
 
-    def clock(self) -> float:
-        return 0.0
+    def stopwatch(self) -> NoStopwatch:
+        return NoStopwatch()
 
-    def observe(self, *args, **kwargs) -> None:
+    def observe(self, facts) -> None:
         pass
 
 
@@ -276,10 +280,20 @@ class ModeledCosts(AdaptiveLength):
     rest_cost = 0.0
     target_cost = staticmethod(linear_costs)
 
-    def observe(self, proposal, num_accepted, draft_seconds, target_seconds, new_tokens, rest_seconds=None):
-        self.proposed = getattr(self, "proposed", []) + [proposal.lengths()]  # [b] per step
-        drafts = self.draft_cost * proposal.ids.shape[1]
-        super().observe(proposal, num_accepted, drafts, self.target_cost(new_tokens), new_tokens, self.rest_cost)
+    def observe(self, facts):
+        self.proposed = getattr(self, "proposed", []) + [facts.proposal.lengths()]  # [b] per step
+        super().observe(replace(facts, draft_seconds=self.draft_cost * facts.width,
+                                target_seconds=self.target_cost(facts.new_tokens), rest_seconds=self.rest_cost))
+
+
+def measured(length: AdaptiveLength, seconds: dict) -> None:
+    """``length`` learns target forwards: ``seconds`` maps new tokens per row to the seconds of one forward."""
+    for n, t in seconds.items():
+        length.seconds = length.seconds.with_target(n, t)
+
+
+def step_facts(proposal, accepted, new_tokens: int, **seconds) -> StepFacts:
+    return StepFacts(proposal, accepted, new_tokens=new_tokens, rows=torch.arange(len(accepted)), **seconds)
 
 
 def _warm_up(length) -> list[int]:
@@ -291,10 +305,11 @@ def _warm_up(length) -> list[int]:
         ids = torch.zeros(2, limits[-1], dtype=torch.int64)
         confidence = torch.full(ids.shape, 0.5)
         if limits[-1]:
-            assert length.proposes(1, length.chance(confidence[:, 0])) is None  # costs unknown: every row proposes
+            chance = length.chance(confidence[:, 0], torch.arange(2))
+            assert length.proposes(1, chance) is None  # costs unknown: every row proposes
         proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=confidence)
-        length.observe(proposal, torch.tensor(accepted).clamp_max(limits[-1]), 0.0, 0.0,
-                       new_tokens=0 if step == 0 else limits[-1] + 1)
+        length.observe(step_facts(proposal, torch.tensor(accepted).clamp_max(limits[-1]),
+                                  new_tokens=0 if step == 0 else limits[-1] + 1))
     return limits
 
 
@@ -302,12 +317,13 @@ def test_adaptive_warm_up_measures_the_prompt_then_t2_t1_and_a_draft_forward():
     length = ModeledCosts(8, "cpu")
     assert _warm_up(length) == [0, 1, 0, 1]
     # The first drafting step also read the prompt: only the second one's draft time is kept.
-    assert sorted(length.target_seconds) == [1, 2] and length.draft_seconds == pytest.approx(0.1)
-    assert length.acceptance == pytest.approx((0.9 * 1 + 2) / (0.9 * 2 + 2))  # decayed accepted / tested
-    assert length._target_time(5) == length._target_time(2)  # flat beyond t(2) until more is measured
+    assert sorted(length.seconds.target) == [1, 2] and length.seconds.draft == pytest.approx(0.1)
+    assert length.acceptance.rate == pytest.approx((0.9 * 1 + 2) / (0.9 * 2 + 2))  # decayed accepted / tested
+    assert length.seconds.target_time(5) == length.seconds.target_time(2)  # flat beyond t(2) until more is measured
     # Rates: the plain step, 1 token in t(1) = 1.05; the second drafting step, 1.5 tokens expected (its bin's
     # chance, 1 of 2 tested, with 2 pseudo-tests at 1 of 2) in 0.1 + t(2) = 1.2.
-    assert (length.rate("plain"), length.rate("draft")) == (pytest.approx(1 / 1.05), pytest.approx(1.5 / 1.2))
+    assert (length.rates.rate("plain"), length.rates.rate("draft")) == (pytest.approx(1 / 1.05),
+                                                                        pytest.approx(1.5 / 1.2))
 
 
 def test_a_call_starts_from_what_the_strategys_last_call_learned():
@@ -315,22 +331,22 @@ def test_a_call_starts_from_what_the_strategys_last_call_learned():
     first = ModeledCosts(8, "cpu", memory=memory, batch_size=2)
     _warm_up(first)
     second = ModeledCosts(8, "cpu", memory=memory, batch_size=2)
-    assert second._known() and not second.drafted_before  # no warm-up; its first draft still reads the prompt
-    assert (second.acceptance, second.bin_tested) == (first.acceptance, first.bin_tested)
-    assert second.target_seconds == first.target_seconds and second.draft_seconds == first.draft_seconds
+    assert second.known() and not second.call.drafted_before  # no warm-up; its first draft still reads the prompt
+    assert second.acceptance == first.acceptance and second.seconds == first.seconds
     assert second.limit() == 8  # acceptance 0.76 and drafts at a tenth of a target step: drafting pays at once
-    second.target_seconds[1] = 99.0
-    assert ModeledCosts(8, "cpu", memory=memory, batch_size=2).target_seconds[1] == pytest.approx(1.05)
+    with pytest.raises(TypeError):  # what a call carries over is immutable: no call can change another's
+        second.seconds.target[1] = 99.0
+    second.seconds = second.seconds.with_target(1, 99.0)
+    assert ModeledCosts(8, "cpu", memory=memory, batch_size=2).seconds.target[1] == pytest.approx(1.05)
     other = ModeledCosts(8, "cpu", memory=memory, batch_size=3)  # seconds are per batch size, acceptance is not
-    assert not other._known() and other.target_seconds == {} and other.acceptance == first.acceptance
-    assert AdaptiveLength(8, "cpu", memory=AdaptiveMemory()).tested == 0  # an empty memory: a cold start
+    assert not other.known() and other.seconds == Seconds() and other.acceptance == first.acceptance
+    assert AdaptiveLength(8, "cpu", memory=AdaptiveMemory()).acceptance.tested == 0  # an empty memory: a cold start
 
 
 def _costed(acceptance: float, rest: float | None) -> AdaptiveLength:
     length = AdaptiveLength(8, "cpu")
-    length.measured(1, 1.0), length.measured(2, 1.8)
-    length.draft_seconds, length.rest_seconds = 0.3, rest
-    length.accepted, length.tested = acceptance * 10, 10.0
+    length.seconds = Seconds(draft=0.3, rest=rest).with_target(1, 1.0).with_target(2, 1.8)
+    length.acceptance = Acceptance(accepted=acceptance * 10, tested=10.0)
     return length
 
 
@@ -344,20 +360,21 @@ def test_the_rest_of_a_step_counts_for_plain_steps_too():
 
 def test_draft_seconds_are_kept_only_when_the_draft_is_at_most_one_step_behind():
     length = AdaptiveLength(8, "cpu")
-    length.drafted_before, length.draft_seconds = True, 0.1
+    length.call.drafted_before, length.seconds = True, Seconds(draft=0.1)
 
     def step(drafts: int, seconds: float):
         ids = torch.zeros(1, drafts, dtype=torch.int64)
         proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=None)
-        length.observe(proposal, torch.zeros(1, dtype=torch.int64), seconds, 1.0, new_tokens=drafts + 1)
+        length.observe(step_facts(proposal, torch.zeros(1, dtype=torch.int64), drafts + 1, draft_seconds=seconds,
+                                  target_seconds=1.0))
 
     for _ in range(3):
         step(0, 0.0)
     step(1, 0.9)  # the draft's first forward read three missed tokens as well: not a draft forward's cost
-    assert length.draft_seconds == 0.1
+    assert length.seconds.draft == 0.1
     step(0, 0.0)
     step(2, 0.4)  # one plain step behind: kept
-    assert length.draft_seconds == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)
+    assert length.seconds.draft == pytest.approx(0.8 * 0.1 + 0.2 * 0.2)
 
 
 def test_a_drafts_chance_is_learned_by_confidence_bin_whatever_the_relation():
@@ -365,15 +382,16 @@ def test_a_drafts_chance_is_learned_by_confidence_bin_whatever_the_relation():
     half of them): each bin learns its own rate; a bin never tested gets the overall rate, and one scale factor on
     the confidence (capped at 1) would give neither."""
     length = AdaptiveLength(8, "cpu")
-    assert torch.equal(length.chance(torch.tensor([0.3, 0.95])), torch.ones(2))  # nothing tested yet
+    rows = torch.arange(2)
+    assert torch.equal(length.chance(torch.tensor([0.3, 0.95]), rows), torch.ones(2))  # nothing tested yet
     for _ in range(40):  # rows: [0.3 accepted, 0.95 accepted], [0.3 accepted, 0.95 rejected]
         confidence = torch.tensor([[0.3, 0.95], [0.3, 0.95]])
         proposal = decoding.proposers.Proposal(ids=torch.zeros(2, 2, dtype=torch.int64), probs=None,
                                                confidence=confidence)
-        length._learn(proposal, torch.tensor([2, 1]))
+        length.learn(step_facts(proposal, torch.tensor([2, 1]), 3))
     overall = 3 / 4
-    assert length.acceptance == pytest.approx(overall)
-    chances = length.chance(torch.tensor([0.3, 0.95, 0.6, 1.0]))
+    assert length.acceptance.rate == pytest.approx(overall)
+    chances = length.chance(torch.tensor([0.3, 0.95, 0.6, 1.0]), torch.arange(4))
     assert chances.tolist() == pytest.approx([1.0, 0.5, overall, 0.5], abs=0.03)  # 1.0: the last bin, as 0.95
 
 
@@ -382,44 +400,43 @@ def test_a_rows_chances_follow_how_its_own_drafts_fare():
     The bin's rate is the batch's; each row's chance is scaled by its accepted over its expected drafts (plus
     ROW_PRIOR of each), so that rows the draft does not know stop inflating the batch's expected gain. The rows are
     the call's original ones: after row 0 finishes, the rows left keep theirs."""
-    run = type("Run", (), {"rows": torch.arange(3)})()
-    length = AdaptiveLength(8, "cpu", batch_size=3, run=run)
+    length = AdaptiveLength(8, "cpu", batch_size=3)
     for step in range(60):
         accepted = torch.tensor([2, 2 * (step % 2), 0])
         proposal = decoding.proposers.Proposal(ids=torch.zeros(3, 2, dtype=torch.int64), probs=None,
                                                confidence=torch.full((3, 2), 0.5))
-        length._learn(proposal, accepted)
-    bin_rate = float(length._bin_chances(torch.device("cpu"))[adaptive._bin(torch.tensor(0.5))])
-    assert bin_rate == pytest.approx(length.acceptance, abs=0.05)  # 3 accepted of 4.5 tested per step
-    chances = length.chance(torch.full((3,), 0.5))
+        length.learn(step_facts(proposal, accepted, 3))
+    bin_rate = float(length.acceptance.chances("cpu")[confidence_bin(torch.tensor(0.5))])
+    assert bin_rate == pytest.approx(length.acceptance.rate, abs=0.05)  # 3 accepted of 4.5 tested per step
+    chances = length.chance(torch.full((3,), 0.5), torch.arange(3))
     # Row 0 accepts 2 where the bin expects 1.33 (ratio 1.5, the prior pulls it to ~1.44); row 2 none of ~0.67.
     assert 1.3 * bin_rate < chances[0] <= 1.0 and chances[2] < 0.3 * bin_rate
     assert 0.75 * bin_rate < chances[1] < 1.25 * bin_rate  # about the batch's rate
-    run.rows = torch.tensor([1, 2])  # row 0 finished
-    assert torch.equal(length.chance(torch.full((2,), 0.5)), chances[1:])
-    assert torch.equal(AdaptiveLength(8, "cpu").chance(torch.full((3,), 0.5)), torch.ones(3))  # no run, no rows
-    single = type("Run", (), {"rows": torch.arange(1)})()
-    alone = AdaptiveLength(8, "cpu", batch_size=1, run=single)  # one row: its bins already are its own record
+    assert torch.equal(length.chance(torch.full((2,), 0.5), torch.tensor([1, 2])), chances[1:])  # row 0 finished
+    nothing = AdaptiveLength(8, "cpu", batch_size=3)
+    assert torch.equal(nothing.chance(torch.full((3,), 0.5), torch.arange(3)), torch.ones(3))  # nothing learned
+    alone = AdaptiveLength(8, "cpu", batch_size=1)  # one row: its bins already are its own record
     for _ in range(20):
-        alone._learn(decoding.proposers.Proposal(ids=torch.zeros(1, 2, dtype=torch.int64), probs=None,
-                                                 confidence=torch.full((1, 2), 0.5)), torch.tensor([0]))
-    assert alone.row_ratio is None and alone.chance(torch.full((1,), 0.5)) == pytest.approx(alone.acceptance, abs=0.1)
+        alone.learn(step_facts(decoding.proposers.Proposal(ids=torch.zeros(1, 2, dtype=torch.int64), probs=None,
+                                                           confidence=torch.full((1, 2), 0.5)), torch.tensor([0]), 3))
+    assert alone.rows is None
+    assert alone.chance(torch.full((1,), 0.5), torch.arange(1)) == pytest.approx(alone.acceptance.rate, abs=0.1)
 
 
 def test_a_probe_drafts_for_a_few_steps_and_verifies_its_first_draft_whatever_it_costs():
     length = AdaptiveLength(8, "cpu", probe_every=2)
-    for n, seconds in {1: 1.0, 2: 1.5, 3: 2.0}.items():
-        length.measured(n, seconds)
-    length.draft_seconds = 0.5
-    length.accepted, length.tested = 0.0, 4.0  # nothing accepted so far: drafting does not pay
+    measured(length, {1: 1.0, 2: 1.5, 3: 2.0})
+    length.seconds = replace(length.seconds, draft=0.5)
+    length.acceptance = Acceptance(accepted=0.0, tested=4.0)  # nothing accepted so far: drafting does not pay
     limits = [length.limit() for _ in range(3)]
     assert limits == [0, 0, 8] and length.proposes(1, torch.tensor([0.01, 0.0])) is None
-    assert (length.expected, length.verified) == (pytest.approx(1.005), 1)  # the forced position counts in the step's estimate
+    # The forced position counts in the step's estimate.
+    assert (length.plan.expected, length.plan.verified) == (pytest.approx(1.005), 1)
     assert not bool(length.proposes(2, torch.tensor([0.01, 0.0])).any())  # beyond the first: as the model says
     for _ in range(adaptive.PROBE_STEPS - 1):  # the probe's further steps draft, their positions as the model says
         assert length.limit() == 8 and not bool(length.proposes(1, torch.tensor([0.01, 0.0])).any())
     assert length.limit() == 0
-    assert length.probe_every == 4  # the wait doubles
+    assert length.schedule.probe_every == 4  # the wait doubles
 
 
 def _stepper(length: AdaptiveLength):
@@ -432,9 +449,10 @@ def _stepper(length: AdaptiveLength):
         ids = torch.zeros(1, drafts, dtype=torch.int64)
         proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=None)
         if expected is not None:
-            length.expected, length.verified = expected, drafts
-        length.observe(proposal, torch.tensor([accepted]), draft_seconds, target_seconds, drafts + 1, rest)
-        length.expected, length.verified = 1.0, 0  # as the next step's start leaves them
+            length.plan.expected, length.plan.verified = expected, drafts
+        length.observe(step_facts(proposal, torch.tensor([accepted]), drafts + 1, draft_seconds=draft_seconds,
+                                  target_seconds=target_seconds, rest_seconds=rest))
+        length.plan.expected, length.plan.verified = 1.0, 0  # as the next step's start leaves them
 
     return step
 
@@ -445,40 +463,40 @@ def test_a_probe_counts_the_tokens_it_got():
     rates = []
     for probe in (True, False):
         length = _costed(0.15, rest=None)
-        length.drafted_before = True
-        length.measuring = probe
+        length.call.drafted_before = True
+        length.plan.measuring = probe
         _stepper(length)(2, 2, 0.3, 1.0, rest=0.0, expected=1.3)
-        rates.append(length.rate("draft"))
+        rates.append(length.rates.rate("draft"))
     assert rates == [pytest.approx(3 / 1.3), pytest.approx(1.3 / 1.3)]
 
 
 def test_every_step_of_a_probe_measures():
     length = AdaptiveLength(8, "cpu", probe_every=1)
-    for n, seconds in {1: 1.0, 2: 1.5, 3: 2.0}.items():
-        length.measured(n, seconds)
-    length.draft_seconds, length.accepted, length.tested = 0.5, 0.0, 4.0  # drafting does not pay
-    length.realized = {"plain": (1.0, 1.0), "draft": (0.9, 1.0)}  # close enough for the probe to go on
-    assert [(length.limit(), length.measuring) for _ in range(5)] == [
+    measured(length, {1: 1.0, 2: 1.5, 3: 2.0})
+    length.seconds = replace(length.seconds, draft=0.5)
+    length.acceptance = Acceptance(accepted=0.0, tested=4.0)  # drafting does not pay
+    length.rates = Rates(plain=(1.0, 1.0), draft=(0.9, 1.0))  # close enough for the probe to go on
+    assert [(length.limit(), length.plan.measuring) for _ in range(5)] == [
         (0, False), (8, True), (8, True), (8, True), (0, False)]
 
 
 def test_a_drafting_step_counts_the_tokens_it_got_where_its_proposer_never_asked_proposes():
     length = _costed(0.7, rest=None)
-    length.drafted_before = True
+    length.call.drafted_before = True
     _stepper(length)(3, 2, 0.3, 1.0, rest=0.0)  # string-level cross-tokenizer drafts, for example
-    assert length.rate("draft") == pytest.approx(3 / 1.3)
+    assert length.rates.rate("draft") == pytest.approx(3 / 1.3)
 
 
 def test_once_both_are_measured_the_realized_rates_decide_whether_a_step_drafts():
     length = _costed(0.8, rest=0.05)  # the cost model: three drafts pay (2.95 tokens in 2.75 s against 1 in 1.05)
-    length.drafted_before = True
+    length.call.drafted_before = True
     step = _stepper(length)
     step(0, 0, 0.0, 1.0, rest=0.05)  # a plain step: 1 token in 1.0 s and the rest (0.05 s)
-    assert (length.rate("plain"), length.rate("draft")) == (pytest.approx(1 / 1.05), None)
+    assert (length.rates.rate("plain"), length.rates.rate("draft")) == (pytest.approx(1 / 1.05), None)
     assert length.limit() == 8  # no drafting rate yet: the cost model decides
     step(3, 3, 0.9, 1.9, rest=0.05, expected=2.0)  # 2 tokens expected (not the 4 got) in 2.85 s: slower
-    assert length.rate("draft") == pytest.approx(2.0 / 2.85)
-    assert length.limit() == 0 and length._pays(length.acceptance, drafted=0, drafting=True)  # rates rule
+    assert length.rates.rate("draft") == pytest.approx(2.0 / 2.85)
+    assert length.limit() == 0 and length.pays(length.acceptance.rate, forwards=0, drafting=True)  # rates rule
 
 
 def test_a_probe_outweighs_the_drafting_steps_before_a_stretch_of_plain_ones():
@@ -486,11 +504,11 @@ def test_a_probe_outweighs_the_drafting_steps_before_a_stretch_of_plain_ones():
     against the slow drafting steps before them (1 token in 2 s), which the probe's steps among their undecayed
     sums would not."""
     length = _costed(0.7, rest=None)
-    length.drafted_before, length.probe_every = True, 10
+    length.call.drafted_before, length.schedule.probe_every = True, 10
     step = _stepper(length)
     for _ in range(10):
         step(1, 0, 0.2, 1.8, rest=0.0)  # slow drafting steps
-    assert length.rate("draft") == pytest.approx(0.5)
+    assert length.rates.rate("draft") == pytest.approx(0.5)
     limits = []
     for _ in range(10 + adaptive.PROBE_STEPS):
         limits.append(length.limit())
@@ -499,13 +517,13 @@ def test_a_probe_outweighs_the_drafting_steps_before_a_stretch_of_plain_ones():
         else:
             step(0, 0, 0.0, 1.0, rest=0.0)
     assert limits == [0] * 10 + [8] * adaptive.PROBE_STEPS
-    assert length.rate("draft") > length.rate("plain") == pytest.approx(1.0)
-    assert length.limit() == 8 and length.probe_every == length.first_probe
+    assert length.rates.rate("draft") > length.rates.rate("plain") == pytest.approx(1.0)
+    assert length.limit() == 8 and length.schedule.probe_every == length.schedule.first_probe
 
 
 def test_a_probe_ends_after_one_step_where_drafting_is_far_from_paying():
     length = _costed(0.0, rest=None)
-    length.drafted_before, length.probe_every = True, 2
+    length.call.drafted_before, length.schedule.probe_every = True, 2
     step = _stepper(length)
     limits = []
     for _ in range(2 * (2 + 1) + 4):  # two probes, the second after a doubled wait of 4
@@ -521,10 +539,10 @@ def test_after_plain_steps_drafting_must_beat_them_by_the_switch_margin():
     """Drafting at 1.03 times the plain steps' rate goes on while the draft is caught up, but does not resume after
     a plain step (its first forward would read what it missed, a cost the rates leave out)."""
     length = _costed(0.7, rest=None)
-    length.drafted_before = True
-    length.realized = {"plain": (1.0, 1.0), "draft": (1.03, 1.0)}
+    length.call.drafted_before = True
+    length.rates = Rates(plain=(1.0, 1.0), draft=(1.03, 1.0))
     assert length.limit() == 8  # the last step drafted: no margin
-    length.plain_steps = 1
+    length.call.plain_steps = 1
     assert adaptive.SWITCH > 1.03 and length.limit() == 0
 
 
@@ -533,19 +551,20 @@ def test_an_old_drafting_rate_waits_for_a_probe():
     switch to drafting on that old rate; the next probe measures drafting again, and from a fresh rate the rule
     drafts (here it pays) or not."""
     length = _costed(0.7, rest=None)
-    length.drafted_before = True
-    length.realized = {"plain": (1.0, 1.0), "draft": (1.5, 1.0)}
-    length.undrafted = adaptive.FRESH  # still fresh: drafting pays
-    assert length.limit() == 8 and length.undrafted == 0
-    length.undrafted, length.probe_every = adaptive.FRESH + 1, 6  # old: the target steps alone until the probe
+    length.call.drafted_before = True
+    length.rates = Rates(plain=(1.0, 1.0), draft=(1.5, 1.0))
+    length.schedule.undrafted = adaptive.FRESH  # still fresh: drafting pays
+    assert length.limit() == 8 and length.schedule.undrafted == 0
+    # Old: the target steps alone until the probe.
+    length.schedule.undrafted, length.schedule.probe_every = adaptive.FRESH + 1, 6
     limits = [length.limit() for _ in range(6 + 1)]
     assert limits == [0] * 6 + [8]
-    assert length.undrafted == 0 and length.limit() == 8  # the probe measured drafting: it pays, and goes on
+    assert length.schedule.undrafted == 0 and length.limit() == 8  # the probe measured drafting: it pays, and goes on
 
 
 def test_while_drafting_pays_one_step_in_refresh_every_is_plain():
     length = _costed(0.7, rest=None)
-    length.realized = {"plain": (1.0, 1.0), "draft": (3.0, 1.0)}
+    length.rates = Rates(plain=(1.0, 1.0), draft=(3.0, 1.0))
     limits = [length.limit() for _ in range(2 * adaptive.REFRESH_EVERY)]
     plain = [i + 1 for i, limit in enumerate(limits) if limit == 0]
     assert plain == [adaptive.REFRESH_EVERY, 2 * adaptive.REFRESH_EVERY]
@@ -553,10 +572,10 @@ def test_while_drafting_pays_one_step_in_refresh_every_is_plain():
 
 def test_one_token_stays_off_the_line_of_t_n():
     length = AdaptiveLength(8, "cpu")
-    for n, seconds in {1: 1.0, 2: 1.84, 4: 1.88}.items():
-        length.measured(n, seconds)
-    assert length._target_time(1) == 1.0
-    assert [round(length._target_time(n), 6) for n in (2, 3, 6)] == pytest.approx([1.84, 1.86, 1.92], abs=2e-3)
+    measured(length, {1: 1.0, 2: 1.84, 4: 1.88})
+    assert length.seconds.target_time(1) == 1.0
+    assert [round(length.seconds.target_time(n), 6) for n in (2, 3, 6)] == pytest.approx([1.84, 1.86, 1.92],
+                                                                                          abs=2e-3)
 
 
 def test_a_length_measured_once_at_a_bad_moment_does_not_bend_the_line():
@@ -564,11 +583,11 @@ def test_a_length_measured_once_at_a_bad_moment_does_not_bend_the_line():
     among forty over 3 and 5 moves the line by a fraction of what a fit through one value per length would
     (1.0 + 0.05 n is the truth)."""
     length = AdaptiveLength(8, "cpu")
-    length.measured(8, 3.0)  # slow
+    measured(length, {8: 3.0})  # slow
     for _ in range(20):
-        length.measured(3, 1.15), length.measured(5, 1.25)
-    assert 1.4 < length._target_time(8) < 1.6  # a fit through one value per length: 2.83
-    assert length.target_seconds == {3: pytest.approx(1.15), 5: pytest.approx(1.25), 8: 3.0}
+        measured(length, {3: 1.15, 5: 1.25})
+    assert 1.4 < length.seconds.target_time(8) < 1.6  # a fit through one value per length: 2.83
+    assert dict(length.seconds.target) == {3: pytest.approx(1.15), 5: pytest.approx(1.25), 8: 3.0}
 
 
 @pytest.mark.parametrize(("damping", "draft_cost", "target_cost"), [

@@ -43,6 +43,30 @@ class Proposal:
                         confidence=None if self.confidence is None else self.confidence[:, :g])
 
 
+class PositionGate:
+    """Which rows still propose, position by position, as the length policy (:mod:`decoding.adaptive`) decides:
+    written once for every proposer. ``reach  # [b]`` is each row's estimated chance of accepting all its drafts so
+    far; a row stops for good once it stops."""
+
+    def __init__(self, length, rows: torch.Tensor):
+        self.length, self.rows = length, rows  # rows [b]: the batch's original rows
+        self.proposing = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)  # [b]
+        self.reach = torch.ones(rows.numel(), device=rows.device)  # [b]
+
+    def admit(self, position: int, confidence: torch.Tensor, can_propose: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows ``# [b]`` that propose drafted position ``position`` (1-based), whose drafts have confidence
+        ``confidence  # [b]``; ``can_propose  # [b]``: rows that have a draft there at all (default: every row)."""
+        self.reach = self.reach * self.length.chance(confidence, self.rows)
+        candidates = self.proposing if can_propose is None else self.proposing & can_propose
+        keep = self.length.proposes(position, self.reach * candidates)
+        self.proposing = candidates if keep is None else candidates & keep
+        return self.proposing
+
+    def goes_on(self, position: int) -> bool:
+        """Whether drafting position ``position + 1`` pays for some row (a host read: one per drafted position)."""
+        return bool(self.proposing.any()) and self.length.drafts_next(position, self.reach * self.proposing)
+
+
 class Drafter:
     """A proposer's state during one call. Subclasses implement :meth:`propose`; the rest defaults to nothing."""
 

@@ -26,7 +26,7 @@ from ..ragged_cache import RaggedCache
 from ..token_maps import TokenMap, check_tokenizer, common_prefix, continuation, retokenize
 from ..validation import check_model
 from ..vocab import vocab_size
-from .base import Drafter, Proposal, Proposer, one_hot_probs
+from .base import Drafter, PositionGate, Proposal, Proposer, one_hot_probs
 
 MODES = ("auto", "string", "tli")
 TAIL_TOKENS = 8  # committed target tokens re-tokenized with a string-level proposal, so its first token fits
@@ -136,9 +136,7 @@ class CrossTokenizerDrafter(Drafter):
     def _propose_tli(self, run, sampler, k: int, length, logits: torch.Tensor) -> Proposal:
         """Up to ``k`` target tokens drawn from the draft's law over the shared tokens."""
         vocab = vocab_size(run.model)
-        b = run.rows.numel()
-        proposing = torch.ones(b, dtype=torch.bool, device=logits.device)
-        reach = torch.ones(b, device=logits.device)
+        gate = PositionGate(length, run.rows)
         ids, probs, confidence = [], [], []
         for position in range(k):
             scores = self.mapping.target_logits(logits, vocab)  # [b, V_target]
@@ -146,15 +144,13 @@ class CrossTokenizerDrafter(Drafter):
             draft_token = self.mapping.target_to_draft[token]  # [b], -1 if the sampler left the shared tokens
             law = q if q is not None else torch.softmax(scores.float(), dim=-1)
             sure = law.gather(1, token[:, None]).squeeze(1).float()  # [b]
-            reach = reach * length.chance(sure)
-            keep = length.proposes(position + 1, reach * proposing * (draft_token >= 0))
-            proposing = proposing & (draft_token >= 0) & (True if keep is None else keep)
+            proposing = gate.admit(position + 1, sure, can_propose=draft_token >= 0)
             ids.append(torch.where(proposing, token, -1))
             confidence.append(sure)
             if q is not None:
                 probs.append(q * proposing[:, None])  # no proposal: an all-zero law
             run.sequences.write(run.rows, position, ids[-1][:, None])
-            if position + 1 == k or not bool(proposing.any()) or not length.drafts_next(position + 1, reach * proposing):
+            if position + 1 == k or not gate.goes_on(position + 1):
                 break
             logits = self._read(draft_token.clamp_min(0))
         return Proposal(ids=torch.stack(ids, dim=1), probs=torch.stack(probs, dim=1) if probs else None,

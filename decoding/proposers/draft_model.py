@@ -13,7 +13,7 @@ import torch
 from ..ragged_cache import RaggedCache
 from ..validation import check_model
 from ..vocab import check_vocab_compatibility, to_vocab, vocab_size
-from .base import Drafter, Proposal, Proposer
+from .base import Drafter, PositionGate, Proposal, Proposer
 
 
 class DraftModel(Proposer):
@@ -56,23 +56,20 @@ class DraftModelDrafter(Drafter):
             return Proposal(ids=torch.empty(b, 0, dtype=torch.int64, device=device), probs=None)
         vocab = vocab_size(run.model)
         tokens, valid = self._unread(run)
-        proposing = torch.ones(b, dtype=torch.bool, device=device)  # rows still proposing
-        reach = torch.ones(b, device=device)  # each row's estimated chance of accepting all its drafts so far
+        gate = PositionGate(length, run.rows)
         ids, probs, logits, confidence = [], [], [], []
         for position in range(k):
             logits.append(to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab))  # [b, 1, V]
             token, q = sampler.draft(run.rows, logits[-1][:, 0], position)
             sure = _confidence(logits[-1][:, 0], token, q)  # [b]
-            reach = reach * length.chance(sure)
-            keep = length.proposes(position + 1, reach * proposing)
-            proposing = proposing if keep is None else proposing & keep
+            proposing = gate.admit(position + 1, sure)
             ids.append(torch.where(proposing, token, -1))
             confidence.append(sure)
             if q is not None:
                 probs.append(q * proposing[:, None])  # no proposal: an all-zero law
             run.sequences.write(run.rows, position, ids[-1][:, None])
             tokens, valid = token[:, None], torch.ones_like(token)[:, None]
-            if not bool(proposing.any()) or not length.drafts_next(position + 1, reach * proposing):
+            if not gate.goes_on(position + 1):
                 break
         if self.score_bonus:  # read the last draft too: logits at every verified position
             logits.append(to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab))

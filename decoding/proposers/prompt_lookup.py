@@ -7,7 +7,7 @@ import torch
 
 from ..validation import check_int
 from ..vocab import vocab_size
-from .base import Drafter, Proposal, Proposer, one_hot_probs
+from .base import Drafter, PositionGate, Proposal, Proposer, one_hot_probs
 
 
 class PromptLookup(Proposer):
@@ -36,12 +36,11 @@ class PromptLookupDrafter(Drafter):
         rows = run.rows
         ids = lookup(run.sequences.tokens, run.sequences.lengths[rows], self.pads[rows], rows, k,
                      self.settings.max_ngram, self.settings.min_ngram)  # [b, k]
-        reach = torch.ones(rows.numel(), device=ids.device)
+        gate = PositionGate(length, rows)
         for position in range(k):  # positions the length policy says do not pay are not proposed
-            reach = reach * length.chance(torch.ones_like(reach)) * (ids[:, position] >= 0)  # no match: no gain
-            keep = length.proposes(position + 1, reach)
-            if keep is not None:
-                ids[:, position:] = torch.where(keep[:, None], ids[:, position:], -1)
+            certain = torch.ones(rows.numel(), device=ids.device)  # a copied token: no confidence of its own
+            proposing = gate.admit(position + 1, certain, can_propose=ids[:, position] >= 0)
+            ids[:, position] = torch.where(proposing, ids[:, position], -1)
         run.sequences.write(rows, 0, ids)
         probs = one_hot_probs(ids, vocab_size(run.model)) if run.do_sample else None
         return Proposal(ids=ids, probs=probs)
