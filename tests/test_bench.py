@@ -183,6 +183,7 @@ def test_unwritable_output_paths_fail_before_running(option, tmp_path, capsys, m
 
 def test_a_late_json_failure_keeps_the_results_and_says_where(tmp_path, capsys, monkeypatch):
     target = tmp_path / "out" / "bench.json"
+    target.parent.mkdir()
     real_write = bench.files.write_json
 
     def failing(result, path):
@@ -201,6 +202,75 @@ def test_a_late_json_failure_keeps_the_results_and_says_where(tmp_path, capsys, 
         assert json.loads(fallback.read_text())["cells"]
     finally:
         fallback.unlink()
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("vocab=10000000000", "would hold 20,480,037,758,976 parameters, 81.9 TB in float32, more than the"),
+    ("hidden=33", "hidden=33 is odd, but it splits into attention heads of an even size"),
+    ("hidden=130", "hidden=130 does not split into heads=2 (the default) attention heads of an even size"),
+    ("heads=3", "hidden=512 (the default) does not split into heads=3 attention heads of an even size"),
+    ("kv_heads=3", "kv_heads=3 does not divide heads=8 (the default)"),
+    ("damping=nan", "'damping=nan': expected a finite number from 0.0 to 1.0"),
+    ("head_scale=inf", "'head_scale=inf': expected a finite number from 0.0 to 1000.0"),
+    ("vocab=1", "'vocab=1': expected an integer >= 2"),
+    ("layers=2000", "'layers=2000': expected an integer from 1 to 1024"),
+    ("vocab=" + "9" * 30, "expected an integer >= 2 (and below 2**63)"),
+])
+def test_synthetic_spec_is_refused_before_any_model_is_built(spec, needle, capsys, monkeypatch):
+    monkeypatch.setattr(bench.bench_pair.pairs, "synthetic", lambda *a, **k: pytest.fail("a model was built"))
+    assert bench.main(["--synthetic", spec, "--device", "cpu", "--quiet"]) == 2
+    assert needle in error_line(capsys)
+
+
+def test_synthetic_size_estimate_is_exact_and_refuses_what_memory_cannot_hold(capsys, monkeypatch):
+    from decoding.evals.bench import pair as bench_pair
+    from decoding.evals.common import pairs
+
+    settings = bench_pair.parse_synthetic("layers=3,hidden=64,heads=4,kv_heads=2,vocab=50,intermediate=40")
+    built = pairs.synthetic(settings)
+    count = sum(p.numel() for model in (built.target, built.draft) for p in model.parameters())
+    assert bench_pair.synthetic_parameters(bench_pair.synthetic_shape(settings)) == count == 93_312
+    monkeypatch.setattr(bench_pair, "_host_available", lambda: 700_000)  # bytes: float32 fits, float64 does not
+    bench_pair.check_synthetic_size(settings, "float32", "cpu")
+    assert bench.main(["--synthetic", "layers=3,hidden=64,heads=4,kv_heads=2,vocab=50,intermediate=40",
+                       "--dtype", "float64", "--device", "cpu", "--quiet"]) == 2
+    assert "would hold 93,312 parameters, 746.5 kB in float64, more than the 700.0 kB of memory available" in \
+        error_line(capsys)
+
+
+def test_synthetic_size_on_a_gpu_is_checked_against_its_memory(monkeypatch):
+    from types import SimpleNamespace
+
+    from decoding.evals.bench import pair as bench_pair
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: asked.append(index) or SimpleNamespace(total_memory=80 * 10**9))
+    bench_pair.check_synthetic_size({"vocab_size": 128256, "hidden_size": 4096, "num_layers": 32}, "bfloat16", None)
+    with pytest.raises(ValueError, match=r"--synthetic vocab=10000000000: .* 41.0 TB in bfloat16, more than the "
+                                         r"80.0 GB of cuda:1: use a smaller vocab"):
+        bench_pair.check_synthetic_size({"vocab_size": 10**10}, "bfloat16", "cuda:1")
+    assert asked == [0, 1]
+
+
+def test_summary_says_not_measurable_where_the_table_shows_a_dash():
+    summary = {"mode": "greedy", "batch_size": 16, "best_draft_length": 2, "speedup": 0.9,
+               "decode_speedup": float("nan"), "ceiling": 1.4, "efficiency": float("nan"), "ceiling_with_prefill": None,
+               "alpha": 0.8, "assisted_speedup": None, "target_forwards_per_token": None}
+    line = report.summary_line(summary)
+    assert "(decoding not measurable)" in line and "efficiency not measurable" in line
+    assert "nan" not in line.lower() and "0.90x" in line
+    measured = report.summary_line({**summary, "decode_speedup": 1.25, "efficiency": 0.5})
+    assert "(decoding 1.25x)" in measured and "efficiency 0.50" in measured
+
+
+def test_a_binary_prompt_file_is_named(tmp_path, capsys):
+    binary = tmp_path / "prompts.jsonl"
+    binary.write_bytes(b'{"id": "a", "category": "x", "prompt": "p"}\n\x89PNG\r\n\x1a\n\x00\xff')
+    assert bench.main([*TINY, "--prompt-set", str(binary)]) == 1
+    assert f"{binary}:2: not UTF-8 text" in error_line(capsys)
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +346,7 @@ def test_console_entry_point_exits_without_traceback():
 
 def test_tiny_synthetic_run_json_checks_and_plot(tmp_path, capsys):
     path, png = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.png"
+    path.parent.mkdir()  # output folders are never created (a mistyped one is refused)
     argv = [*TINY, "--batch-sizes", "1,3", "--draft-lengths", "1,3", "--prompts-per-category", "1",
             "--categories", "code_completion,math,retrieval", "--json", str(path)]
     if HAS_MATPLOTLIB:

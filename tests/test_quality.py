@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,3 +258,110 @@ def test_bad_arguments_are_one_line_exit_2(argv, needle, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------ CLI: bad input
+
+QUICK_EVAL = ["--synthetic", "--num-prompts", "2", "--max-new-tokens", "4", "--batch-size", "2", "--methods", "greedy",
+              "--encoder", "none", "--quiet"]
+
+
+def eval_error(argv, capsys) -> tuple[int, str]:
+    """``decoding-eval``'s exit status and its one line on stderr, for a command line that fails."""
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("decoding-eval: error: "), captured.err
+    return exit_info.value.code, lines[0]
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "prompts.jsonl holds no prompts: give JSON lines, each an object with a non-empty 'prompt'"),
+    (b'{"prompt": "a"}\n{"prompt": "b",\n', "prompts.jsonl:2: not valid JSON"),
+    (b'{"prompt": "a"}\n\n{"reference": "b"}\n', "prompts.jsonl:3: every line needs a non-empty string 'prompt', "
+                                                 'got {"reference": "b"}'),
+    (b'{"prompt": "a", "reference": 7}\n', "prompts.jsonl:1: 'reference' must be a string, got 7"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "prompts.jsonl:1: not UTF-8 text (byte 0x89 at column 1; a binary file?)"),
+])
+def test_a_bad_prompt_set_is_one_line_naming_file_and_line(content, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(quality, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(content)
+    status, line = eval_error(["--synthetic", "--quiet", "--prompt-set", str(path)], capsys)
+    assert status == 1 and f"{tmp_path}/{needle}" in line
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--threads", "-1"], "argument --threads: -1 is out of range: use a value > 0 and <= 4096"),
+    (["--threads", "0"], "argument --threads: 0 is out of range: use a value > 0"),
+    (["--show-samples", "-1"], "argument --show-samples: -1 is out of range: use a value >= 0"),
+    (["--dtype", "bogus"], "argument --dtype: invalid choice: 'bogus'"),
+])
+def test_threads_samples_and_dtype_are_checked_as_decoding_bench_does(argv, needle, capsys, monkeypatch):
+    from decoding.evals.bench import cli as bench
+
+    monkeypatch.setattr(quality, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
+    status, line = eval_error(["--synthetic", *argv], capsys)
+    assert status == 2 and needle in line and line.endswith("(see decoding-eval --help)")
+    if argv[0] != "--show-samples":  # the same option of decoding-bench says the same
+        assert bench.main(["--synthetic", *argv]) == 2
+        assert needle in capsys.readouterr().err
+
+
+def test_the_synthetic_pair_takes_dtype():
+    from decoding.evals.quality.args import parse_args
+    from decoding.evals.quality.pair import load_models
+
+    items = prompt_sets.load_prompt_set(prompt_sets.default_prompt_set(), limit=2)
+    pair = load_models(parse_args(["--synthetic", "--dtype", "float64"]), items)
+    assert next(pair.target.parameters()).dtype == torch.float64
+    assert next(load_models(parse_args(["--synthetic"]), items).target.parameters()).dtype == torch.float32
+
+
+def _fallbacks(line: str) -> list[str]:
+    """The temporary files an error line says the results went to."""
+    return [part.split("; ")[0] for part in line.split("the results are in ")[1:]]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a file whose writes fail: disk full)")
+def test_outputs_that_fail_late_go_to_temporary_files(capsys):
+    status, line = eval_error([*QUICK_EVAL, "--json", "/dev/full", "--save-generations", "/dev/full"], capsys)
+    assert status == 1
+    assert "--json /dev/full could not be written (No space left on device)" in line
+    assert "--save-generations /dev/full could not be written (No space left on device)" in line
+    json_file, generations_file = (Path(p) for p in _fallbacks(line))
+    try:
+        assert json_file.suffix == ".json" and json.loads(json_file.read_text())["methods"]["greedy"]
+        lines = [json.loads(x) for x in generations_file.read_text().splitlines()]
+        assert generations_file.suffix == ".jsonl" and [x["method"] for x in lines] == ["greedy", "greedy"]
+    finally:
+        json_file.unlink()
+        generations_file.unlink()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a file whose writes fail: disk full)")
+def test_a_prompt_set_that_fails_late_goes_to_a_temporary_file(tmp_path, capsys):
+    raw = tmp_path / "wiki.raw"
+    raw.write_text(" ".join(f"w{i}" for i in range(200)) + "\n")
+    status, line = eval_error(["--write-prompt-set", "/dev/full", "--from-text", str(raw)], capsys)
+    assert status == 1 and "--write-prompt-set /dev/full could not be written (No space left on device)" in line
+    fallback = Path(_fallbacks(line)[0])
+    try:
+        assert [item.prompt.split()[0] for item in prompt_sets.load_prompt_set(fallback)] == ["w0"]
+    finally:
+        fallback.unlink()
+
+
+def test_bad_documents_for_a_prompt_set_name_file_and_line(tmp_path, capsys):
+    documents = tmp_path / "docs.jsonl"
+    documents.write_text('{"text": "one"}\n{"body": "two"}\n')
+    status, line = eval_error(["--write-prompt-set", str(tmp_path / "set.jsonl"), "--from-text", str(documents)],
+                              capsys)
+    assert status == 1 and f"--from-text {documents}:2: every line needs a string 'text'" in line
+    documents.write_bytes(b"\xff\xfe binary")
+    status, line = eval_error(["--write-prompt-set", str(tmp_path / "set.jsonl"), "--from-text", str(documents)],
+                              capsys)
+    assert status == 1 and f"{documents}:1: not UTF-8 text" in line
+    assert not (tmp_path / "set.jsonl").exists()

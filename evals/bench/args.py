@@ -1,16 +1,27 @@
 """``decoding-bench``'s command line: the parser (:func:`build_parser`), its checks (:func:`parse_args`), and the
-two errors the CLI reports as one line on stderr (:class:`UsageError`, exit 2; :class:`SetupError`, exit 1)."""
+two errors the CLI reports as one line on stderr (:class:`UsageError`, exit 2; :class:`SetupError`, exit 1; both
+shared with ``decoding-eval``, from :mod:`decoding.evals.common.cli_args`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from decoding.evals.bench.pair import SYNTHETIC_KEYS, parse_synthetic
+from decoding.evals.bench.pair import SYNTHETIC_KEYS, check_synthetic_size, parse_synthetic
 from decoding.evals.bench.plot import check_plotting
 from decoding.evals.bench.prompts import CATEGORIES, CHAT_PROMPTS_DIR, DEFAULT_MIX
 from decoding.evals.bench.variants import VARIANTS, parse_variants
-from decoding.evals.common.cli_args import choice_list, int_list, name_list, positive
+from decoding.evals.common.cli_args import (
+    DTYPES,
+    OneLineParser,
+    SetupError,
+    UsageError,
+    choice_list,
+    int_list,
+    name_list,
+    positive,
+    threads,
+)
 from decoding.evals.common.files import check_writable_outputs
 
 __all__ = ["DESCRIPTION", "EPILOG", "MAX_BATCH_SIZE", "MAX_DRAFT_LENGTH", "MAX_NEW_TOKENS", "MODES", "PROG",
@@ -45,19 +56,6 @@ EPILOG = """examples:
 """
 
 
-class UsageError(Exception):
-    """A bad command line: reported as one line on stderr, exit status 2."""
-
-
-class SetupError(Exception):
-    """Bad input found while loading models or prompts: reported as one line on stderr, exit status 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block: raised to main, which prints it
-        raise UsageError(message)
-
-
 def _pair_arguments(parser: argparse.ArgumentParser) -> None:
     pair = parser.add_argument_group("model pair")
     pair.add_argument("--target", default=DEFAULT_TARGET,
@@ -71,14 +69,14 @@ def _pair_arguments(parser: argparse.ArgumentParser) -> None:
     quant = pair.add_mutually_exclusive_group()
     quant.add_argument("--load-in-8bit", action="store_true", help="8-bit target through bitsandbytes (extra quant)")
     quant.add_argument("--load-in-4bit", action="store_true", help="4-bit target through bitsandbytes (extra quant)")
-    pair.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "float64"],
+    pair.add_argument("--dtype", default="auto", choices=DTYPES,
                       help="parameter dtype (default: auto, the checkpoint's; float32 for --synthetic)")
     pair.add_argument("--device", default=None,
                       help="torch device (default: cuda if available, else cpu; each process's own under accelerate)")
     pair.add_argument("--device-map", default=None,
                       help="device_map of the target, e.g. auto to split it over GPUs (single process only)")
     pair.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    pair.add_argument("--threads", type=positive(int, 4096), default=None,
+    pair.add_argument("--threads", type=threads, default=None,
                       help="torch CPU threads (default: torch's, one per core; under accelerate each process's own)")
     pair.add_argument("--kernels", default="auto", choices=["auto", "torch", "cupy"],
                       help="logit kernels: auto (CuPy kernels on CUDA when installed, else torch), torch (the "
@@ -137,8 +135,8 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     for add in (_pair_arguments, _grid_arguments, _prompt_arguments, _output_arguments):
         add(parser)
     return parser
@@ -176,7 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _check(args: argparse.Namespace) -> None:
     """What the parser cannot check alone; raises ``ValueError``, ``ImportError`` or ``OSError``."""
     if args.synthetic is not None:
-        parse_synthetic(args.synthetic)
+        check_synthetic_size(parse_synthetic(args.synthetic), args.dtype, args.device)
         if args.load_in_8bit or args.load_in_4bit:
             raise ValueError("--load-in-8bit/--load-in-4bit apply to loaded checkpoints, not to --synthetic")
     check_writable_outputs((("--json", args.json), ("--plot", args.plot)))

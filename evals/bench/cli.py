@@ -4,8 +4,6 @@ process, combine, print the report and write ``--json``/``--plot``. The manual: 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from decoding.evals.bench.prompts import Prompt, load_prompt_set, select_prompts
 from decoding.evals.bench.records import Meta, PromptRecord, Result
 from decoding.evals.bench.variants import Variant
 from decoding.evals.common import files
+from decoding.evals.common.cli_args import run_command
 from decoding.evals.common.console import quiet_transformers
 from decoding.evals.common.pairs import Pair
 from decoding.evals.common.provenance import git_commit, library_versions, utc_now
@@ -173,7 +172,7 @@ def _write_outputs(result: dict, args) -> None:
         except OSError as error:
             plot_error = error
     if json_error is not None:
-        raise SetupError(f"--json {args.json} could not be written ({json_error}); the results are in {written}")
+        raise SetupError(files.not_written("--json", args.json, json_error, written))
     if plot_error is not None:
         raise SetupError(f"--plot {args.plot} could not be written ({plot_error})")
 
@@ -183,19 +182,6 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    """Console entry point: run, print the report; returns the exit status (0, 1 on bad input, 2 on bad usage)."""
-    try:
-        run(argv)
-    except UsageError as error:
-        print(f"{PROG}: error: {error} (see {PROG} --help)", file=sys.stderr)
-        return 2
-    except SetupError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into e.g. head, which has exited
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    return 0
+    """Console entry point: run, print the report; returns the exit status (0, 1 on bad input, 2 on bad usage,
+    130 when interrupted)."""
+    return run_command(PROG, run, argv)

@@ -8,7 +8,8 @@ import sys
 
 from decoding.evals.common.console import has_rich, plain_table, rich_table, stdout_console, table_width
 
-__all__ = ["COLUMNS", "format_table", "print_checks", "print_report", "print_table", "title"]
+__all__ = ["COLUMNS", "NOT_MEASURABLE", "format_table", "print_checks", "print_report", "print_table", "summary_line",
+           "title"]
 
 # (header, cell key, format)
 COLUMNS = [("batch", "batch_size", "{}"), ("method", "name", "{}"), ("tok/s", "tokens_per_s", "{:.1f}"),
@@ -126,16 +127,28 @@ def print_report(result: dict) -> None:
         print(summary_line(summary))
 
 
+NOT_MEASURABLE = "not measurable"
+
+
+def _figure(value, fmt: str = "{:.2f}x") -> str:
+    """A figure of the summary, or "not measurable" where there is none or it is NaN (as the table's ``-``: timing
+    noise left no time to divide by, e.g. no decoding time after the prompt encoding)."""
+    if value is None or not math.isfinite(value):
+        return NOT_MEASURABLE
+    return fmt.format(value)
+
+
 def summary_line(s: dict) -> str:
     """The best speculative cell of one mode and batch size, its ceiling and what else ran there."""
     assisted = "" if s["assisted_speedup"] is None else \
-        f"; assistant_model= at g={s['best_draft_length']}: {s['assisted_speedup']:.2f}x"
-    prefill = "" if s["ceiling_with_prefill"] is None else f" ({s['ceiling_with_prefill']:.2f}x counting prefill)"
+        f"; assistant_model= at g={s['best_draft_length']}: {_figure(s['assisted_speedup'])}"
+    prefill = "" if s["ceiling_with_prefill"] is None else f" ({_figure(s['ceiling_with_prefill'])} counting prefill)"
     overhead = "" if s["target_forwards_per_token"] is None else \
-        f"; target alone: {s['target_forwards_per_token']:.2f} forwards/token"
-    return (f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} {s['speedup']:.2f}x "
-            f"(decoding {s['decode_speedup']:.2f}x); ceiling {s['ceiling']:.2f}x{prefill}, efficiency "
-            f"{s['efficiency']:.2f}, alpha {s['alpha']:.2f}{assisted}{overhead}")
+        f"; target alone: {_figure(s['target_forwards_per_token'], '{:.2f}')} forwards/token"
+    return (f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} "
+            f"{_figure(s['speedup'])} (decoding {_figure(s['decode_speedup'])}); ceiling {_figure(s['ceiling'])}"
+            f"{prefill}, efficiency {_figure(s['efficiency'], '{:.2f}')}, alpha {_figure(s['alpha'], '{:.2f}')}"
+            f"{assisted}{overhead}")
 
 
 def category_lines(cells: list[dict]) -> list[str]:

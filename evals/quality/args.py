@@ -1,4 +1,5 @@
-"""``decoding-eval``'s command line: the parser and its checks (a bad command line exits with status 2)."""
+"""``decoding-eval``'s command line: the parser and its checks (a bad command line raises
+:class:`~decoding.evals.common.cli_args.UsageError`, reported as one line, exit status 2)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from decoding.cascade import Cascade
 from decoding.contrastive import check_contrastive_settings
+from decoding.evals.common.cli_args import DTYPES, OneLineParser, non_negative, threads
 from decoding.evals.common.files import check_writable_outputs
 from decoding.evals.quality.generate import DEFAULT_METHODS, METHODS
 
@@ -37,8 +39,8 @@ def _methods(text: str) -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Parse and check the command line; raises :class:`~decoding.evals.common.cli_args.UsageError`."""
+    parser = OneLineParser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for add in (_model_arguments, _generation_arguments, _output_arguments):
         add(parser)
     args = parser.parse_args(argv)
@@ -52,7 +54,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                       help="expert: a registry name (decoding.model_pairs.registry.names()), a local directory or a hub id")
     pair.add_argument("--draft", default=None, help="amateur: local directory or hub id (default: the pair's)")
     pair.add_argument("--synthetic", action="store_true", help="tiny random models (tests; numbers mean nothing)")
-    pair.add_argument("--dtype", default=None, help="float32, bfloat16, float16, auto (default: the loader's)")
+    pair.add_argument("--dtype", default=None, choices=DTYPES,
+                      help="parameter dtype (default: the loader's; float32 for --synthetic)")
     pair.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                       help="device of both models and of the sentence encoder")
 
@@ -90,8 +93,9 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON here")
     out.add_argument("--save-generations", type=Path, default=None, metavar="PATH",
                      help="write every continuation as JSON lines {method, index, prompt, continuation}")
-    out.add_argument("--show-samples", type=int, default=0, help="keep N continuations per method in the JSON")
-    out.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    out.add_argument("--show-samples", type=non_negative(int), default=0,
+                     help="keep N continuations per method in the JSON")
+    out.add_argument("--threads", type=threads, default=None, help="torch CPU threads (default: torch's)")
     out.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     out.add_argument("--write-prompt-set", type=Path, default=None, metavar="PATH",
                      help="build a prompt set, write it here and exit: the Python-code set from this Python's "
@@ -102,7 +106,7 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """What the parser cannot check alone; ``parser.error`` (exit 2) on a failure."""
+    """What the parser cannot check alone; ``parser.error`` (a ``UsageError``) on a failure."""
     for name in ("max_new_tokens", "batch_size", "num_draft_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -33,22 +33,25 @@ def word_tokenizer(texts: list[str], vocab_size: int):
 
 
 def synthetic_word_pair(items: list[PromptItem], seed: int = 0, vocab_size: int = 256, hidden_size: int = 64,
-                        num_layers: int = 2, device: str | torch.device | None = None) -> Pair:
+                        num_layers: int = 2, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None) -> Pair:
     """The synthetic damped pair (:func:`decoding.evals.common.pairs.synthetic`: the amateur is the expert's
-    first layer, no EOS) over a word-level tokenizer built from the prompt set. For tests of the pipeline; the
-    numbers mean nothing."""
+    first layer, no EOS; float32 unless ``dtype``) over a word-level tokenizer built from the prompt set. For tests
+    of the pipeline; the numbers mean nothing."""
     tokenizer = word_tokenizer([t for item in items for t in (item.prompt, item.reference or "")], vocab_size)
     settings = {"num_layers": num_layers, "hidden_size": hidden_size, "vocab_size": len(tokenizer), "damping": 0.5,
                 "head_scale": 4.0, "intermediate_size": 2 * hidden_size, "num_attention_heads": 4,
                 "num_key_value_heads": 2}
     name = f"synthetic (damped_pair: {num_layers} layers, width {hidden_size}, vocab {len(tokenizer)}, seed {seed})"
-    return pairs.synthetic(settings, seed=seed, device=device, tokenizer=tokenizer, name=name)
+    return pairs.synthetic(settings, seed=seed, dtype=dtype, device=device, tokenizer=tokenizer, name=name)
 
 
 def load_models(args: argparse.Namespace, items: list[PromptItem]) -> Pair:
     """The pair the arguments name: ``--synthetic``, a registry name, or ``--target``/``--draft`` paths or ids."""
+    # --dtype: None, "auto" (the checkpoint's; float32 when synthetic) or a name in cli_args.DTYPES.
+    dtype = args.dtype if args.dtype in (None, "auto") else getattr(torch, args.dtype)
     if args.synthetic:
-        return synthetic_word_pair(items, seed=args.seed, device=args.device)
+        return synthetic_word_pair(items, seed=args.seed, device=args.device, dtype=None if dtype == "auto" else dtype)
     device_map = None if args.device in (None, "cpu") else {"": args.device}
     name = args.target if args.draft is None else f"{args.target} + {args.draft}"
-    return pairs.load(args.target, args.draft, dtype=args.dtype, device_map=device_map, name=name)
+    return pairs.load(args.target, args.draft, dtype=dtype, device_map=device_map, name=name)

@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from decoding.evals.common.prompt_files import EVALS_DIR, read_jsonl
+from decoding.evals.common.prompt_files import EVALS_DIR, read_jsonl, read_lines
 
 __all__ = ["PROMPT_SET_DIR", "PromptItem", "build_code_prompt_set", "default_prompt_set", "load_prompt_set",
-           "text_prompt_set", "write_prompt_set"]
+           "prompt_set_text", "text_prompt_set", "write_prompt_set"]
 
 PROMPT_SET_DIR = EVALS_DIR / "prompts_quality"
 
@@ -34,17 +34,32 @@ def default_prompt_set() -> Path:
 
 def load_prompt_set(path: str | Path, limit: int | None = None) -> list[PromptItem]:
     """Read a JSON-lines prompt set (``prompt`` required; ``reference`` and ``source`` optional), first
-    ``limit`` items."""
+    ``limit`` items. Raises ``ValueError`` naming the file (and line) of a set that is empty, not UTF-8 text,
+    not JSON or without a ``prompt``; ``OSError`` for a file that cannot be read."""
     items = []
     for where, record in read_jsonl(path):
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
-            raise ValueError(f"{where}: every line needs a non-empty string 'prompt'")
-        items.append(PromptItem(record["prompt"], record.get("reference"), record.get("source")))
+        items.append(_prompt_item(where, record))
         if limit is not None and len(items) >= limit:
             break
     if not items:
-        raise ValueError(f"{path}: no prompts")
+        raise ValueError(f"{path} holds no prompts: give JSON lines, each an object with a non-empty 'prompt'")
     return items
+
+
+def _prompt_item(where: str, record) -> PromptItem:
+    """One line of a prompt set, checked: a non-empty string ``prompt``, strings (or null) as the other fields."""
+    if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"]:
+        raise ValueError(f"{where}: every line needs a non-empty string 'prompt', got {_shown(record)}")
+    for key in ("reference", "source"):
+        if not isinstance(record.get(key), (str, type(None))):
+            raise ValueError(f"{where}: '{key}' must be a string, got {_shown(record[key])}")
+    return PromptItem(record["prompt"], record.get("reference"), record.get("source"))
+
+
+def _shown(value, width: int = 60) -> str:
+    """A JSON value as an error message shows it: its JSON text, cut to ``width`` characters."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 _UNIT_START = re.compile(r"(async\s+def|def|class)\s+\w+")
@@ -111,12 +126,11 @@ def text_prompt_set(path: str | Path, prompt_words: int = 32, min_reference_word
     is the first ``prompt_words`` words joined by single spaces; the reference the rest, after one space.
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as handle:
-        if path.suffix in (".jsonl", ".json"):
-            documents = [json.loads(line)["text"] for line in handle if line.strip()]
-        else:
-            documents = [line.strip() for line in handle]
-            documents = [d for d in documents if d and not (d.startswith("=") and d.endswith("="))]
+    if path.suffix in (".jsonl", ".json"):
+        documents = [_document(where, record) for where, record in read_jsonl(path)]
+    else:
+        documents = [line.strip() for _, line in read_lines(path)]
+        documents = [d for d in documents if d and not (d.startswith("=") and d.endswith("="))]
     records = []
     for number, document in enumerate(documents):
         tokens = document.split()
@@ -129,7 +143,17 @@ def text_prompt_set(path: str | Path, prompt_words: int = 32, min_reference_word
     return records
 
 
+def _document(where: str, record) -> str:
+    """The ``text`` of one JSON line of documents (``ValueError`` naming the line without one)."""
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ValueError(f"{where}: every line needs a string 'text', got {_shown(record)}")
+    return record["text"]
+
+
+def prompt_set_text(records: list[dict]) -> str:
+    """A prompt set as JSON lines."""
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
 def write_prompt_set(records: list[dict], path: str | Path) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    Path(path).write_text(prompt_set_text(records), encoding="utf-8")
