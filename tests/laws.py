@@ -1,5 +1,7 @@
 """Oracles for tests of laws and formulas: exact integration over uniforms by bisection, a chi-square test, and
-the contrastive, proxy and greedy computations written out by hand, independently of the library.
+the contrastive, proxy and greedy computations written out by hand, independently of the library; then the
+helpers several test modules share: output assertions, and the runs and exact laws of the sampling tests (a
+12-token vocabulary, two prompts of different lengths, thousands of rows each).
 
 Scores and laws are ``[n, V]`` tensors, one row per token list (a compact prefix: no padding); the by-hand
 formulas compute in float64, and ids past the vocabulary the models share score ``-inf`` (probability 0).
@@ -9,11 +11,16 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from scipy import stats as scipy_stats
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
+import decoding
 from models import PAD_ID
+
+# ----------------------------------------------------------------------------------------------------------
+# Exact integration over uniforms: bisection on the real function
 
 BISECTION_STEPS = 53  # float64 uniforms: the interval shrinks to 2^-53, far below the 1e-6 tolerance
 
@@ -41,6 +48,38 @@ def threshold(predicate, n: int, steps: int = BISECTION_STEPS) -> tuple[torch.Te
 def measure(lo, hi):
     """Measure of ``{u in [0, 1): predicate}`` from the bisection bounds, to 2^-steps (exact at 0 and 1)."""
     return torch.where(hi == 1, torch.ones_like(lo), lo)
+
+
+def below(x: float) -> float:
+    """The largest float64 strictly below ``x``."""
+    return math.nextafter(x, -math.inf)
+
+
+def emitted_law(impl, p, q, drafts, u_accept, position: int, weight: torch.Tensor) -> torch.Tensor:
+    """Law ``# [N, V]`` over ``u_sample`` of the token at ``position`` of each row's output, for fixed
+    ``u_accept  # [N, g]`` that makes each row of positive ``weight`` emit its last token at ``position``
+    (rows of zero weight get a zero law and are not evaluated). ``impl.verify_sampling`` is the rule, called
+    with the signature of ``decoding.kernels.reference.verify_sampling``."""
+    vocab = p.shape[-1]
+    out = torch.zeros(drafts.shape[0], vocab, dtype=torch.float64)
+    live = (weight > 0).nonzero().squeeze(1)
+    if live.numel() == 0:
+        return out
+    rows = live.repeat_interleave(vocab)  # one bisection per (row, token y)
+    ys = torch.arange(vocab).repeat(live.numel())
+
+    def at_most_y(u):
+        ids, num_accepted = impl.verify_sampling(p[rows], q[rows], drafts[rows], u_accept[rows], u)
+        assert bool((num_accepted == position).all())
+        return ids[:, position] <= ys
+
+    cdf = measure(*threshold(at_most_y, rows.numel())).reshape(live.numel(), vocab)
+    out[live] = torch.diff(cdf, dim=1, prepend=torch.zeros(live.numel(), 1, dtype=torch.float64))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches and the chi-square test
 
 
 def left_pad(prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +115,10 @@ def chi_square_pvalue(observed: torch.Tensor, law: torch.Tensor) -> float:
         return 1.0
     scale = sum(obs) / sum(exp)  # remove float drift so scipy's sum check passes
     return float(scipy_stats.chisquare(obs, [e * scale for e in exp]).pvalue)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scores and laws written out by hand
 
 
 @torch.no_grad()
@@ -165,6 +208,10 @@ def warp(scores: torch.Tensor, temperature: float | None = None, top_k: int | No
     return scores
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Greedy decoding by hand
+
+
 @torch.no_grad()
 def greedy_by_hand(models: dict, combine, input_ids, attention_mask, max_new_tokens: int, eos_token_id=None,
                    views: dict | None = None, processors=None) -> torch.Tensor:
@@ -207,6 +254,22 @@ def greedy_by_hand(models: dict, combine, input_ids, attention_mask, max_new_tok
     return out
 
 
+def cd_by_hand(expert, amateur, input_ids, mask, max_new_tokens, *, alpha=0.1, beta=0.5, form="logit",
+               amateur_temperature=1.0, amateur_window=None, eos_token_id=None, processors=None):
+    """Contrastive decoding's greedy output by hand: ``greedy_by_hand`` on ``contrastive_by_hand``, the amateur
+    reading only each row's last ``amateur_window`` tokens when given."""
+    views = {} if amateur_window is None else {"amateur": lambda seq: seq[-amateur_window:]}
+    return greedy_by_hand(
+        {"expert": expert, "amateur": amateur},
+        lambda s: contrastive_by_hand(s["expert"], s["amateur"], alpha, beta, form, amateur_temperature),
+        input_ids, mask, max_new_tokens, eos_token_id=eos_token_id, views=views, processors=processors,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Enumerated laws of the first three generated tokens, and the matching counts
+
+
 def three_token_laws(next_law, prompt: list[int], vocab: int):
     """The exact laws of the first, first two and third generated tokens after ``prompt``: ``(first [V],
     pair [V, V], third [V])``, by enumeration of every prefix, from ``next_law(prefixes) -> [n, V]`` (the
@@ -225,6 +288,10 @@ def token_counts(tokens: torch.Tensor, vocab: int):
     pair = torch.bincount(tokens[:, 0] * vocab + tokens[:, 1], minlength=vocab * vocab).reshape(vocab, vocab)
     third = torch.bincount(tokens[:, 2], minlength=vocab)
     return first, pair, third
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scripted uniforms
 
 
 def scripted_rand(monkeypatch, script: list[torch.Tensor]) -> list[tuple]:
@@ -253,3 +320,140 @@ def scripted_rand(monkeypatch, script: list[torch.Tensor]) -> list[tuple]:
 
     monkeypatch.setattr(torch, "rand", fake_rand)
     return shapes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output assertions: tokens against a reference, statistics against the tokens
+
+
+def assert_same_tokens(out, ref):
+    """``out`` equals ``ref`` (int64, same shape, every token), naming the rows that differ."""
+    assert out.dtype == ref.dtype == torch.int64
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    bad = (out != ref).any(dim=1).nonzero().flatten().tolist()
+    assert not bad, f"rows {bad} differ:\n{out[bad]}\nreference:\n{ref[bad]}"
+
+
+def generated_lengths(output, prompt_length, eos) -> list[int]:
+    """Tokens each row generated, its EOS included (rows are compared with the reference first)."""
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    lengths = []
+    for row in output[:, prompt_length:].tolist():
+        stops = [i for i, token in enumerate(row) if token in eos_ids]
+        lengths.append(stops[0] + 1 if stops else len(row))
+    return lengths
+
+
+def check_stats(stats, batch, g_max, lengths, exact_count: bool):
+    """Consistency of ``AcceptanceStats`` with itself and with the ``lengths`` of tokens each row kept.
+
+    Every (row, step) emits ``accepted + 1`` tokens of which at least one is kept, so
+    ``steps <= sum(lengths) <= accepted + steps``; when no token can be cut (batch 1, no EOS) the upper
+    bound is an equality.
+    """
+    kept = sum(lengths)
+    assert stats.steps >= batch
+    assert 0 <= stats.accepted <= stats.drafted
+    assert stats.drafted == sum(stats.position_steps), "drafted != sum over (row, step) of drafts"
+    assert stats.accepted == sum(stats.position_accepted)
+    assert len(stats.position_steps) == len(stats.position_accepted) <= g_max
+    for i in range(1, len(stats.position_steps)):
+        assert stats.position_steps[i] <= stats.position_steps[i - 1]
+        assert stats.position_accepted[i] <= stats.position_accepted[i - 1]
+    assert all(0 <= a <= s for a, s in zip(stats.position_accepted, stats.position_steps))
+    rates = stats.per_position_acceptance
+    assert len(rates) == len(stats.position_steps)
+    for a, s, r in zip(stats.position_accepted, stats.position_steps, rates):
+        assert r == pytest.approx(a / s if s else 0.0)
+    assert stats.mean_accepted_length == pytest.approx(1 + stats.accepted / stats.steps)
+    assert stats.acceptance_rate == pytest.approx(stats.accepted / stats.drafted if stats.drafted else 0.0)
+    assert stats.steps <= kept <= stats.accepted + stats.steps
+    if exact_count:
+        assert kept == stats.accepted + stats.steps
+
+
+def check_mixing_stats(stats, lengths, roles):
+    """One row-step per generated token, one forward per model per step (the longest row's steps)."""
+    assert stats.steps == sum(lengths)
+    assert stats.forwards == {role: max(lengths) for role in roles}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Contrastive decoding runs
+
+FORMS = ("logit", "logprob")  # the forms of the contrastive score
+
+
+def contrastive(expert, amateur, input_ids, mask, max_new_tokens, *, do_sample=False, **kwargs):
+    """``generate`` with ``ContrastiveDecoding(amateur, **cd_kwargs)``; returns ``(output, strategy)``."""
+    cd_keys = ("alpha", "beta", "amateur_temperature", "form", "amateur_window", "tokenizers")
+    cd_kwargs = {k: kwargs.pop(k) for k in cd_keys if k in kwargs}
+    decoding.enable(expert)
+    strategy = decoding.ContrastiveDecoding(amateur, **cd_kwargs)
+    with torch.no_grad():
+        out = expert.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                              strategy=strategy, **kwargs)
+    return out, strategy
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling tests: a vocabulary small enough to enumerate three tokens, two prompts of different lengths
+
+SMALL_VOCAB = 12
+PROMPTS = ([5, 7, 3], [9, 4, 6, 8, 10])
+SAMPLING_PROMPTS = PROMPTS  # the contrastive strategies' sampling tests use the same two prompts
+ROWS_PER_PROMPT = 3000
+NEW_TOKENS = 3
+DRAFT_TOKENS = 2
+ALPHA = 1e-5  # p-value floor: ~30 checks, so a change of random stream trips a correct build with odds ~3e-4
+POWER = 1e-9  # negative controls must be rejected far more strongly than that
+def next_token_laws(model, prefixes: list[list[int]], settings: dict) -> torch.Tensor:
+    """Exact processed next-token law ``# [len(prefixes), V]`` float64 of plain transformers' sampling."""
+    ids, mask = left_pad(prefixes)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=mask, max_new_tokens=1, do_sample=True, output_scores=True,
+            return_dict_in_generate=True, **settings,
+        )
+    return torch.softmax(out.scores[0].to(torch.float64), dim=-1)
+
+
+def exact_laws(model, prompt: list[int], settings: dict):
+    """``(first  # [V], pair  # [V, V], third  # [V])``: the target's law of the generated tokens."""
+    return three_token_laws(lambda prefixes: next_token_laws(model, prefixes, settings), prompt, SMALL_VOCAB)
+
+
+def speculative_samples(target, draft, settings: dict, seed: int):
+    """``(new tokens  # [rows, 3], stats)`` of a seeded speculative sampling run; rows alternate prompts."""
+    ids, mask = left_pad([PROMPTS[r % len(PROMPTS)] for r in range(ROWS_PER_PROMPT * len(PROMPTS))])
+    decoding.enable(target)
+    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=DRAFT_TOKENS)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = target.generate(
+            ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=True, strategy=strategy, **settings
+        )
+    assert out.shape == (ids.shape[0], ids.shape[1] + NEW_TOKENS)
+    assert torch.equal(out[:, : ids.shape[1]], ids)
+    assert strategy.stats.steps >= ids.shape[0]
+    return out[:, ids.shape[1] :], strategy.stats
+
+
+def counts(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empirical counts of the first token ``# [V]``, the first pair ``# [V, V]`` and the third ``# [V]``."""
+    return token_counts(tokens, SMALL_VOCAB)
+
+
+def pvalues(tokens: torch.Tensor, laws) -> dict:
+    """Chi-square p-values of ``tokens``' first token, first pair and third token against ``laws``."""
+    return {name: chi_square_pvalue(c, law) for name, c, law in zip(("first", "pair", "third"), counts(tokens), laws)}
+
+
+def assert_follows_target_law(tokens: torch.Tensor, target, settings: dict) -> list[torch.Tensor]:
+    """Chi-square of each prompt's samples (``tokens`` from :func:`speculative_samples`) against the target's
+    exact law of its first three tokens; returns each prompt's rows."""
+    per_prompt = [tokens[p :: len(PROMPTS)] for p in range(len(PROMPTS))]
+    for prompt, rows in zip(PROMPTS, per_prompt):
+        result = pvalues(rows, exact_laws(target, prompt, settings))
+        assert min(result.values()) > ALPHA, f"prompt {prompt}: chi-square p-values {result}"
+    return per_prompt

@@ -2,14 +2,18 @@
 module, and small (float32 by default) Llamas with a word-level tokenizer saved to disk for the loading tests.
 Every model factory runs under ``torch.random.fork_rng``, so the caller's global RNG is untouched. Cached
 factories (``tiny_model``, ``tiny_pair``) return the same object for the same arguments: do not mutate what they
-return (use ``fresh_model``).
+return (use ``fresh_model``). At the end: ``forbid_forward`` (every forward pass fails, for errors that must come
+before any work) and pairs whose vocabularies differ by embedding padding (``padded_pair``).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import os
+from pathlib import Path
 
+import pytest
 import torch
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tokenizer_models
@@ -25,6 +29,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+import decoding
 
 ARCHS = ("llama", "gpt2", "qwen2", "opt", "gpt_neox")  # the five decoder families the tests cover
 # Families with sliding-window attention (window SLIDING_WINDOW, shorter than most test sequences): Gemma 3 mixes
@@ -218,3 +224,106 @@ def save_llama(directory, num_layers: int, seed: int, tokenizer=None, *, vocab_s
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models whose forward passes fail: errors must be raised before any work
+
+
+class ForwardCalled(AssertionError):
+    """Raised by a model under ``forbid_forward`` when one of its forward passes runs."""
+
+
+def forbid_forward(model):
+    """Make every forward pass of ``model`` (and of its submodules) fail."""
+
+    def hook(module, args, kwargs):
+        raise ForwardCalled(f"{type(module).__name__}.forward was called before the error")
+
+    for module in model.modules():
+        module.register_forward_pre_hook(hook, with_kwargs=True)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Padded vocabularies: one model of a pair has head rows past the ids both share
+
+SHARED, PADDED = 128, 160
+
+
+def padded_copy(arch: str, seed: int, num_layers: int, new_size: int, extra_logit: float | None):
+    """``tiny_model(arch, SHARED, seed, num_layers)`` rebuilt (``fresh_model``: cached models must not be
+    modified) with ``new_size`` embedding and head rows; ids below ``SHARED`` keep their exact logits.
+    ``extra_logit``: a bias on the new head rows (1e3: they win every argmax and every max; None: random rows
+    on the scale of the others)."""
+    model = fresh_model(arch, vocab_size=SHARED, seed=seed, num_layers=num_layers)
+    head = model.get_output_embeddings()
+    weight = head.weight.detach().clone()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(new_size + seed)
+        model.resize_token_embeddings(new_size, mean_resizing=False)
+        linear = torch.nn.Linear(weight.shape[1], new_size, bias=True, dtype=weight.dtype)
+        with torch.no_grad():
+            linear.weight.normal_(0.0, float(weight.std()))
+            linear.weight[:SHARED] = weight
+            linear.bias.zero_()
+            if extra_logit is not None:
+                linear.bias[SHARED:] = extra_logit
+    model.set_output_embeddings(linear)
+    model.requires_grad_(False)
+    return model
+
+
+PADDING_CASES = [  # (bigger, extra_logit) of ``padded_pair``
+    pytest.param("expert", None, id="expert-160-random-extra-rows"),
+    pytest.param("expert", 1e3, id="expert-160-extra-rows-win"),
+    pytest.param("amateur", 1e3, id="amateur-160-extra-rows-win"),
+]
+
+
+def padded_pair(arch, bigger, extra_logit):
+    """An ``(expert, amateur)`` pair over ``SHARED`` ids (the 2-layer ``tiny_model`` and a 1-layer one, seed 1000)
+    whose ``bigger`` member (``"expert"`` or ``"amateur"``) is a ``padded_copy`` with ``PADDED`` rows; cached."""
+    expert = tiny_model(arch, vocab_size=SHARED)
+    amateur = tiny_model(arch, vocab_size=SHARED, seed=1000, num_layers=1)
+    key = (arch, bigger, extra_logit)
+    if key not in _padded:
+        if bigger == "expert":
+            _padded[key] = padded_copy(arch, 0, 2, PADDED, extra_logit), amateur
+        else:
+            _padded[key] = expert, padded_copy(arch, 1000, 1, PADDED, extra_logit)
+    return _padded[key]
+
+
+_padded: dict = {}
+
+
+# The environment of a subprocess that must import this checkout's ``decoding`` (its root on PYTHONPATH; the root
+# folders are not packages, so nothing there can shadow an installed module).
+CHECKOUT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [str(Path(decoding.__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def tiny_head(target, draft_vocab: int | None = None, seed: int = 0):
+    """A random :class:`~decoding.proposers.eagle_head.Eagle3Head` for ``target`` (its width, heads and vocabulary,
+    one layer, ``target``'s dtype), whose ``draft_vocab`` draft ids map to every other target id from 3 up (all of
+    them when None)."""
+    from decoding.proposers.eagle_head import Eagle3Head
+
+    config = target.config.get_text_config()
+    vocab = config.vocab_size
+    draft_vocab = draft_vocab or vocab
+    head_config = type(config)(**{**config.to_dict(), "num_hidden_layers": 1, "draft_vocab_size": draft_vocab})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = Eagle3Head(head_config).to(target.dtype)
+        for param in head.parameters():
+            torch.nn.init.normal_(param, std=INIT_STD)
+    used = torch.arange(draft_vocab) if draft_vocab == vocab else (FIRST_REAL_ID + 2 * torch.arange(draft_vocab)) % vocab
+    used = used.sort().values
+    assert used.unique().numel() == draft_vocab, f"{draft_vocab} draft ids do not fit every other id of {vocab}"
+    head.d2t.copy_(used - torch.arange(draft_vocab))
+    head.t2d.zero_()
+    head.t2d[used] = True
+    return head
+

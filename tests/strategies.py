@@ -2,7 +2,8 @@
 
 Shapes are drawn before contents (batch size, then each row's prompt length; for kernels ``(B, g, V)``, then
 settings, then values), so hypothesis shrinks towards small batches and short prompts. ``min_*``/``max_*``
-bounds are inclusive; tensors are built on the CPU.
+bounds are inclusive; tensors are built on the CPU. At the end: probability laws for the verification kernels,
+and contrastive decoding's settings.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from models import FIRST_REAL_ID, PAD_ID, VOCAB
+from models import EOS_ID, FIRST_REAL_ID, PAD_ID, VOCAB
 
 
 def batch_sizes(min_size: int = 1, max_size: int = 8):
@@ -137,3 +138,45 @@ def kernel_dtypes():
 def cross_tokenizer_modes():
     """How a draft with another tokenizer proposes target tokens: ``"string"`` or ``"tli"``."""
     return st.sampled_from(["string", "tli"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Probability laws for the verification kernels
+
+
+@st.composite
+def probability_vectors(draw, vocab, zeros=True):
+    """A probability vector of length ``vocab`` (float64), zeros allowed, at least one positive entry."""
+    weight = st.one_of(st.just(0.0), st.floats(0.01, 1.0)) if zeros else st.floats(0.01, 1.0)
+    weights = draw(st.lists(weight, min_size=vocab, max_size=vocab))
+    if not any(weights):
+        weights[draw(st.integers(0, vocab - 1))] = 1.0
+    p = torch.tensor(weights, dtype=torch.float64)
+    return p / p.sum()
+
+
+@st.composite
+def two_step_laws(draw, max_vocab=6):
+    """Target and draft laws for g = 2 where position 2's laws depend on the first token (as in a model)."""
+    vocab = draw(st.integers(2, max_vocab))
+    p1 = draw(probability_vectors(vocab))
+    q1 = p1.clone() if draw(st.integers(0, 4)) == 0 else draw(probability_vectors(vocab))
+    p2 = torch.stack([draw(probability_vectors(vocab)) for _ in range(vocab)])  # [V (first token), V]
+    q2 = torch.stack([p2[a].clone() if draw(st.integers(0, 4)) == 0 else draw(probability_vectors(vocab))
+                      for a in range(vocab)])
+    p3 = draw(probability_vectors(vocab))  # bonus position: one law for every prefix keeps the case small
+    return p1, q1, p2, q2, p3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Contrastive decoding settings
+
+ALPHAS = st.sampled_from([0.01, 0.1, 0.5, 1.0]) | st.floats(0.01, 1.0)  # the plausibility threshold alpha
+BETAS = st.sampled_from([0.1, 0.5, 1.0]) | st.floats(0.05, 3.0)  # the contrast strength beta (> 0)
+
+
+def draw_eos(data, continuation):
+    """``None`` or EOS ids drawn from tokens the continuation really produces (so rows stop early)."""
+    if not data.draw(st.booleans(), label="with_eos"):
+        return None
+    return data.draw(eos_choices(continuation.flatten().tolist(), absent=EOS_ID), label="eos_token_id")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -23,12 +22,10 @@ from decoding.evals.bench import plot, report
 from decoding.evals.bench import prompts as bench_prompts
 from decoding.evals.common import measure
 from decoding.evals.common.batches import make_batches
-from models import save_llama, word_tokenizer
+from models import CHECKOUT_ENV as ENV, save_llama, word_tokenizer
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 # Subprocesses import the same checkout as this test, whatever the installed copy points at.
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
-    [str(Path(decoding.__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 # A tiny synthetic pair and grid: float64, so greedy outputs must equal the target's exactly.
 TINY = ["--synthetic", "layers=2,hidden=32,vocab=96", "--dtype", "float64", "--max-prompt-tokens", "12",

@@ -12,10 +12,9 @@ from hypothesis import given
 import decoding
 from decoding.kernels import ops as kernels
 from decoding.kernels import reference
+from laws import assert_follows_target_law, below, emitted_law, measure, speculative_samples, threshold
 from models import greedy_reference, tiny_pair
-from strategies import draft_lengths, prompts
-from test_sampling_law import assert_follows_target_law, speculative_samples
-from test_verification import _below, _emitted_law, _measure, _threshold, two_step_laws
+from strategies import draft_lengths, prompts, two_step_laws
 
 
 class Block:
@@ -24,7 +23,7 @@ class Block:
     verify_sampling = staticmethod(reference.verify_block)
 
 
-ONE = _below(1.0)  # a uniform that passes no test of probability < 1
+ONE = below(1.0)  # a uniform that passes no test of probability < 1
 
 
 def _pass_probability(p, q, drafts, position: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,8 +37,8 @@ def _pass_probability(p, q, drafts, position: int) -> tuple[torch.Tensor, torch.
         _, tau = reference.verify_block(p, q, drafts, u_accept, torch.full((n,), 0.5, dtype=torch.float64))
         return tau > position
 
-    lo, hi = _threshold(passed, n)
-    return _measure(lo, hi), torch.where(hi < 1, hi, torch.full_like(hi, ONE))
+    lo, hi = threshold(passed, n)
+    return measure(lo, hi), torch.where(hi < 1, hi, torch.full_like(hi, ONE))
 
 
 def _block_pieces(laws):
@@ -69,9 +68,9 @@ def test_block_verification_emits_exactly_the_target_law(laws):
     w2 = weight * h2
     w1 = weight * (1 - h2) * h1
     w0 = weight * (1 - h2) * (1 - h1)
-    r0 = _emitted_law(Block, p, q, drafts, torch.stack([fail1, fail2], 1), 0, w0)
-    r1 = _emitted_law(Block, p, q, drafts, torch.stack([zeros, fail2], 1), 1, w1)
-    bonus = _emitted_law(Block, p, q, drafts, torch.stack([torch.full_like(zeros, ONE), zeros], 1), 2, w2)
+    r0 = emitted_law(Block, p, q, drafts, torch.stack([fail1, fail2], 1), 0, w0)
+    r1 = emitted_law(Block, p, q, drafts, torch.stack([zeros, fail2], 1), 1, w1)
+    bonus = emitted_law(Block, p, q, drafts, torch.stack([torch.full_like(zeros, ONE), zeros], 1), 2, w2)
     joint = (w0 @ r0)[:, None] * p2
     joint = joint.index_put((x1,), w1[:, None] * r1, accumulate=True)
     joint = joint.index_put((x1, x2), w2, accumulate=True)

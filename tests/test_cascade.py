@@ -10,10 +10,9 @@ from hypothesis import given
 
 import decoding
 from decoding.cascade import Cascade
-from laws import chi_square_pvalue, left_pad
+from laws import chi_square_pvalue, left_pad, next_token_laws
 from models import greedy_reference, tiny_pair
 from strategies import draft_lengths, prompts
-from test_sampling_law import next_token_laws
 
 
 def _laws(seed: int, batch=5, g=3, vocab=9):

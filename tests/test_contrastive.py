@@ -35,10 +35,17 @@ from decoding.kernels import ops as kernels
 from decoding.kernels import reference
 from char_tokenizer import char_tokenizer
 from laws import (
+    FORMS,
+    SAMPLING_PROMPTS,
+    SMALL_VOCAB,
+    assert_same_tokens,
+    cd_by_hand,
+    check_mixing_stats,
     chi_square_pvalue,
+    contrastive,
     contrastive_by_hand,
     contrastive_law,
-    greedy_by_hand,
+    generated_lengths,
     left_pad,
     measure,
     own_law,
@@ -48,52 +55,22 @@ from laws import (
     threshold,
     token_counts,
 )
-from models import ARCHS, EOS_ID, fresh_model, greedy_reference, tiny_model, tiny_pair
-from strategies import batch_sizes, eos_choices, new_token_counts, prompts
-from test_greedy_equivalence import assert_same_tokens, generated_lengths
-from test_validation import forbid_forward
+from models import (
+    ARCHS,
+    PADDING_CASES,
+    SHARED,
+    forbid_forward,
+    fresh_model,
+    greedy_reference,
+    padded_pair,
+    tiny_model,
+    tiny_pair,
+)
+from strategies import ALPHAS, BETAS, batch_sizes, draw_eos, new_token_counts, prompts
 
-FORMS = ("logit", "logprob")
-ALPHAS = st.sampled_from([0.01, 0.1, 0.5, 1.0]) | st.floats(0.01, 1.0)
-BETAS = st.sampled_from([0.1, 0.5, 1.0]) | st.floats(0.05, 3.0)
 TEMPERATURES = st.sampled_from([0.5, 1.0, 1.5])
 # Amateurs: a separate 1-layer model (strong contrast) or a noisy copy of the expert (weak contrast).
 AMATEUR_KINDS = st.sampled_from(["independent", "noisy_copy"])
-
-
-def contrastive(expert, amateur, input_ids, mask, max_new_tokens, *, do_sample=False, **kwargs):
-    """``generate`` with ``ContrastiveDecoding(amateur, **cd_kwargs)``; returns ``(output, strategy)``."""
-    cd_keys = ("alpha", "beta", "amateur_temperature", "form", "amateur_window", "tokenizers")
-    cd_kwargs = {k: kwargs.pop(k) for k in cd_keys if k in kwargs}
-    decoding.enable(expert)
-    strategy = decoding.ContrastiveDecoding(amateur, **cd_kwargs)
-    with torch.no_grad():
-        out = expert.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                              strategy=strategy, **kwargs)
-    return out, strategy
-
-
-def cd_by_hand(expert, amateur, input_ids, mask, max_new_tokens, *, alpha=0.1, beta=0.5, form="logit",
-               amateur_temperature=1.0, amateur_window=None, eos_token_id=None, processors=None):
-    views = {} if amateur_window is None else {"amateur": lambda seq: seq[-amateur_window:]}
-    return greedy_by_hand(
-        {"expert": expert, "amateur": amateur},
-        lambda s: contrastive_by_hand(s["expert"], s["amateur"], alpha, beta, form, amateur_temperature),
-        input_ids, mask, max_new_tokens, eos_token_id=eos_token_id, views=views, processors=processors,
-    )
-
-
-def draw_eos(data, continuation):
-    """``None`` or EOS ids drawn from tokens the continuation really produces (so rows stop early)."""
-    if not data.draw(st.booleans(), label="with_eos"):
-        return None
-    return data.draw(eos_choices(continuation.flatten().tolist(), absent=EOS_ID), label="eos_token_id")
-
-
-def check_mixing_stats(stats, lengths, roles):
-    """One row-step per generated token, one forward per model per step (the longest row's steps)."""
-    assert stats.steps == sum(lengths)
-    assert stats.forwards == {role: max(lengths) for role in roles}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,10 +266,6 @@ def test_user_processors_apply_to_the_score(arch, batch, form, max_new_tokens):
 # ----------------------------------------------------------------------------------------------------------
 # Sampling: the exact law of one step, and chi-square end to end
 
-SMALL_VOCAB = 12
-SAMPLING_PROMPTS = ([5, 7, 3], [9, 4, 6, 8, 10])
-
-
 SAMPLING_CASES = [
     pytest.param("llama", dict(alpha=0.1, beta=0.5), dict(temperature=1.0), id="llama-logit-t1"),
     pytest.param("gpt2", dict(alpha=0.05, beta=1.0), dict(temperature=0.8, top_k=4), id="gpt2-logit-t0.8-topk4"),
@@ -434,54 +407,7 @@ def test_tokenizers_that_disagree_raise():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Padded vocabularies
-
-SHARED, PADDED = 128, 160
-
-
-def padded_copy(arch: str, seed: int, num_layers: int, new_size: int, extra_logit: float | None):
-    """``tiny_model(arch, SHARED, seed, num_layers)`` rebuilt (``fresh_model``: cached models must not be
-    modified) with ``new_size`` embedding and head rows; ids below ``SHARED`` keep their exact logits.
-    ``extra_logit``: a bias on the new head rows (1e3: they win every argmax and every max; None: random rows
-    on the scale of the others)."""
-    model = fresh_model(arch, vocab_size=SHARED, seed=seed, num_layers=num_layers)
-    head = model.get_output_embeddings()
-    weight = head.weight.detach().clone()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(new_size + seed)
-        model.resize_token_embeddings(new_size, mean_resizing=False)
-        linear = torch.nn.Linear(weight.shape[1], new_size, bias=True, dtype=weight.dtype)
-        with torch.no_grad():
-            linear.weight.normal_(0.0, float(weight.std()))
-            linear.weight[:SHARED] = weight
-            linear.bias.zero_()
-            if extra_logit is not None:
-                linear.bias[SHARED:] = extra_logit
-    model.set_output_embeddings(linear)
-    model.requires_grad_(False)
-    return model
-
-
-PADDING_CASES = [
-    pytest.param("expert", None, id="expert-160-random-extra-rows"),
-    pytest.param("expert", 1e3, id="expert-160-extra-rows-win"),
-    pytest.param("amateur", 1e3, id="amateur-160-extra-rows-win"),
-]
-
-
-def padded_pair(arch, bigger, extra_logit):
-    expert = tiny_model(arch, vocab_size=SHARED)
-    amateur = tiny_model(arch, vocab_size=SHARED, seed=1000, num_layers=1)
-    key = (arch, bigger, extra_logit)
-    if key not in _padded:
-        if bigger == "expert":
-            _padded[key] = padded_copy(arch, 0, 2, PADDED, extra_logit), amateur
-        else:
-            _padded[key] = expert, padded_copy(arch, 1000, 1, PADDED, extra_logit)
-    return _padded[key]
-
-
-_padded: dict = {}
+# Padded vocabularies (``models.padded_pair``)
 
 
 @pytest.mark.parametrize(("bigger", "extra_logit"), PADDING_CASES)

@@ -22,6 +22,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import decoding
+from laws import assert_same_tokens, check_stats, generated_lengths
 from models import ARCHS, DRAFT_KINDS, EOS_ID, PAD_ID, fresh_model, greedy_reference, tiny_pair
 from strategies import draft_lengths, eos_choices, new_token_counts, prompts
 
@@ -36,51 +37,6 @@ def speculative(target, draft, input_ids, attention_mask, max_new_tokens, g, **k
             strategy=strategy, **kwargs,
         )
     return out, strategy.stats
-
-
-def generated_lengths(output, prompt_length, eos) -> list[int]:
-    """Tokens each row generated, its EOS included (rows are compared with the reference first)."""
-    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-    lengths = []
-    for row in output[:, prompt_length:].tolist():
-        stops = [i for i, token in enumerate(row) if token in eos_ids]
-        lengths.append(stops[0] + 1 if stops else len(row))
-    return lengths
-
-
-def assert_same_tokens(out, ref):
-    assert out.dtype == ref.dtype == torch.int64
-    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
-    bad = (out != ref).any(dim=1).nonzero().flatten().tolist()
-    assert not bad, f"rows {bad} differ:\n{out[bad]}\nreference:\n{ref[bad]}"
-
-
-def check_stats(stats, batch, g_max, lengths, exact_count: bool):
-    """Consistency of ``AcceptanceStats`` with itself and with the ``lengths`` of tokens each row kept.
-
-    Every (row, step) emits ``accepted + 1`` tokens of which at least one is kept, so
-    ``steps <= sum(lengths) <= accepted + steps``; when no token can be cut (batch 1, no EOS) the upper
-    bound is an equality.
-    """
-    kept = sum(lengths)
-    assert stats.steps >= batch
-    assert 0 <= stats.accepted <= stats.drafted
-    assert stats.drafted == sum(stats.position_steps), "drafted != sum over (row, step) of drafts"
-    assert stats.accepted == sum(stats.position_accepted)
-    assert len(stats.position_steps) == len(stats.position_accepted) <= g_max
-    for i in range(1, len(stats.position_steps)):
-        assert stats.position_steps[i] <= stats.position_steps[i - 1]
-        assert stats.position_accepted[i] <= stats.position_accepted[i - 1]
-    assert all(0 <= a <= s for a, s in zip(stats.position_accepted, stats.position_steps))
-    rates = stats.per_position_acceptance
-    assert len(rates) == len(stats.position_steps)
-    for a, s, r in zip(stats.position_accepted, stats.position_steps, rates):
-        assert r == pytest.approx(a / s if s else 0.0)
-    assert stats.mean_accepted_length == pytest.approx(1 + stats.accepted / stats.steps)
-    assert stats.acceptance_rate == pytest.approx(stats.accepted / stats.drafted if stats.drafted else 0.0)
-    assert stats.steps <= kept <= stats.accepted + stats.steps
-    if exact_count:
-        assert kept == stats.accepted + stats.steps
 
 
 @pytest.mark.parametrize("draft_kind", DRAFT_KINDS)

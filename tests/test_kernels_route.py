@@ -10,9 +10,17 @@ import torch
 
 import decoding
 from decoding.kernels import ops as kernels
-from laws import chi_square_pvalue, left_pad
+from laws import (
+    POWER,
+    PROMPTS,
+    assert_follows_target_law,
+    chi_square_pvalue,
+    counts,
+    left_pad,
+    next_token_laws,
+    speculative_samples,
+)
 from models import greedy_reference, tiny_pair
-from test_sampling_law import POWER, PROMPTS, assert_follows_target_law, counts, next_token_laws, speculative_samples
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])

@@ -20,10 +20,21 @@ from decoding.kernels import ops as kernels
 from decoding.kernels import cupy_backend, reference
 from decoding.proposers.prompt_lookup import lookup
 from kernel_emulator import Emulator
-from laws import chi_square_pvalue, left_pad
+from laws import (
+    ALPHA,
+    NEW_TOKENS,
+    PROMPTS,
+    ROWS_PER_PROMPT,
+    assert_follows_target_law,
+    chi_square_pvalue,
+    counts,
+    exact_laws,
+    left_pad,
+    pvalues,
+    speculative_samples,
+)
 from models import fresh_model, greedy_reference, tiny_pair
 from strategies import draft_lengths, eos_choices, prompts, seeds
-from test_sampling_law import ALPHA, PROMPTS, assert_follows_target_law, counts, exact_laws, pvalues
 
 
 def lookup_by_hand(row: list[int], k: int, max_ngram: int, min_ngram: int) -> list[int]:
@@ -145,8 +156,6 @@ def test_prompt_lookup_proposes_and_gets_accepted_on_text_that_repeats():
 @pytest.mark.parametrize("backend", ["auto", "torch"], ids=["processors", "fused"])
 def test_prompt_lookup_sampling_follows_the_target_law(backend):
     """Chi-square against exact enumeration, as tests/test_sampling_law.py does for a draft model."""
-    from test_sampling_law import NEW_TOKENS, ROWS_PER_PROMPT
-
     target, _ = tiny_pair("gpt2", vocab_size=12, draft_kind="noisy_copy", noise=0.1)
     settings = dict(temperature=0.9, top_k=8)
     prompts_ = [p + p for p in PROMPTS]  # repeated: lookup proposes from the first half
@@ -219,8 +228,6 @@ def test_any_length_choices_keep_greedy_output_exact(arch, batch, seed, contrast
 
 @pytest.mark.parametrize("backend", ["auto", "torch"], ids=["processors", "fused"])
 def test_any_length_choices_keep_the_sampling_law(backend, monkeypatch):
-    from test_sampling_law import speculative_samples
-
     monkeypatch.setattr(decoding.SpeculativeDecoding, "length_policy", lambda self, run: ScriptedLength(11))
     target, draft = tiny_pair("gpt2", vocab_size=12, draft_kind="noisy_copy", noise=0.1)
     settings = dict(temperature=0.9, top_k=8)

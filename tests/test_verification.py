@@ -20,15 +20,10 @@ from hypothesis import strategies as st
 
 from decoding.kernels import ops as kernels
 from decoding.kernels import reference
-from laws import measure as _measure
-from laws import threshold as _threshold
+from laws import below, emitted_law, measure, threshold
+from strategies import probability_vectors, two_step_laws
 
 IMPLEMENTATIONS = [pytest.param(reference, id="reference"), pytest.param(kernels, id="entry-points")]
-
-
-def _below(x: float) -> float:
-    """The largest float64 strictly below ``x``."""
-    return math.nextafter(x, -math.inf)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -106,7 +101,7 @@ def test_sample_with_uniforms_that_round_to_one_in_the_weights_dtype(impl, weigh
     assume(any(w > 0 for w in weights))
     weights = weights + [0.0] * trailing_zeros
     probs = torch.tensor(weights, dtype=dtype)
-    us = torch.tensor([_below(1.0), 1 - 2**-30, 1 - 2**-20], dtype=torch.float64)
+    us = torch.tensor([below(1.0), 1 - 2**-30, 1 - 2**-20], dtype=torch.float64)
     ids = impl.sample(probs.expand(len(us), -1).contiguous(), us)
     positive = (probs > 0).nonzero().flatten().tolist()
     assert ids.tolist() == [positive[-1]] * len(us)
@@ -177,22 +172,12 @@ def test_verify_greedy_matches_a_per_row_loop(impl, case):
 # verify_sampling: p == q accepts everything
 
 
-@st.composite
-def law(draw, vocab, zeros=True):
-    """A probability vector of length ``vocab`` (float64), zeros allowed, at least one positive entry."""
-    weight = st.one_of(st.just(0.0), st.floats(0.01, 1.0)) if zeros else st.floats(0.01, 1.0)
-    weights = draw(st.lists(weight, min_size=vocab, max_size=vocab))
-    if not any(weights):
-        weights[draw(st.integers(0, vocab - 1))] = 1.0
-    p = torch.tensor(weights, dtype=torch.float64)
-    return p / p.sum()
-
-
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @given(data=st.data(), batch=st.integers(1, 6), g=st.integers(1, 6), vocab=st.integers(1, 10))
 def test_verify_sampling_accepts_every_draft_when_p_equals_q(impl, data, batch, g, vocab):
-    probs = torch.stack([torch.stack([data.draw(law(vocab)) for _ in range(g + 1)]) for _ in range(batch)])
-    uniform = st.one_of(st.floats(0, 1, exclude_max=True), st.just(_below(1.0)), st.just(0.0))
+    probs = torch.stack([torch.stack([data.draw(probability_vectors(vocab)) for _ in range(g + 1)])
+                         for _ in range(batch)])
+    uniform = st.one_of(st.floats(0, 1, exclude_max=True), st.just(below(1.0)), st.just(0.0))
     u_accept = torch.tensor(data.draw(st.lists(uniform, min_size=batch * g, max_size=batch * g)), dtype=torch.float64)
     u_accept = u_accept.reshape(batch, g)
     u_sample = torch.tensor(data.draw(st.lists(uniform, min_size=batch, max_size=batch)), dtype=torch.float64)
@@ -212,11 +197,12 @@ def test_verify_sampling_never_emits_a_token_the_target_excludes(impl, data, bat
     """Zero target probability (top-k, top-p, a banned word) means never emitted: not as an accepted draft,
     even with an acceptance uniform of exactly 0 (a float32 ``torch.rand`` draws it with probability 2^-24
     per draw), and not as a recovered or bonus token."""
-    p = torch.stack([torch.stack([data.draw(law(vocab)) for _ in range(g + 1)]) for _ in range(batch)])
-    q = torch.stack([torch.stack([data.draw(law(vocab, zeros=False)) for _ in range(g)]) for _ in range(batch)])
+    p = torch.stack([torch.stack([data.draw(probability_vectors(vocab)) for _ in range(g + 1)]) for _ in range(batch)])
+    q = torch.stack([torch.stack([data.draw(probability_vectors(vocab, zeros=False)) for _ in range(g)])
+                     for _ in range(batch)])
     drafts = torch.tensor(data.draw(st.lists(st.integers(0, vocab - 1), min_size=batch * g, max_size=batch * g)))
     drafts = drafts.reshape(batch, g)
-    uniform = st.one_of(st.just(0.0), st.floats(0, 1, exclude_max=True), st.just(_below(1.0)))
+    uniform = st.one_of(st.just(0.0), st.floats(0, 1, exclude_max=True), st.just(below(1.0)))
     u_accept = torch.tensor(data.draw(st.lists(uniform, min_size=batch * g, max_size=batch * g)), dtype=torch.float64)
     u_sample = torch.tensor(data.draw(st.lists(uniform, min_size=batch, max_size=batch)), dtype=torch.float64)
     out, num_accepted = impl.verify_sampling(p, q, drafts, u_accept.reshape(batch, g), u_sample)
@@ -247,32 +233,10 @@ def _acceptance(impl, p, q, drafts) -> tuple[torch.Tensor, torch.Tensor]:
             _, num_accepted = impl.verify_sampling(p, q, drafts, u_accept, torch.full((n,), 0.5, dtype=torch.float64))
             return num_accepted > i
 
-        lo, hi = _threshold(accepted, n)
-        accept.append(_measure(lo, hi))
+        lo, hi = threshold(accepted, n)
+        accept.append(measure(lo, hi))
         reject_u.append(torch.where(hi < 1, hi, torch.zeros_like(hi)))
     return torch.stack(accept, dim=1), torch.stack(reject_u, dim=1)
-
-
-def _emitted_law(impl, p, q, drafts, u_accept, position: int, weight: torch.Tensor) -> torch.Tensor:
-    """Law ``# [N, V]`` over ``u_sample`` of the token at ``position`` of each row's output, for fixed
-    ``u_accept  # [N, g]`` that makes each row of positive ``weight`` emit its last token at ``position``
-    (rows of zero weight get a zero law and are not evaluated)."""
-    vocab = p.shape[-1]
-    out = torch.zeros(drafts.shape[0], vocab, dtype=torch.float64)
-    live = (weight > 0).nonzero().squeeze(1)
-    if live.numel() == 0:
-        return out
-    rows = live.repeat_interleave(vocab)  # one bisection per (row, token y)
-    ys = torch.arange(vocab).repeat(live.numel())
-
-    def at_most_y(u):
-        ids, num_accepted = impl.verify_sampling(p[rows], q[rows], drafts[rows], u_accept[rows], u)
-        assert bool((num_accepted == position).all())
-        return ids[:, position] <= ys
-
-    cdf = _measure(*_threshold(at_most_y, rows.numel())).reshape(live.numel(), vocab)
-    out[live] = torch.diff(cdf, dim=1, prepend=torch.zeros(live.numel(), 1, dtype=torch.float64))
-    return out
 
 
 def _first_token_law(impl, p1, q1, p2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -284,7 +248,7 @@ def _first_token_law(impl, p1, q1, p2) -> tuple[torch.Tensor, torch.Tensor, torc
     q = q1.expand(n, 1, -1).contiguous()  # [N, 1, V]
     drafts = xs[:, None]
     accept, reject_u = _acceptance(impl, p, q, drafts)
-    rejected = _emitted_law(impl, p, q, drafts, reject_u, 0, 1 - accept[:, 0])  # [N, V]
+    rejected = emitted_law(impl, p, q, drafts, reject_u, 0, 1 - accept[:, 0])  # [N, V]
     law_first = (q1[xs] * (1 - accept[:, 0])) @ rejected
     law_first = law_first.index_add(0, xs, q1[xs] * accept[:, 0])
     return law_first, xs, accept[:, 0]
@@ -293,9 +257,10 @@ def _first_token_law(impl, p1, q1, p2) -> tuple[torch.Tensor, torch.Tensor, torc
 @st.composite
 def one_step_laws(draw, max_vocab=12):
     vocab = draw(st.integers(2, max_vocab))
-    p = draw(law(vocab))
-    q = p.clone() if draw(st.integers(0, 4)) == 0 else draw(law(vocab))  # p == q: the empty-residual corner
-    return p, q, draw(law(vocab))  # target at position 1, draft at position 1, target at the bonus position
+    p = draw(probability_vectors(vocab))
+    q = p.clone() if draw(st.integers(0, 4)) == 0 else draw(probability_vectors(vocab))  # p == q: empty-residual corner
+    # Target at position 1, draft at position 1, target at the bonus position.
+    return p, q, draw(probability_vectors(vocab))
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -308,18 +273,6 @@ def test_verify_sampling_first_token_law_is_exactly_the_target_law(impl, laws):
     torch.testing.assert_close(law_first, p1, atol=1e-6, rtol=0)
     # The acceptance probability is the rule's min(1, p/q): a sanity check of the integration itself.
     torch.testing.assert_close(accept, (p1[xs] / q1[xs]).clamp_max(1), atol=1e-9, rtol=0)
-
-
-@st.composite
-def two_step_laws(draw, max_vocab=6):
-    """Target and draft laws for g = 2 where position 2's laws depend on the first token (as in a model)."""
-    vocab = draw(st.integers(2, max_vocab))
-    p1 = draw(law(vocab))
-    q1 = p1.clone() if draw(st.integers(0, 4)) == 0 else draw(law(vocab))
-    p2 = torch.stack([draw(law(vocab)) for _ in range(vocab)])  # [V (first token), V]
-    q2 = torch.stack([p2[a].clone() if draw(st.integers(0, 4)) == 0 else draw(law(vocab)) for a in range(vocab)])
-    p3 = draw(law(vocab))  # bonus position: one law for every prefix keeps the case small
-    return p1, q1, p2, q2, p3
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -350,9 +303,9 @@ def test_verify_sampling_law_of_the_first_two_tokens_is_exactly_the_target_law(i
     w1 = weight * accept[:, 0] * (1 - accept[:, 1])  # accepted 1, rejected 2
     w2 = weight * accept[:, 0] * accept[:, 1]  # accepted both: bonus token
     zeros = torch.zeros(n, dtype=torch.float64)
-    r0 = _emitted_law(impl, p, q, drafts, torch.stack([reject_u[:, 0], zeros], 1), 0, w0)
-    r1 = _emitted_law(impl, p, q, drafts, torch.stack([zeros, reject_u[:, 1]], 1), 1, w1)
-    bonus = _emitted_law(impl, p, q, drafts, torch.stack([zeros, zeros], 1), 2, w2)
+    r0 = emitted_law(impl, p, q, drafts, torch.stack([reject_u[:, 0], zeros], 1), 0, w0)
+    r1 = emitted_law(impl, p, q, drafts, torch.stack([zeros, reject_u[:, 1]], 1), 1, w1)
+    bonus = emitted_law(impl, p, q, drafts, torch.stack([zeros, zeros], 1), 2, w2)
 
     joint = (w0 @ r0)[:, None] * p2  # first token recovered, the second from the next step
     joint = joint.index_put((x1,), w1[:, None] * r1, accumulate=True)  # second token recovered
