@@ -21,7 +21,7 @@ from .api import enable, is_enabled
 from .cascade import SpeculativeCascade
 from .contrastive import ContrastiveDecoding, ProxyTuning
 from .mixing import LogitMixing
-from .proposers import CrossTokenizerDraft, DraftModel, PromptLookup, Proposer
+from .proposers import CrossTokenizerDraft, DraftModel, FeatureDraft, PromptLookup, Proposer
 from .speculative import SpeculativeDecoding
 from .speculative_contrastive import SpeculativeContrastiveDecoding
 from .stats import AcceptanceStats, MixingStats
@@ -32,6 +32,7 @@ __all__ = [
     "ContrastiveDecoding",
     "CrossTokenizerDraft",
     "DraftModel",
+    "FeatureDraft",
     "LogitMixing",
     "MixingStats",
     "PromptLookup",

@@ -53,8 +53,10 @@ def pad_token_tensor(generation_config) -> torch.Tensor | None:
 
 
 def supports_logits_to_keep(model) -> bool:
-    """Whether ``model``'s forward takes ``logits_to_keep`` (private ``_supports_logits_to_keep``)."""
-    return model._supports_logits_to_keep()
+    """Whether ``model``'s forward takes ``logits_to_keep`` (``GenerationMixin``'s private
+    ``_supports_logits_to_keep``; a model that is no ``GenerationMixin``, such as a draft head, by its signature)."""
+    check = getattr(model, "_supports_logits_to_keep", None)
+    return check() if check is not None else "logits_to_keep" in _forward_parameters(type(model))
 
 
 def from_config(model_class, config, dtype: torch.dtype):

@@ -52,19 +52,39 @@ class RaggedCache:
         self.fed = torch.cat([self.fed, valid], dim=1)[:, -(self.mask.shape[1] + valid.shape[1]) :]
         return logits
 
-    def _append(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
-        """:meth:`forward`'s work: the tokens go in the next ``n`` slots."""
+    def forward_with_features(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int,
+                              layers: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward`, plus the hidden states ``# [b, n, len(layers) * H]`` at every fed position of the
+        layers ``layers`` (indices into transformers' ``hidden_states``: 0 the embeddings, ``i`` the output of
+        decoder layer ``i - 1``), concatenated in that order; None when ``layers`` is empty."""
+        if not layers:
+            return self.forward(tokens, valid, logits_to_keep), None
+        if self.contiguous:
+            raise ValueError("a proposer that reads the target's hidden states needs a target with full attention "
+                             "in every layer (sliding-window targets are not supported)")
+        out = self._append(tokens, valid.to(torch.int64), logits_to_keep, output_hidden_states=True)
+        features = torch.cat([out.hidden_states[i] for i in layers], dim=-1).to(tokens.device)
+        return out.logits[:, -logits_to_keep:].to(tokens.device), features
+
+    def _append(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int, **inputs):
+        """:meth:`forward`'s work: the tokens go in the next ``n`` slots. Returns the logits, or the model's whole
+        output when ``inputs`` (further model inputs) are given."""
         positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
         mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
         extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
         out = hf_compat.forward_with_cache(
             self.model, self.cache, input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-            **extra,
+            **extra, **inputs,
         )
         self.mask = mask
         self.num_valid = self.num_valid + valid.sum(dim=1)
         self.holes_may_have_grown |= tokens.shape[1] > 1
-        return out.logits[:, -logits_to_keep:].to(tokens.device)
+        return out if inputs else out.logits[:, -logits_to_keep:].to(tokens.device)
+
+    def forward_outputs(self, tokens: torch.Tensor, valid: torch.Tensor, **inputs):
+        """Append ``tokens  # [b, n]`` (``valid  # [b, n]``) with further model inputs (a draft head's features)
+        and return the model's whole output, every position's logits included (full-attention models only)."""
+        return self._append(tokens, valid.to(torch.int64), 0, **inputs)
 
     def _forward_valid_first(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
         """:meth:`forward` for a sliding-window model fed holes before valid tokens: each row's valid tokens go

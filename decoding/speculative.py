@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from .adaptive import AdaptiveLength, AdaptiveMemory, FixedLength, StepFacts
-from .proposers import CrossTokenizerDraft, DraftModel, Proposal, Proposer
+from .proposers import CrossTokenizerDraft, DraftModel, FeatureDraft, Proposal, Proposer, TargetFeatures
+from .proposers.eagle_head import Eagle3Head
 from .proposers.cross_tokenizer import MODES as CROSS_TOKENIZER_MODES
 from .ragged_cache import RaggedCache
 from .run import Run
@@ -67,7 +68,10 @@ class SpeculativeDecoding(Strategy):
         self.adaptive_memory = AdaptiveMemory()  # what "auto" learned in earlier calls, for the next one
 
     def draft_model_proposer(self, model, tokenizers):
-        """A :class:`DraftModel`, or a :class:`CrossTokenizerDraft` when ``tokenizers`` disagree on some id."""
+        """A :class:`DraftModel`, a :class:`CrossTokenizerDraft` when ``tokenizers`` disagree on some id, or a
+        :class:`FeatureDraft` for a draft head that reads the target's hidden states."""
+        if isinstance(model, Eagle3Head):
+            return FeatureDraft(model)
         if tokenizers is not None and self.cross_tokenizer_drafts:
             if not isinstance(tokenizers, (tuple, list)) or len(tokenizers) != 2:
                 raise ValueError("tokenizers must be a pair (target_tokenizer, draft_tokenizer)")
@@ -122,8 +126,8 @@ class SpeculativeDecoding(Strategy):
                 tokens, valid = feed if g == 0 else (
                     torch.cat([feed[0], drafts.ids.clamp_min(0)], dim=1),  # no-proposal slots are holes
                     torch.cat([feed[1], proposed.to(torch.int64)], dim=1))
-            with watch.phase("target"):
-                logits = target.forward(tokens, valid, logits_to_keep=g + 1)  # [b, g+1, V]
+            with watch.phase("target"):  # logits [b, g+1, V]; features [b, n, F] when the drafter reads them
+                logits, features = target.forward_with_features(tokens, valid, g + 1, drafter.target_layers)
             output_ids, num_accepted, scores = run.sampler.verify(
                 run.rows, self.target_scores(logits, drafts), drafts.ids, drafts.probs)  # [b, g+1], [b]
             length.observe(StepFacts(proposal, num_accepted, new_tokens=g + 1 if feed[0].shape[1] == 1 else 0,
@@ -133,7 +137,7 @@ class SpeculativeDecoding(Strategy):
             finished = run.commit(output_ids, scores, logits)
             if g:
                 target.keep_last(torch.arange(g, device=num_accepted.device) < num_accepted[:, None])
-            drafter.accept(num_accepted)
+            drafter.accept(num_accepted, None if features is None else TargetFeatures(features, valid, g))
             survivors = run.drop_finished(finished)
             if survivors.numel() == 0:
                 return

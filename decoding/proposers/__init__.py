@@ -1,10 +1,12 @@
 """Proposers: where speculative decoding's draft tokens come from (:mod:`decoding.proposers.base` defines the
-interface): a draft model (of the target's tokenizer or of another one), or n-gram lookup in each row's own text."""
+interface): a draft model (of the target's tokenizer or of another one), a head reading the target's hidden states
+(EAGLE-3), or n-gram lookup in each row's own text."""
 
-from .base import Drafter, PositionGate, Proposal, Proposer
+from .base import Drafter, PositionGate, Proposal, Proposer, TargetFeatures
 from .cross_tokenizer import CrossTokenizerDraft
 from .draft_model import DraftModel, DraftModelDrafter
+from .feature_draft import FeatureDraft
 from .prompt_lookup import PromptLookup
 
-__all__ = ["CrossTokenizerDraft", "DraftModel", "DraftModelDrafter", "Drafter", "PositionGate", "PromptLookup", "Proposal",
-           "Proposer"]
+__all__ = ["CrossTokenizerDraft", "DraftModel", "DraftModelDrafter", "Drafter", "FeatureDraft", "PositionGate", "PromptLookup", "Proposal",
+           "Proposer", "TargetFeatures"]

@@ -43,6 +43,21 @@ class Proposal:
                         confidence=None if self.confidence is None else self.confidence[:, :g])
 
 
+@dataclass
+class TargetFeatures:
+    """The target's hidden states where its last forward read tokens, for a drafter that reads them
+    (:attr:`Drafter.target_layers`).
+
+    - ``values  # [b, n, F]``: the drafter's layers' states, concatenated (``F = len(target_layers) * H``);
+    - ``valid  # [b, n]`` int64: 1 where a real token was read (0: left padding, a slot no row proposed);
+    - ``drafted``: the last ``drafted`` columns were this step's drafts; the columns before them, committed tokens.
+    """
+
+    values: torch.Tensor
+    valid: torch.Tensor
+    drafted: int
+
+
 class PositionGate:
     """Which rows still propose, position by position, as the length policy (:mod:`decoding.adaptive`) decides:
     written once for every proposer. ``reach  # [b]`` is each row's estimated chance of accepting all its drafts so
@@ -68,15 +83,21 @@ class PositionGate:
 
 
 class Drafter:
-    """A proposer's state during one call. Subclasses implement :meth:`propose`; the rest defaults to nothing."""
+    """A proposer's state during one call. Subclasses implement :meth:`propose`; the rest defaults to nothing.
+
+    ``target_layers``: the target's hidden states the drafter reads (indices into transformers' ``hidden_states``);
+    the loop hands them to :meth:`accept` after every target forward."""
+
+    target_layers: tuple[int, ...] = ()
 
     def propose(self, run, sampler, k: int, length) -> Proposal:
         """Up to ``k`` draft tokens per active row, written tentatively after each row's committed tokens;
         ``length`` (:mod:`decoding.adaptive`) may stop a row, or the whole step, earlier."""
         raise NotImplementedError
 
-    def accept(self, num_accepted: torch.Tensor) -> None:
-        """After verification: ``num_accepted  # [b]`` drafts of each row were kept."""
+    def accept(self, num_accepted: torch.Tensor, features: TargetFeatures | None = None) -> None:
+        """After verification and commit: ``num_accepted  # [b]`` drafts of each row were kept; ``features``: the
+        target's hidden states of that forward, when :attr:`target_layers` asks for any."""
 
     def select_rows(self, survivors: torch.Tensor) -> None:
         """Keep the rows ``survivors  # [b']`` (positions in the current batch)."""

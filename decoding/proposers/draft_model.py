@@ -79,7 +79,7 @@ class DraftModelDrafter(Drafter):
                         logits=torch.cat(logits, dim=1) if self.score_bonus else None,
                         confidence=torch.stack(confidence, dim=1) if confidence else None)
 
-    def accept(self, num_accepted: torch.Tensor) -> None:
+    def accept(self, num_accepted: torch.Tensor, features=None) -> None:
         """Roll the cache back to the accepted drafts (``num_accepted  # [b]``) and count what is left unread."""
         if self.forwards == 0:  # a plain target step: its token joins the unread ones
             self.unread = self.unread + num_accepted + 1

@@ -1,0 +1,143 @@
+"""A draft head that reads the target's hidden states (:class:`~decoding.proposers.eagle_head.Eagle3Head`).
+
+The target's verification forward already computes the features the head reads: the loop hands them over
+(:class:`~decoding.proposers.base.TargetFeatures`), no extra target pass. After each step the head's cache drops the
+positions it drafted from its own states, and it reads the pairs the step committed, ``(feature of token j, token
+j + 1)``: the committed tokens the target read and the accepted drafts, each with the token that followed it (the
+last one with the step's recovered or bonus token). Its output at the last pair predicts the next step's first
+draft; further drafts read the head's own output state. Drafts are proposed from the head's law over its draft
+vocabulary, zero elsewhere, so verification stays exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ragged_cache import RaggedCache
+from ..validation import check_model
+from ..vocab import vocab_size
+from .base import Drafter, PositionGate, Proposal, Proposer, TargetFeatures
+from .eagle_head import Eagle3Head, feature_layers
+
+
+class FeatureDraft(Proposer):
+    """Drafts with ``head``, an :class:`Eagle3Head` trained on the target it serves."""
+
+    role = "draft head"
+
+    def __init__(self, head: Eagle3Head):
+        check_model(head, self.role)
+        if not isinstance(head, Eagle3Head):
+            raise TypeError(f"FeatureDraft needs an Eagle3Head (decoding.model_pairs.eagle.load_head), got "
+                            f"{type(head).__name__}")
+        self.head = head
+
+    def models(self) -> dict:
+        return {self.role: self.head}
+
+    def validate(self, target, input_ids, attention_mask) -> None:
+        config, head = target.config.get_text_config(), self.head.config
+        layers = self.layers(target)
+        if max(layers) > config.num_hidden_layers or min(layers) < 0:
+            raise ValueError(f"the draft head reads the target's hidden states {layers}, but the target has "
+                             f"{config.num_hidden_layers} layers (hidden states 0 to {config.num_hidden_layers})")
+        expected = getattr(head, "target_hidden_size", None) or head.hidden_size
+        if config.hidden_size != expected:
+            raise ValueError(f"the draft head was trained on a target of hidden size {expected}, but this target's is "
+                             f"{config.hidden_size}: use the head trained for this target")
+        if head.vocab_size != vocab_size(target) or int(self.head.target_ids().max()) >= vocab_size(target):
+            raise ValueError(f"the draft head maps its draft vocabulary into {head.vocab_size} target ids, but the "
+                             f"target has {vocab_size(target)}: use the head trained for this target")
+
+    def layers(self, target) -> tuple[int, ...]:
+        """The target layers the head reads: its config's, else EAGLE-3's choice for the target's depth."""
+        return self.head.target_layers or feature_layers(target.config.get_text_config().num_hidden_layers)
+
+    def start(self, run) -> FeatureDrafter:
+        return FeatureDrafter(self.head, run, self.layers(run.model))
+
+
+class FeatureDrafter(Drafter):
+    """The head's cache and the pairs it has yet to read, for the rows of one call."""
+
+    def __init__(self, head: Eagle3Head, run, layers: tuple[int, ...]):
+        batch, device = run.prompt_mask.shape[0], run.prompt_mask.device
+        self.head, self.target_layers = head, layers
+        self.embed = head.embed_tokens if head.embed_tokens is not None else run.model.get_input_embeddings()
+        self.cache = RaggedCache(head, batch, device)
+        self.target_ids = head.target_ids()  # [V_draft]
+        self.pending: TargetFeatures | None = None  # the last target forward's features, with what was kept
+        self.kept = None  # [b, n] bool: the pending columns the rows committed
+        self.next = None  # (logits [b, V_draft], hidden [b, H]) after the last committed token
+        self.spoken = 0  # positions the head cached from its own states this step (dropped before reading)
+
+    def accept(self, num_accepted: torch.Tensor, features: TargetFeatures | None = None) -> None:
+        """Forget this step's drafts in the head's cache; keep the target's features of the committed columns."""
+        self.cache.keep_last(torch.zeros(num_accepted.numel(), self.spoken, dtype=torch.bool,
+                                         device=num_accepted.device))
+        self.spoken = 0
+        columns = torch.arange(features.valid.shape[1], device=num_accepted.device)
+        committed = features.valid.shape[1] - features.drafted + num_accepted  # [b]
+        self.pending, self.kept = features, features.valid.bool() & (columns < committed[:, None])
+
+    def select_rows(self, survivors: torch.Tensor) -> None:
+        self.cache.select_rows(survivors)
+        if self.pending is None:
+            return
+        self.pending = TargetFeatures(self.pending.values[survivors], self.pending.valid[survivors],
+                                      self.pending.drafted)
+        self.kept = self.kept[survivors]
+
+    def prepare(self, run, compact_threshold: float) -> None:
+        self.cache.compact_if_holes_exceed(compact_threshold)
+
+    def _read_pending(self, run) -> None:
+        """Read the pairs the last step committed, right-aligned: ``(feature of column c, the committed token after
+        it)``; the output at the last one is :attr:`next`."""
+        counts = self.kept.sum(dim=1)  # [b] pairs per row (>= 1: a step commits a token per row)
+        width = int(counts.max())
+        first = self.kept.to(torch.int8).argmax(dim=1)  # [b] each row's first kept column (they are contiguous)
+        slots = torch.arange(width, device=counts.device)  # [width]
+        valid = slots >= (width - counts)[:, None]  # [b, width]
+        source = (first[:, None] + slots - (width - counts)[:, None]).clamp(0, self.kept.shape[1] - 1)
+        features = self.pending.values.gather(1, source[..., None].expand(-1, -1, self.pending.values.shape[-1]))
+        tokens = run.sequences.window(run.rows, width)  # [b, width]: each row's last committed tokens
+        out = self.cache.forward_outputs(tokens, valid, features=features, inputs_embeds=self.embed(tokens))
+        self.next = out.logits[:, -1], out.hidden[:, -1]
+        self.pending = self.kept = None
+
+    def propose(self, run, sampler, k: int, length) -> Proposal:
+        if self.pending is not None:
+            self._read_pending(run)
+        b, device = run.rows.numel(), run.rows.device
+        if k == 0 or self.next is None:  # the first step: the target has yet to read the prompt
+            return Proposal(ids=torch.empty(b, 0, dtype=torch.int64, device=device), probs=None)
+        vocab = vocab_size(run.model)
+        gate = PositionGate(length, run.rows)
+        logits, hidden = self.next
+        ids, probs, confidence = [], [], []
+        for position in range(k):
+            scores = logits.new_full((b, vocab), float("-inf"))  # the head's law is zero off its draft vocabulary
+            scores[:, self.target_ids] = logits
+            token, q = sampler.draft(run.rows, scores, position)  # [b], [b, V] or None
+            law = q if q is not None else torch.softmax(scores.float(), dim=-1)
+            sure = law.gather(1, token[:, None]).squeeze(1).float()  # [b]
+            proposing = gate.admit(position + 1, sure)
+            ids.append(torch.where(proposing, token, -1))
+            confidence.append(sure)
+            if q is not None:
+                probs.append(q * proposing[:, None])  # no proposal: an all-zero law
+            run.sequences.write(run.rows, position, ids[-1][:, None])
+            if position + 1 == k or not gate.goes_on(position + 1):
+                break
+            logits, hidden = self._speak(token, hidden)
+        return Proposal(ids=torch.stack(ids, dim=1), probs=torch.stack(probs, dim=1) if probs else None,
+                        confidence=torch.stack(confidence, dim=1))
+
+    def _speak(self, token: torch.Tensor, hidden: torch.Tensor):
+        """The head reads its own draft ``token  # [b]`` with its own state ``hidden  # [b, H]``."""
+        tokens = token[:, None]
+        out = self.cache.forward_outputs(tokens, torch.ones_like(tokens), features=hidden[:, None],
+                                         inputs_embeds=self.embed(tokens))
+        self.spoken += 1
+        return out.logits[:, -1], out.hidden[:, -1]
