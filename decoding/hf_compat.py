@@ -171,3 +171,17 @@ def generate_with_strategy(generate, strategy, streamer, *args, **kwargs):
     own ``_sample`` does not take.
     """
     return generate(*args, custom_generate=strategy, decoding_streamer=streamer, **kwargs)
+
+
+def rope_theta(config) -> float:
+    """The rotary base of a config with default (unscaled) rotary embeddings: ``rope_parameters["rope_theta"]``
+    (transformers 5 gathers the rotary settings there) or ``rope_theta`` (older configs); 10000 when neither is
+    set. A scaled rotary embedding (``rope_type`` other than default) raises ``ValueError``."""
+    # transformers 5 also answers rope_scaling with the same dict; older configs keep a scaling there, if any
+    parameters = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    kind = parameters.get("rope_type", parameters.get("type", "default"))
+    if kind != "default":
+        raise ValueError(f"rotary embeddings of type {kind!r} ({parameters}) are not supported here; only the "
+                         "default (unscaled) kind")
+    return float(parameters.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
+

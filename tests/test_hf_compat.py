@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
+
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM, MistralConfig
 from transformers.generation import logits_process as lp
@@ -195,3 +197,15 @@ def test_generate_with_strategy():
     model = tiny_model("llama")
     out = hf_compat.generate_with_strategy(model.generate, strategy, marker, IDS, max_new_tokens=2)
     assert seen["streamer"] is marker and torch.equal(out, IDS)
+
+
+def test_rope_theta():
+    """transformers 5 keeps the rotary base in ``rope_parameters``; older configs in ``rope_theta``."""
+    assert hf_compat.rope_theta(LlamaConfig.from_dict({"rope_theta": 1e6, "hidden_size": 32})) == 1e6
+    assert hf_compat.rope_theta(LlamaConfig(hidden_size=32)) == 10000.0
+    legacy = type("Config", (), {"rope_theta": 5e5})()
+    assert hf_compat.rope_theta(legacy) == 5e5
+    scaled = LlamaConfig.from_dict({"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "hidden_size": 32})
+    with pytest.raises(ValueError, match="not supported"):
+        hf_compat.rope_theta(scaled)
+

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, PreTrainedModel
 
+from .. import hf_compat
+
 ARCHITECTURE = "LlamaForCausalLMEagle3"  # the name published heads' config.json gives
 
 
@@ -56,23 +58,32 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(2 * hidden, self.kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(2 * hidden, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=False)
-        theta = getattr(config, "rope_theta", None) or 10000.0  # published heads carry none: 10000, not the target's
+        theta = hf_compat.rope_theta(config)  # published heads often set none: 10000, not the target's base
         self.register_buffer("inv_freq", 1.0 / theta ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim),
                              persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, cache) -> torch.Tensor:
         """``x  # [b, n, 2H]`` at ``positions  # [b, n]``; ``allowed  # [b, 1, n, T + n]`` bool; ``cache``: a
         ``DynamicCache`` (its one layer) or None."""
+        q, k, v = self.project(x, positions)
+        if cache is not None:
+            k, v = cache.update(k, v, 0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=self.heads != self.kv_heads)
+        return self.output(out)
+
+    def project(self, x: torch.Tensor, positions: torch.Tensor):
+        """Rotated queries ``# [b, heads, n, d]``, keys and values ``# [b, kv_heads, n, d]`` of ``x  # [b, n, 2H]``."""
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         angles = positions[:, None, :, None].float() * self.inv_freq  # [b, 1, n, d/2]
         cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(x.dtype) for f in (torch.cos, torch.sin))
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(k, v, 0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=self.heads != self.kv_heads)
+        return rotate(q, cos, sin), rotate(k, cos, sin), v
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """``o_proj`` of the heads' outputs ``# [b, heads, n, d]`` -> ``# [b, n, H]``."""
+        b, _, n, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
 
 
@@ -102,10 +113,14 @@ class DecoderLayer(nn.Module):
         self.norm_before_residual = bool(getattr(config, "norm_before_residual", False))
 
     def forward(self, embeds, hidden, positions, allowed, cache) -> torch.Tensor:
+        return self.around(embeds, hidden, lambda x: self.self_attn(x, positions, allowed, cache))
+
+    def around(self, embeds: torch.Tensor, hidden: torch.Tensor, attend) -> torch.Tensor:
+        """The layer with ``attend(x  # [b, n, 2H]) -> # [b, n, H]`` as its attention (training runs its own)."""
         normed = self.hidden_norm(hidden)
         residual = normed if self.norm_before_residual else hidden
         x = torch.cat([self.input_layernorm(embeds), normed], dim=-1)  # [b, n, 2H]: the embedding first
-        h = residual + self.self_attn(x, positions, allowed, cache)
+        h = residual + attend(x)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 

@@ -49,7 +49,7 @@ def _open_problem(path: Path) -> str | None:
     except OSError as error:
         return f" ({error.strerror or error}): choose another path"
     if not existed:
-        path.unlink()
+        path.unlink(missing_ok=True)  # the processes of a data-parallel run all probe the same path
     return None
 
 
