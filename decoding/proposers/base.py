@@ -82,6 +82,41 @@ class PositionGate:
         return bool(self.proposing.any()) and self.length.drafts_next(position, self.reach * self.proposing)
 
 
+class DraftSteps:
+    """A step's drafts as a proposer builds them, position by position: each position's token is drawn from the
+    proposer's scores through the sampler (the user's processing), the :class:`PositionGate` decides which rows
+    propose it, and it is written tentatively after each row's committed tokens."""
+
+    def __init__(self, run, sampler, length):
+        self.run, self.sampler, self.gate = run, sampler, PositionGate(length, run.rows)
+        self.ids, self.probs, self.confidence = [], [], []
+
+    def draw(self, position: int, scores: torch.Tensor, can_propose=None) -> torch.Tensor:
+        """Draft position ``position`` (0-based) from ``scores  # [b, V]``; returns the drawn tokens ``# [b]``
+        (those of rows no longer proposing included). ``can_propose(token) -> # [b]``: rows that may propose it."""
+        token, q = self.sampler.draft(self.run.rows, scores, position)  # [b], [b, V] or None when greedy
+        law = q if q is not None else torch.softmax(scores.float(), dim=-1)
+        sure = law.gather(1, token[:, None]).squeeze(1).float()  # [b] the proposer's confidence in its token
+        proposing = self.gate.admit(position + 1, sure, None if can_propose is None else can_propose(token))
+        self.ids.append(torch.where(proposing, token, -1))
+        self.confidence.append(sure)
+        if q is not None:
+            self.probs.append(q * proposing[:, None])  # no proposal: an all-zero law
+        self.run.sequences.write(self.run.rows, position, self.ids[-1][:, None])
+        return token
+
+    def goes_on(self, position: int) -> bool:
+        return self.gate.goes_on(position)
+
+    def proposal(self, **extra) -> Proposal:
+        """The :class:`Proposal` of the positions drawn (``extra``: its other fields, such as ``logits``)."""
+        if not self.ids:
+            b, device = self.run.rows.numel(), self.run.rows.device
+            return Proposal(ids=torch.empty(b, 0, dtype=torch.int64, device=device), probs=None, **extra)
+        return Proposal(ids=torch.stack(self.ids, dim=1), probs=torch.stack(self.probs, dim=1) if self.probs else None,
+                        confidence=torch.stack(self.confidence, dim=1), **extra)
+
+
 class Drafter:
     """A proposer's state during one call. Subclasses implement :meth:`propose`; the rest defaults to nothing.
 

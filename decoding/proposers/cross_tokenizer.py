@@ -26,7 +26,7 @@ from ..ragged_cache import RaggedCache
 from ..token_maps import TokenMap, check_tokenizer, common_prefix, continuation, retokenize
 from ..validation import check_model
 from ..vocab import vocab_size
-from .base import Drafter, PositionGate, Proposal, Proposer, one_hot_probs
+from .base import Drafter, DraftSteps, Proposal, Proposer, one_hot_probs
 
 MODES = ("auto", "string", "tli")
 TAIL_TOKENS = 8  # committed target tokens re-tokenized with a string-level proposal, so its first token fits
@@ -136,25 +136,15 @@ class CrossTokenizerDrafter(Drafter):
     def _propose_tli(self, run, sampler, k: int, length, logits: torch.Tensor) -> Proposal:
         """Up to ``k`` target tokens drawn from the draft's law over the shared tokens."""
         vocab = vocab_size(run.model)
-        gate = PositionGate(length, run.rows)
-        ids, probs, confidence = [], [], []
+        steps = DraftSteps(run, sampler, length)
         for position in range(k):
             scores = self.mapping.target_logits(logits, vocab)  # [b, V_target]
-            token, q = sampler.draft(run.rows, scores, position)  # [b] target ids, [b, V_target] or None
-            draft_token = self.mapping.target_to_draft[token]  # [b], -1 if the sampler left the shared tokens
-            law = q if q is not None else torch.softmax(scores.float(), dim=-1)
-            sure = law.gather(1, token[:, None]).squeeze(1).float()  # [b]
-            proposing = gate.admit(position + 1, sure, can_propose=draft_token >= 0)
-            ids.append(torch.where(proposing, token, -1))
-            confidence.append(sure)
-            if q is not None:
-                probs.append(q * proposing[:, None])  # no proposal: an all-zero law
-            run.sequences.write(run.rows, position, ids[-1][:, None])
-            if position + 1 == k or not gate.goes_on(position + 1):
+            # A row proposes only ids the draft has too (the sampler may leave the shared tokens).
+            token = steps.draw(position, scores, can_propose=lambda ids: self.mapping.target_to_draft[ids] >= 0)
+            if position + 1 == k or not steps.goes_on(position + 1):
                 break
-            logits = self._read(draft_token.clamp_min(0))
-        return Proposal(ids=torch.stack(ids, dim=1), probs=torch.stack(probs, dim=1) if probs else None,
-                        confidence=torch.stack(confidence, dim=1))
+            logits = self._read(self.mapping.target_to_draft[token].clamp_min(0))
+        return steps.proposal()
 
     def _propose_string(self, run, k: int, logits: torch.Tensor, committed, contexts) -> Proposal:
         """The draft's greedy ``k`` tokens, as text, re-tokenized by the target: ``ids  # [b, <=k]``, -1 padded."""

@@ -13,7 +13,7 @@ import torch
 from ..ragged_cache import RaggedCache
 from ..validation import check_model
 from ..vocab import check_vocab_compatibility, to_vocab, vocab_size
-from .base import Drafter, PositionGate, Proposal, Proposer
+from .base import Drafter, DraftSteps, Proposal, Proposer
 
 
 class DraftModel(Proposer):
@@ -56,28 +56,18 @@ class DraftModelDrafter(Drafter):
             return Proposal(ids=torch.empty(b, 0, dtype=torch.int64, device=device), probs=None)
         vocab = vocab_size(run.model)
         tokens, valid = self._unread(run)
-        gate = PositionGate(length, run.rows)
-        ids, probs, logits, confidence = [], [], [], []
+        steps = DraftSteps(run, sampler, length)
+        logits = []
         for position in range(k):
             logits.append(to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab))  # [b, 1, V]
-            token, q = sampler.draft(run.rows, logits[-1][:, 0], position)
-            sure = _confidence(logits[-1][:, 0], token, q)  # [b]
-            proposing = gate.admit(position + 1, sure)
-            ids.append(torch.where(proposing, token, -1))
-            confidence.append(sure)
-            if q is not None:
-                probs.append(q * proposing[:, None])  # no proposal: an all-zero law
-            run.sequences.write(run.rows, position, ids[-1][:, None])
+            token = steps.draw(position, logits[-1][:, 0])
             tokens, valid = token[:, None], torch.ones_like(token)[:, None]
-            if not gate.goes_on(position + 1):
+            if not steps.goes_on(position + 1):
                 break
         if self.score_bonus:  # read the last draft too: logits at every verified position
             logits.append(to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab))
         self.forwards = len(logits)
-        return Proposal(ids=torch.stack(ids, dim=1) if ids else torch.empty(b, 0, dtype=torch.int64, device=device),
-                        probs=torch.stack(probs, dim=1) if probs else None,
-                        logits=torch.cat(logits, dim=1) if self.score_bonus else None,
-                        confidence=torch.stack(confidence, dim=1) if confidence else None)
+        return steps.proposal(logits=torch.cat(logits, dim=1) if self.score_bonus else None)
 
     def accept(self, num_accepted: torch.Tensor, features=None) -> None:
         """Roll the cache back to the accepted drafts (``num_accepted  # [b]``) and count what is left unread."""
@@ -111,9 +101,3 @@ class DraftModelDrafter(Drafter):
         valid = torch.arange(width, device=first.device) >= first[:, None]  # [b, width]
         tokens = run.sequences.window(run.rows, width).clamp_max(vocab_size(self.model) - 1)
         return tokens, valid.to(torch.int64)
-
-
-def _confidence(logits: torch.Tensor, token: torch.Tensor, q: torch.Tensor | None) -> torch.Tensor:
-    """The draft's probability of its token ``# [b]``: from its law ``q`` when sampling, else its raw softmax."""
-    law = q if q is not None else torch.softmax(logits.float(), dim=-1)
-    return law.gather(1, token[:, None]).squeeze(1).float()

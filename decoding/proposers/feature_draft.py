@@ -16,7 +16,7 @@ import torch
 from ..ragged_cache import RaggedCache
 from ..validation import check_model
 from ..vocab import vocab_size
-from .base import Drafter, PositionGate, Proposal, Proposer, TargetFeatures
+from .base import Drafter, DraftSteps, Proposal, Proposer, TargetFeatures
 from .eagle_head import Eagle3Head, feature_layers
 
 
@@ -113,26 +113,16 @@ class FeatureDrafter(Drafter):
         if k == 0 or self.next is None:  # the first step: the target has yet to read the prompt
             return Proposal(ids=torch.empty(b, 0, dtype=torch.int64, device=device), probs=None)
         vocab = vocab_size(run.model)
-        gate = PositionGate(length, run.rows)
+        steps = DraftSteps(run, sampler, length)
         logits, hidden = self.next
-        ids, probs, confidence = [], [], []
         for position in range(k):
             scores = logits.new_full((b, vocab), float("-inf"))  # the head's law is zero off its draft vocabulary
             scores[:, self.target_ids] = logits
-            token, q = sampler.draft(run.rows, scores, position)  # [b], [b, V] or None
-            law = q if q is not None else torch.softmax(scores.float(), dim=-1)
-            sure = law.gather(1, token[:, None]).squeeze(1).float()  # [b]
-            proposing = gate.admit(position + 1, sure)
-            ids.append(torch.where(proposing, token, -1))
-            confidence.append(sure)
-            if q is not None:
-                probs.append(q * proposing[:, None])  # no proposal: an all-zero law
-            run.sequences.write(run.rows, position, ids[-1][:, None])
-            if position + 1 == k or not gate.goes_on(position + 1):
+            token = steps.draw(position, scores)
+            if position + 1 == k or not steps.goes_on(position + 1):
                 break
             logits, hidden = self._speak(token, hidden)
-        return Proposal(ids=torch.stack(ids, dim=1), probs=torch.stack(probs, dim=1) if probs else None,
-                        confidence=torch.stack(confidence, dim=1))
+        return steps.proposal()
 
     def _speak(self, token: torch.Tensor, hidden: torch.Tensor):
         """The head reads its own draft ``token  # [b]`` with its own state ``hidden  # [b, H]``."""
