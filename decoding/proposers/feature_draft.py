@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import hf_compat
 from ..ragged_cache import RaggedCache
 from ..validation import check_model
 from ..vocab import vocab_size
@@ -37,6 +38,9 @@ class FeatureDraft(Proposer):
 
     def validate(self, target, input_ids, attention_mask) -> None:
         config, head = target.config.get_text_config(), self.head.config
+        if hf_compat.uses_sliding_window(target):
+            raise ValueError("a draft head reads the target's hidden states of every position it verifies, which a "
+                             "target with sliding-window layers does not keep in place: use a full-attention target")
         layers = self.layers(target)
         if max(layers) > config.num_hidden_layers or min(layers) < 0:
             raise ValueError(f"the draft head reads the target's hidden states {layers}, but the target has "
@@ -102,7 +106,8 @@ class FeatureDrafter(Drafter):
         source = (first[:, None] + slots - (width - counts)[:, None]).clamp(0, self.kept.shape[1] - 1)
         features = self.pending.values.gather(1, source[..., None].expand(-1, -1, self.pending.values.shape[-1]))
         tokens = run.sequences.window(run.rows, width)  # [b, width]: each row's last committed tokens
-        out = self.cache.forward_outputs(tokens, valid, features=features, inputs_embeds=self.embed(tokens))
+        out = self.cache.forward_outputs(tokens, valid, features=features.to(self.head.dtype),
+                                         inputs_embeds=self.embed(tokens).to(self.head.dtype))
         self.next = out.logits[:, -1], out.hidden[:, -1]
         self.pending = self.kept = None
 
@@ -128,6 +133,6 @@ class FeatureDrafter(Drafter):
         """The head reads its own draft ``token  # [b]`` with its own state ``hidden  # [b, H]``."""
         tokens = token[:, None]
         out = self.cache.forward_outputs(tokens, torch.ones_like(tokens), features=hidden[:, None],
-                                         inputs_embeds=self.embed(tokens))
+                                         inputs_embeds=self.embed(tokens).to(self.head.dtype))
         self.spoken += 1
         return out.logits[:, -1], out.hidden[:, -1]
