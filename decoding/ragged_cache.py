@@ -12,7 +12,9 @@ slots to the right end. See docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import torch
+
 from . import hf_compat
+from .output_layer import few_rows_layout
 
 
 class RaggedCache:
@@ -72,10 +74,11 @@ class RaggedCache:
         positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
         mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
         extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
-        out = hf_compat.forward_with_cache(
-            self.model, self.cache, input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-            **extra, **inputs,
-        )
+        with few_rows_layout(self.model):  # a CPU output layer over a few rows: W @ h^T, 2-3x faster
+            out = hf_compat.forward_with_cache(
+                self.model, self.cache, input_ids=tokens, attention_mask=mask, position_ids=positions,
+                use_cache=True, **extra, **inputs,
+            )
         self.mask = mask
         self.num_valid = self.num_valid + valid.sum(dim=1)
         self.holes_may_have_grown |= tokens.shape[1] > 1
