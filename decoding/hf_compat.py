@@ -184,4 +184,3 @@ def rope_theta(config) -> float:
         raise ValueError(f"rotary embeddings of type {kind!r} ({parameters}) are not supported here; only the "
                          "default (unscaled) kind")
     return float(parameters.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
-

@@ -28,15 +28,23 @@ _lock = threading.Lock()
 _users: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # output layer -> forwards using the swap
 
 
-@contextmanager
-def few_rows_layout(model):
-    """While the block runs, ``model``'s output layer computes 2 to :data:`MAX_ROWS` rows as ``W @ h^T`` (CPU
-    ``nn.Linear`` output layers only; anything else is left as it is)."""
+def swappable_output_layer(model) -> torch.nn.Linear | None:
+    """``model``'s output layer when :func:`few_rows_layout` may swap it (a plain ``nn.Linear`` on a CPU, and
+    ``$DECODING_OUTPUT_LAYER`` not ``linear``), else None; decided once per model and call, off the hot path."""
     setting = os.environ.get(ENV, "auto")
     if setting not in ("auto", "linear"):
         raise ValueError(f"${ENV} must be 'auto' or 'linear', got {setting!r}")
     layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if setting == "linear" or type(layer) is not torch.nn.Linear or layer.weight.device.type != "cpu":
+        return None
+    return layer
+
+
+@contextmanager
+def few_rows_layout(layer: torch.nn.Linear | None):
+    """While the block runs, ``layer`` (from :func:`swappable_output_layer`; None: nothing to do) computes 2 to
+    :data:`MAX_ROWS` rows as ``W @ h^T``."""
+    if layer is None:
         yield
         return
     with _lock:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import hf_compat
-from .output_layer import few_rows_layout
+from .output_layer import few_rows_layout, swappable_output_layer
 
 
 class RaggedCache:
@@ -31,6 +31,7 @@ class RaggedCache:
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self._slices_logits = hf_compat.supports_logits_to_keep(model)
+        self._output_layer = swappable_output_layer(model)  # a CPU output layer: W @ h^T over a few rows
         # Sliding windows are measured in slots: such a model's rows keep their valid slots contiguous.
         self.contiguous = hf_compat.uses_sliding_window(model)
         self.fed = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)  # [b, <=T] valid flags, as fed
@@ -46,11 +47,11 @@ class RaggedCache:
         """
         valid = valid.to(torch.int64)
         if not self.contiguous:
-            return self._append(tokens, valid, logits_to_keep)
+            return self._logits(self._append(tokens, valid, logits_to_keep), logits_to_keep, tokens)
         if bool(_holes_before_valid(valid).any()):
             logits = self._forward_valid_first(tokens, valid, logits_to_keep)
         else:
-            logits = self._append(tokens, valid, logits_to_keep)
+            logits = self._logits(self._append(tokens, valid, logits_to_keep), logits_to_keep, tokens)
         self.fed = torch.cat([self.fed, valid], dim=1)[:, -(self.mask.shape[1] + valid.shape[1]) :]
         return logits
 
@@ -66,15 +67,20 @@ class RaggedCache:
                              "in every layer (sliding-window targets are not supported)")
         out = self._append(tokens, valid.to(torch.int64), logits_to_keep, output_hidden_states=True)
         features = torch.cat([out.hidden_states[i] for i in layers], dim=-1).to(tokens.device)
-        return out.logits[:, -logits_to_keep:].to(tokens.device), features
+        return self._logits(out, logits_to_keep, tokens), features
+
+    @staticmethod
+    def _logits(out, logits_to_keep: int, tokens: torch.Tensor) -> torch.Tensor:
+        """The last ``logits_to_keep`` positions' logits of a model output, on the device of ``tokens``."""
+        return out.logits[:, -logits_to_keep:].to(tokens.device)
 
     def _append(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int, **inputs):
-        """:meth:`forward`'s work: the tokens go in the next ``n`` slots. Returns the logits, or the model's whole
-        output when ``inputs`` (further model inputs) are given."""
+        """:meth:`forward`'s work: the tokens go in the next ``n`` slots, with further model ``inputs``; returns
+        the model's output."""
         positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
         mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
         extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
-        with few_rows_layout(self.model):  # a CPU output layer over a few rows: W @ h^T, 2-3x faster
+        with few_rows_layout(self._output_layer):  # a CPU output layer over a few rows: W @ h^T, 2-3x faster
             out = hf_compat.forward_with_cache(
                 self.model, self.cache, input_ids=tokens, attention_mask=mask, position_ids=positions,
                 use_cache=True, **extra, **inputs,
@@ -82,7 +88,7 @@ class RaggedCache:
         self.mask = mask
         self.num_valid = self.num_valid + valid.sum(dim=1)
         self.holes_may_have_grown |= tokens.shape[1] > 1
-        return out if inputs else out.logits[:, -logits_to_keep:].to(tokens.device)
+        return out
 
     def forward_outputs(self, tokens: torch.Tensor, valid: torch.Tensor, **inputs):
         """Append ``tokens  # [b, n]`` (``valid  # [b, n]``) with further model inputs (a draft head's features)
@@ -95,7 +101,8 @@ class RaggedCache:
         returned in the columns the tokens were given in."""
         n = tokens.shape[1]
         order = torch.sort(1 - valid, dim=1, stable=True).indices  # [b, n]: valid columns first, in order
-        logits = self._append(tokens.gather(1, order), valid.gather(1, order), n)  # [b, n, V]
+        out = self._append(tokens.gather(1, order), valid.gather(1, order), n)
+        logits = self._logits(out, n, tokens)  # [b, n, V]
         self._compact_if_not_contiguous()
         back = order.argsort(dim=1)[:, :, None].expand(-1, -1, logits.shape[-1])
         return logits.gather(1, back)[:, n - logits_to_keep :]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import decoding
-from decoding.output_layer import MAX_ROWS, few_rows_layout, few_rows_linear
+from decoding.output_layer import MAX_ROWS, few_rows_layout, few_rows_linear, swappable_output_layer
 from laws import left_pad
 from models import greedy_reference, save_llama, tiny_model, tiny_pair, word_tokenizer
 
@@ -32,9 +32,10 @@ def test_the_swap_lasts_only_as_long_as_the_forward():
     calls = []
     real = few_rows_linear
 
-    with few_rows_layout(model):
+    assert swappable_output_layer(model) is layer
+    with few_rows_layout(layer):
         assert "forward" in vars(layer)
-        with few_rows_layout(model):  # nested, as threads overlap
+        with few_rows_layout(layer):  # nested, as threads overlap
             assert "forward" in vars(layer)
         assert "forward" in vars(layer)
     assert "forward" not in vars(layer) and type(layer).forward is torch.nn.Linear.forward
@@ -81,11 +82,12 @@ def test_threads_sharing_a_model_each_get_the_targets_greedy_output():
 def test_the_environment_keeps_f_linear_or_refuses_a_bad_value(monkeypatch):
     model = tiny_model("llama")
     monkeypatch.setenv("DECODING_OUTPUT_LAYER", "linear")
-    with few_rows_layout(model):
+    assert swappable_output_layer(model) is None
+    with few_rows_layout(swappable_output_layer(model)):
         assert "forward" not in vars(model.get_output_embeddings())
     monkeypatch.setenv("DECODING_OUTPUT_LAYER", "fast")
-    with pytest.raises(ValueError, match="'auto' or 'linear'"), few_rows_layout(model):
-        pass
+    with pytest.raises(ValueError, match="'auto' or 'linear'"):
+        swappable_output_layer(model)
 
 
 def test_the_verification_cost_command_reports_both_layouts(tmp_path, capsys):

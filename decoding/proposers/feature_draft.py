@@ -70,8 +70,8 @@ class FeatureDrafter(Drafter):
         self.embed = head.embed_tokens if head.embed_tokens is not None else run.model.get_input_embeddings()
         self.cache = RaggedCache(head, batch, device)
         self.target_ids = head.target_ids()  # [V_draft]
-        self.pending: TargetFeatures | None = None  # the last target forward's features, with what was kept
-        self.kept = None  # [b, n] bool: the pending columns the rows committed
+        self.features = None  # [b, n, F]: the last target forward's features, not yet read
+        self.kept = None  # [b, n] bool: the columns of those the rows committed
         self.next = None  # (logits [b, V_draft], hidden [b, H]) after the last committed token
         self.spoken = 0  # positions the head cached from its own states this step (dropped before reading)
 
@@ -82,15 +82,12 @@ class FeatureDrafter(Drafter):
         self.spoken = 0
         columns = torch.arange(features.valid.shape[1], device=num_accepted.device)
         committed = features.valid.shape[1] - features.drafted + num_accepted  # [b]
-        self.pending, self.kept = features, features.valid.bool() & (columns < committed[:, None])
+        self.features, self.kept = features.values, features.valid.bool() & (columns < committed[:, None])
 
     def select_rows(self, survivors: torch.Tensor) -> None:
         self.cache.select_rows(survivors)
-        if self.pending is None:
-            return
-        self.pending = TargetFeatures(self.pending.values[survivors], self.pending.valid[survivors],
-                                      self.pending.drafted)
-        self.kept = self.kept[survivors]
+        if self.features is not None:
+            self.features, self.kept = self.features[survivors], self.kept[survivors]
 
     def prepare(self, run, compact_threshold: float) -> None:
         self.cache.compact_if_holes_exceed(compact_threshold)
@@ -104,15 +101,15 @@ class FeatureDrafter(Drafter):
         slots = torch.arange(width, device=counts.device)  # [width]
         valid = slots >= (width - counts)[:, None]  # [b, width]
         source = (first[:, None] + slots - (width - counts)[:, None]).clamp(0, self.kept.shape[1] - 1)
-        features = self.pending.values.gather(1, source[..., None].expand(-1, -1, self.pending.values.shape[-1]))
+        features = self.features.gather(1, source[..., None].expand(-1, -1, self.features.shape[-1]))
         tokens = run.sequences.window(run.rows, width)  # [b, width]: each row's last committed tokens
         out = self.cache.forward_outputs(tokens, valid, features=features.to(self.head.dtype),
                                          inputs_embeds=self.embed(tokens).to(self.head.dtype))
         self.next = out.logits[:, -1], out.hidden[:, -1]
-        self.pending = self.kept = None
+        self.features = self.kept = None
 
     def propose(self, run, sampler, k: int, length) -> Proposal:
-        if self.pending is not None:
+        if self.features is not None:
             self._read_pending(run)
         b, device = run.rows.numel(), run.rows.device
         if k == 0 or self.next is None:  # the first step: the target has yet to read the prompt

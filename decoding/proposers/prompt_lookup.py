@@ -37,8 +37,8 @@ class PromptLookupDrafter(Drafter):
         ids = lookup(run.sequences.tokens, run.sequences.lengths[rows], self.pads[rows], rows, k,
                      self.settings.max_ngram, self.settings.min_ngram)  # [b, k]
         gate = PositionGate(length, rows)
+        certain = torch.ones(rows.numel(), device=ids.device)  # a copied token: no confidence of its own
         for position in range(k):  # positions the length policy says do not pay are not proposed
-            certain = torch.ones(rows.numel(), device=ids.device)  # a copied token: no confidence of its own
             proposing = gate.admit(position + 1, certain, can_propose=ids[:, position] >= 0)
             ids[:, position] = torch.where(proposing, ids[:, position], -1)
         run.sequences.write(rows, 0, ids)
