@@ -113,6 +113,10 @@ def test_a_folder_that_is_not_a_head_says_what_is_wrong(tmp_path):
 
 
 def test_an_unreachable_hub_id_says_how_to_point_at_local_files(monkeypatch, tmp_path):
+    """Offline (huggingface_hub's own switch, read when a download is attempted: nothing is sent) and not cached."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ModelNotFoundError, match="pass its path instead|pass its folder"):
