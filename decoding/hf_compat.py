@@ -59,6 +59,24 @@ def supports_logits_to_keep(model) -> bool:
     return check() if check is not None else "logits_to_keep" in _forward_parameters(type(model))
 
 
+def one_query_mask(model, mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask of a forward over one new token per row, ``mask  # [b, T + 1]`` (1: a slot it may read),
+    as the 4D mask ``# [b, 1, 1, T + 1]`` transformers passes on unchanged (``masking_utils``: "an already prepared
+    4D mask ... is returned as-is"), in the form the model's attention reads (private ``_attn_implementation``):
+    boolean for ``sdpa``, additive for ``eager``. From a 2D mask, transformers' SDPA path reads it from the device to
+    decide whether to skip it (``_ignore_causal_mask_sdpa``); a 4D one is never read. Other attention
+    implementations get ``mask`` back unchanged. One query: the causal part is every slot, so the mask is the
+    key mask alone."""
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation == "sdpa":
+        return mask[:, None, None, :].bool()
+    if implementation == "eager":
+        dtype = model.dtype if model.dtype.is_floating_point else torch.float32
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            mask == 0, torch.finfo(dtype).min)[:, None, None, :]
+    return mask
+
+
 def from_config(model_class, config, dtype: torch.dtype):
     """A randomly initialised ``model_class`` of ``config`` in ``dtype``, created on the current default device
     (private ``_from_config``: ``from_config`` exists only on the Auto classes)."""

@@ -83,9 +83,9 @@ class LogitMixing(Strategy):
             finished = run.commit(token[:, None], None if scores is None else scores[:, None], logits[:, None])
             run.stats.steps += token.shape[0]
             survivors = run.drop_finished(finished)
-            if survivors.numel() == 0:
-                return
-            if survivors.numel() < finished.numel():
+            if survivors is not None:
+                if survivors.numel() == 0:
+                    return
                 for reader in (target, *readers.values()):
                     reader.select_rows(survivors)
             feed = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])  # the new token

@@ -15,6 +15,7 @@ import torch
 
 from . import hf_compat
 from .output_layer import few_rows_layout, swappable_output_layer
+from .readout import Deferred, Readout
 
 
 class RaggedCache:
@@ -25,8 +26,13 @@ class RaggedCache:
         num_valid: ``# [b]`` int64, valid slots per row (the next token's position).
     """
 
-    def __init__(self, model, batch_size: int, device: torch.device):
+    def __init__(self, model, batch_size: int, device: torch.device, readout: Readout | None = None):
         self.model = model
+        # Host reads go through ``readout``: a rollback's crop waits for the step's one read (the loop's readout),
+        # or reads at once when it is the cache's own.
+        self.readout = readout if readout is not None else Readout()
+        self._crop: tuple[Deferred, int] | None = None  # (read [used, longest], n): the crop of keep_last
+        self._longest: int | Deferred | None = None  # max(num_valid): on the host, asked, or unknown
         self.cache = hf_compat.new_cache(model)
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
@@ -34,6 +40,8 @@ class RaggedCache:
         self._output_layer = swappable_output_layer(model)  # a CPU output layer: W @ h^T over a few rows
         # Sliding windows are measured in slots: such a model's rows keep their valid slots contiguous.
         self.contiguous = hf_compat.uses_sliding_window(model)
+        # A sliding window is part of the model's own mask, and a draft head builds its own: 2D masks for those.
+        self._plain_masks = not self.contiguous and not getattr(model, "reads_2d_mask", False)
         self.fed = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)  # [b, <=T] valid flags, as fed
         # Whether holes may have grown since compact_if_holes_exceed last looked (a step that only appends one
         # valid token per row cannot grow them: the check, a host sync, is skipped then).
@@ -46,6 +54,7 @@ class RaggedCache:
         Returns ``# [b, logits_to_keep, V]`` raw logits of the model, on the device of ``tokens``.
         """
         valid = valid.to(torch.int64)
+        self._settle()
         if not self.contiguous:
             return self._logits(self._append(tokens, valid, logits_to_keep), logits_to_keep, tokens)
         if bool(_holes_before_valid(valid).any()):
@@ -62,6 +71,7 @@ class RaggedCache:
         decoder layer ``i - 1``), concatenated in that order; None when ``layers`` is empty."""
         if not layers:
             return self.forward(tokens, valid, logits_to_keep), None
+        self._settle()
         if self.contiguous:
             raise ValueError("a proposer that reads the target's hidden states needs a target with full attention "
                              "in every layer (sliding-window targets are not supported)")
@@ -80,19 +90,25 @@ class RaggedCache:
         positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
         mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
         extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
+        # One new token per row (a draft's step): a 4D mask, which transformers never reads back from the device.
+        attention_mask = hf_compat.one_query_mask(self.model, mask) if tokens.shape[1] == 1 and self._plain_masks \
+            else mask
         with few_rows_layout(self._output_layer):  # a CPU output layer over a few rows: W @ h^T, 2-3x faster
             out = hf_compat.forward_with_cache(
-                self.model, self.cache, input_ids=tokens, attention_mask=mask, position_ids=positions,
+                self.model, self.cache, input_ids=tokens, attention_mask=attention_mask, position_ids=positions,
                 use_cache=True, **extra, **inputs,
             )
         self.mask = mask
         self.num_valid = self.num_valid + valid.sum(dim=1)
         self.holes_may_have_grown |= tokens.shape[1] > 1
+        # Holes may have grown: compaction will want the longest row, asked now so that it comes with the step's read.
+        self._longest = self.readout.ask(self.num_valid.max()) if tokens.shape[1] > 1 else None
         return out
 
     def forward_outputs(self, tokens: torch.Tensor, valid: torch.Tensor, **inputs):
         """Append ``tokens  # [b, n]`` (``valid  # [b, n]``) with further model inputs (a draft head's features)
         and return the model's whole output, every position's logits included (full-attention models only)."""
+        self._settle()
         return self._append(tokens, valid.to(torch.int64), 0, **inputs)
 
     def _forward_valid_first(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
@@ -116,6 +132,7 @@ class RaggedCache:
         n = keep.shape[1]
         if n == 0:
             return
+        self._settle()
         self.holes_may_have_grown = True
         if self.contiguous:  # slots may have moved since they were fed: drop each row's last valid ones
             dropped = (self.fed[:, -n:] * (~keep).to(torch.int64)).sum(dim=1)  # [b]
@@ -129,6 +146,7 @@ class RaggedCache:
     def keep_first(self, counts: torch.Tensor) -> None:
         """Keep only the first ``counts  # [b]`` valid slots of each row (later ones become holes), then crop the
         slots that are holes in every row at the right end. A row then continues from its ``counts[r]``-th token."""
+        self._settle()
         self.holes_may_have_grown = True
         self.mask = self.mask * (self.mask.cumsum(dim=1) <= counts[:, None]).to(torch.int64)
         if self.contiguous:  # the fed tokens dropped are each row's last ones
@@ -138,9 +156,24 @@ class RaggedCache:
         self._crop_shared_holes(self.mask.shape[1])
 
     def _crop_shared_holes(self, n: int) -> None:
-        """Crop, among the last ``n`` slots, those at the right end that are holes in every row."""
+        """Crop, among the last ``n`` slots, those at the right end that are holes in every row: asked of the
+        readout now, done when the cache is next used (a sliding-window model's, at once)."""
+        if n == 0:
+            self._compact_if_not_contiguous()
+            return
         column_used = self.mask[:, self.mask.shape[1] - n :].any(dim=0)  # [n]
-        used = int(column_used.nonzero().max()) + 1 if bool(column_used.any()) else 0
+        used = (column_used * torch.arange(1, n + 1, device=column_used.device)).max()  # last used column, 1-based
+        longest = self.num_valid.max() if self.num_valid.numel() else used.new_zeros(())
+        self._crop = (self.readout.ask(torch.stack([used, longest])), n)
+        if self.contiguous:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Do the crop :meth:`_crop_shared_holes` asked for (its values read by now, or read here)."""
+        if self._crop is None:
+            return
+        (used, self._longest), n = self._crop[0].value, self._crop[1]
+        self._crop = None
         if used < n:
             hf_compat.crop_cache(self.cache, n - used)
             self.mask = self.mask[:, : self.mask.shape[1] - (n - used)]
@@ -153,15 +186,26 @@ class RaggedCache:
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only ``rows  # [b']`` of the batch (finished rows leave the batch)."""
+        self._settle()
         hf_compat.select_cache_rows(self.cache, rows)
         self.holes_may_have_grown = True
+        self._longest = None
         self.fed = self.fed[rows]
         self.mask = self.mask[rows]
         self.num_valid = self.num_valid[rows]
 
     def holes(self) -> int:
         """Slots that compaction would free: ``T`` minus the longest row's valid count."""
-        return self.mask.shape[1] - int(self.num_valid.max()) if self.mask.shape[0] else 0
+        self._settle()
+        return self.mask.shape[1] - self.longest() if self.mask.shape[0] else 0
+
+    def longest(self) -> int:
+        """The most valid slots of any row (read from the device only when the last rollback did not tell)."""
+        if self._longest is None:
+            self._longest = int(self.num_valid.max())
+        elif isinstance(self._longest, Deferred):
+            self._longest = self._longest.value[0]
+        return self._longest
 
     def compact_if_holes_exceed(self, threshold: float) -> None:
         """:meth:`compact` when the holes compaction would free exceed ``threshold`` of the slots."""
@@ -173,7 +217,8 @@ class RaggedCache:
 
     def compact(self) -> None:
         """Move every row's valid slots, in order, to the right end; what is left of them becomes left padding."""
-        width = int(self.num_valid.max())
+        self._settle()
+        width = self.longest()
         # A stable sort of the 0/1 mask puts holes first and keeps valid slots in order.
         order = torch.sort(self.mask, dim=1, stable=True).indices[:, self.mask.shape[1] - width :]  # [b, width]
         self.mask = self.mask.gather(1, order)

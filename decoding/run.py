@@ -10,13 +10,17 @@ import torch
 
 from . import hf_compat
 from .processing import LogitsProcessing, Stopping, max_length
+from .readout import Deferred, Readout
 from .sampler import make_sampler
 from .sequences import Sequences
 
 
 @dataclass
 class Run:
-    """One call's state. ``rows  # [b]`` are the original batch indices of the rows still generating."""
+    """One call's state. ``rows  # [b]`` are the original batch indices of the rows still generating.
+
+    ``readout`` batches the host reads of a step: what the step asks of the device is read in one transfer when
+    :meth:`drop_finished` needs the finished rows (see :mod:`decoding.readout`)."""
 
     model: Any
     sequences: Sequences
@@ -28,16 +32,24 @@ class Run:
     keep_scores: bool
     keep_logits: bool
     stats: Any
+    readout: Readout
     rows: torch.Tensor = field(init=False)  # [b]
     scores: list = field(default_factory=list)  # (rows [b], counts [b], scores [b, n, V]) per step
     logits: list = field(default_factory=list)
 
     def __post_init__(self):
         self.rows = torch.arange(self.prompt_mask.shape[0], device=self.prompt_mask.device)
+        # The active rows' lengths on the host, or as asked at the last commit.
+        self._lengths: list[int] | Deferred = [self.sequences.prompt_length] * self.prompt_mask.shape[0]
 
     def remaining(self) -> int:
-        """Most tokens any active row may still emit."""
-        return int((self.sequences.max_length - self.sequences.lengths[self.rows]).max())
+        """Most tokens any active row may still emit (known on the host since the last step's read)."""
+        return self.sequences.max_length - min(self._row_lengths())
+
+    def _row_lengths(self) -> list[int]:
+        if isinstance(self._lengths, Deferred):
+            self._lengths = self._lengths.value
+        return self._lengths
 
     def commit(self, output_ids: torch.Tensor, scores=None, logits=None) -> torch.Tensor:
         """Emit ``output_ids  # [b, n]`` (-1 padded), apply stopping, stream; returns ``finished  # [b]``."""
@@ -50,6 +62,7 @@ class Run:
         if self.streamer is not None:
             self._stream(kept)
         self.sequences.commit(self.rows, kept, output_ids.shape[1])
+        self._lengths = self.readout.ask(self.sequences.lengths[self.rows])
         return finished
 
     def _stream(self, kept: torch.Tensor) -> None:
@@ -63,9 +76,16 @@ class Run:
         step[self.rows] = torch.where(columns < ends, new, pad)
         self.streamer.put(step.cpu())
 
-    def drop_finished(self, finished: torch.Tensor) -> torch.Tensor:
-        """Remove finished rows; returns ``survivors  # [b']``, the positions of the others in the old batch."""
-        survivors = (~finished).nonzero().squeeze(1)
+    def drop_finished(self, finished: torch.Tensor) -> torch.Tensor | None:
+        """Remove finished rows (``finished  # [b]``); returns ``survivors  # [b']``, the positions of the others
+        in the old batch, or None when no row finished. This reads the step's asks from the device, in one go."""
+        done = self.readout.ask(finished).value
+        lengths = self._row_lengths()
+        if not any(done):
+            return None
+        kept = [i for i, d in enumerate(done) if not d]
+        self._lengths = [lengths[i] for i in kept]
+        survivors = torch.tensor(kept, dtype=torch.int64).to(self.rows.device)
         self.rows = self.rows[survivors]
         return survivors
 
@@ -77,7 +97,9 @@ def new_run(model, input_ids, attention_mask, processors, criteria, config, stre
     cascade's rule, whose mixture of both laws drafts are judged by (None: the target's law)."""
     pad = hf_compat.pad_token_tensor(config)
     criteria = criteria or []
-    sequences = Sequences(input_ids, max_length(criteria, config.max_length), slack, int(pad) if pad is not None else 0)
+    readout = Readout()
+    sequences = Sequences(input_ids, max_length(criteria, config.max_length), slack, int(pad) if pad is not None else 0,
+                          readout)
     keep_scores = bool(config.return_dict_in_generate and config.output_scores)
     processing = LogitsProcessing(processors or [], input_ids.shape[0])
     return Run(
@@ -92,4 +114,5 @@ def new_run(model, input_ids, attention_mask, processors, criteria, config, stre
         keep_scores=keep_scores,
         keep_logits=bool(config.return_dict_in_generate and config.output_logits),
         stats=stats,
+        readout=readout,
     )

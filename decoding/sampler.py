@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 
 from .kernels import ops as kernels
-from .kernels.reference import check_samplable
+from .kernels.reference import unsamplable, unsamplable_error
 from .processing import LogitsProcessing
+from .readout import Readout
 from .sequences import Sequences
 from .vocab import to_vocab
 
@@ -39,12 +40,24 @@ def make_sampler(processing: LogitsProcessing, sequences: Sequences, do_sample: 
     fused = warpers is not None and not keep_scores and kernels.fused_route(device)
     token_rule = verification == "token" and cascade is None
     if fused and token_rule and (do_sample or warpers == (1.0, 0, 1.0)):
-        return FusedSampler(*warpers, do_sample=do_sample)
+        return FusedSampler(*warpers, do_sample=do_sample, readout=sequences.readout)
     return ProcessorSampler(processing, sequences, do_sample, verification, cascade)
 
 
 def _uniforms(like: torch.Tensor, *shape: int) -> torch.Tensor:
     return torch.rand(*shape, device=like.device)
+
+
+def _check_later(readout: Readout, scores: torch.Tensor) -> None:
+    """Ask ``readout`` whether some row of ``scores  # [..., V]`` cannot be sampled; ``ValueError`` when it is read
+    (with the step's other asks: checking costs no host read of its own)."""
+    bad = unsamplable(scores)
+    rows = bad.numel()
+
+    def raise_if_bad(value):
+        if value[0]:
+            raise unsamplable_error(value[0], rows)
+    readout.ask(bad.sum(), then=raise_if_bad)
 
 
 def _plain_step(picked: tuple) -> tuple:
@@ -65,6 +78,10 @@ class ProcessorSampler:
         # when greedy too.
         self.cascade = cascade
 
+    def _probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        _check_later(self.sequences.readout, scores)
+        return kernels.probabilities(scores, check=False)
+
     def _scores(self, rows: torch.Tensor, logits: torch.Tensor, offset: int) -> torch.Tensor:
         """Processed ``# [b, n, V]`` scores of ``logits  # [b, n, V]``; position ``i`` sees view ``offset + i``."""
         return self.processing(self.sequences, rows, logits, offset)
@@ -72,8 +89,8 @@ class ProcessorSampler:
     def draft(self, rows, logits, offset):
         scores = self._scores(rows, logits[:, None], offset)[:, 0]  # [b, V]
         if not self.do_sample:
-            return kernels.greedy(scores), (kernels.probabilities(scores) if self.cascade else None)
-        q = kernels.probabilities(scores)
+            return kernels.greedy(scores), (self._probabilities(scores) if self.cascade else None)
+        q = self._probabilities(scores)
         return kernels.sample(q, _uniforms(q, q.shape[0])), q
 
     def verify(self, rows, logits, draft_ids, draft_probs):
@@ -84,13 +101,13 @@ class ProcessorSampler:
         if draft_probs is None:  # g == 0
             draft_probs = scores.new_zeros(b, 0, vocab)
         if self.cascade is not None:  # the law to verify against: the rule's mixture of both
-            probs = self.cascade.law(kernels.probabilities(scores), draft_probs, draft_ids)
+            probs = self.cascade.law(self._probabilities(scores), draft_probs, draft_ids)
             if not self.do_sample:
                 return (*kernels.verify_greedy(probs, draft_ids), scores)
         elif not self.do_sample:
             return (*kernels.verify_greedy(scores, draft_ids), scores)
         else:
-            probs = kernels.probabilities(scores)
+            probs = self._probabilities(scores)
         accept_u, sample_u = _uniforms(scores, b, g), _uniforms(scores, b)
         return (*self.rule(probs, draft_probs, draft_ids, accept_u, sample_u), scores)
 
@@ -98,7 +115,7 @@ class ProcessorSampler:
         scores = self._scores(rows, logits[:, None], 0)[:, 0]  # [b, V]
         if not self.do_sample:
             return kernels.greedy(scores), scores
-        return kernels.sample(kernels.probabilities(scores), _uniforms(scores, scores.shape[0])), scores
+        return kernels.sample(self._probabilities(scores), _uniforms(scores, scores.shape[0])), scores
 
     def pick_contrastive(self, rows, expert, amateur, contrast, vocab):
         """``expert``, ``amateur  # [b, shared]`` raw logits over the ids both models have; ``vocab`` ids in all."""
@@ -109,8 +126,10 @@ class FusedSampler:
     """Raw logits into the fused kernels, processed there by (temperature, top_k, top_p); nothing processed is
     materialised, so there are no scores to return."""
 
-    def __init__(self, temperature: float, top_k: int, top_p: float, *, do_sample: bool):
+    def __init__(self, temperature: float, top_k: int, top_p: float, *, do_sample: bool,
+                 readout: Readout | None = None):
         self.temperature, self.top_k, self.top_p, self.do_sample = temperature, top_k, top_p, do_sample
+        self.readout = readout if readout is not None else Readout()
 
     def _processing(self) -> dict:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
@@ -118,7 +137,7 @@ class FusedSampler:
     def draft(self, rows, logits, offset):
         if not self.do_sample:
             return kernels.greedy(logits), None
-        check_samplable(logits)
+        _check_later(self.readout, logits)
         return kernels.sample_logits(logits, _uniforms(logits, logits.shape[0]), **self._processing())
 
     def verify(self, rows, logits, draft_ids, draft_probs):
@@ -126,7 +145,7 @@ class FusedSampler:
             return _plain_step(self.pick(rows, logits[:, 0]))
         if not self.do_sample:
             return (*kernels.verify(logits, draft_ids), None)
-        check_samplable(logits)
+        _check_later(self.readout, logits)
         (b, g), vocab = draft_ids.shape, logits.shape[-1]
         if draft_probs is None:  # g == 0
             draft_probs = logits.new_zeros(b, 0, vocab, dtype=torch.float32)
@@ -136,7 +155,7 @@ class FusedSampler:
     def pick(self, rows, logits):
         if not self.do_sample:
             return kernels.greedy(logits), None
-        check_samplable(logits)
+        _check_later(self.readout, logits)
         ids, _ = kernels.sample_logits(logits, _uniforms(logits, logits.shape[0]), return_probs=False,
                                        **self._processing())
         return ids, None
@@ -144,7 +163,7 @@ class FusedSampler:
     def pick_contrastive(self, rows, expert, amateur, contrast, vocab):
         uniforms = None
         if self.do_sample:
-            check_samplable(expert)
-            check_samplable(amateur)
+            _check_later(self.readout, expert)
+            _check_later(self.readout, amateur)
             uniforms = _uniforms(expert, expert.shape[0])
         return kernels.contrastive_choose(expert, amateur, uniforms, **contrast.settings(), **self._processing()), None

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from .readout import Readout
+
 
 # Columns the buffer starts with beyond the prompt; it doubles as rows grow (a huge max_new_tokens that an EOS
 # cuts short allocates nothing up front).
@@ -26,7 +28,8 @@ class Sequences:
     ``rows  # [b]`` always names the active rows (original batch indices) an operation applies to.
     """
 
-    def __init__(self, prompt: torch.Tensor, max_length: int, slack: int, pad_token_id: int):
+    def __init__(self, prompt: torch.Tensor, max_length: int, slack: int, pad_token_id: int,
+                 readout: Readout | None = None):
         batch, prompt_length = prompt.shape
         self.prompt_length = prompt_length
         self.max_length = max_length
@@ -35,7 +38,18 @@ class Sequences:
         self.tokens = prompt.new_full((batch, min(prompt_length + INITIAL_ROOM + slack, self.capacity)), pad_token_id)
         self.tokens[:, :prompt_length] = prompt
         self.lengths = torch.full((batch,), prompt_length, dtype=torch.int64, device=prompt.device)
-        self.longest = prompt_length  # max(lengths), kept on the host
+        self.readout = readout if readout is not None else Readout()
+        self._longest = prompt_length  # max(lengths) on the host, as of the last read
+        self._bound = prompt_length  # max(lengths) or more: what writes reserve room for, known without a read
+        self._grown = None  # the max of the rows a commit advanced, asked of the readout
+
+    @property
+    def longest(self) -> int:
+        """``max(lengths)``: the longest row, prompt included (read with the step's asks)."""
+        if self._grown is not None:
+            self._longest = max(self._longest, self._grown.value[0])
+            self._bound, self._grown = self._longest, None
+        return self._longest
 
     def _reserve(self, columns: int) -> None:
         """Make the buffer at least ``columns`` wide (doubling, capped at the capacity)."""
@@ -56,7 +70,7 @@ class Sequences:
 
     def write(self, rows: torch.Tensor, offset: int, ids: torch.Tensor) -> None:
         """Write ``ids  # [b, n]`` at columns ``lengths + offset ...`` of each row (ids < 0 are skipped)."""
-        self._reserve(self.longest + offset + ids.shape[1])
+        self._reserve(self._bound + offset + ids.shape[1])
         columns = self.columns(rows, ids.shape[1], offset)  # [b, n]
         current = self.tokens[rows[:, None], columns]
         self.tokens[rows[:, None], columns] = torch.where(ids >= 0, ids, current)
@@ -70,7 +84,8 @@ class Sequences:
             current = self.tokens[rows[:, None], columns]
             self.tokens[rows[:, None], columns] = torch.where(keep, current, self.pad_token_id)
         self.lengths[rows] += counts
-        self.longest = int(self.lengths.max())
+        self._grown = self.readout.ask(self.lengths[rows].max())
+        self._bound += written
 
     def views(self, rows: torch.Tensor, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(members, input_ids)`` per group of rows with equal view length at ``offset``.

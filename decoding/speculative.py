@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .adaptive import AdaptiveLength, AdaptiveMemory, FixedLength, StepFacts
+from .adaptive import AdaptiveLength, AdaptiveMemory, FixedLength, StepFacts, Stopwatch
 from .proposers import CrossTokenizerDraft, DraftModel, FeatureDraft, Proposal, Proposer, TargetFeatures
 from .proposers.eagle_head import Eagle3Head
 from .proposers.cross_tokenizer import MODES as CROSS_TOKENIZER_MODES
@@ -41,13 +41,16 @@ class SpeculativeDecoding(Strategy):
         verification: ``"token"`` (Leviathan et al.'s token-by-token rule) or ``"block"`` (Sun et al.'s block
             verification: the same output law, never fewer accepted tokens in expectation; sampling only, greedy is
             unchanged; the fused kernels implement the token rule, so block verification runs the processors' path).
+        profile: time each call's phases into ``stats.seconds`` (``draft``, ``target``, ``verify``, ``other``).
+            On CUDA every phase boundary synchronizes: a profiled call is slower, for measuring only.
     """
 
     draft_role = "draft"
     cross_tokenizer_drafts = True  # whether a draft with another tokenizer is supported (subclasses may not)
 
     def __init__(self, draft, num_draft_tokens: int | str = 4, *, tokenizers=None, compact_threshold: float = 0.25,
-                 max_draft_tokens: int = 8, verification: str = "token", cross_tokenizer: str = "auto"):
+                 max_draft_tokens: int = 8, verification: str = "token", cross_tokenizer: str = "auto",
+                 profile: bool = False):
         if cross_tokenizer not in CROSS_TOKENIZER_MODES:
             raise ValueError(f"cross_tokenizer must be one of {CROSS_TOKENIZER_MODES}, got {cross_tokenizer!r}")
         self.cross_tokenizer = cross_tokenizer
@@ -58,6 +61,7 @@ class SpeculativeDecoding(Strategy):
         if verification not in ("token", "block"):
             raise ValueError(f"verification must be 'token' or 'block', got {verification!r}")
         self.verification = verification
+        self.profile = bool(profile)
         self.max_draft_tokens = max_draft_tokens
         if isinstance(compact_threshold, bool) or not isinstance(compact_threshold, (int, float)) \
                 or not compact_threshold >= 0:  # inf: never compact
@@ -111,10 +115,12 @@ class SpeculativeDecoding(Strategy):
 
     def decode(self, run: Run) -> None:
         """Propose, verify in one target pass, commit, roll both back; until every row has finished."""
-        target = RaggedCache(run.model, run.prompt_mask.shape[0], run.prompt_mask.device)
+        target = RaggedCache(run.model, run.prompt_mask.shape[0], run.prompt_mask.device, run.readout)
         drafter = self.proposer.start(run)
         length = self.length_policy(run)
-        watch = length.stopwatch()  # the step's phases, timed for the length policy
+        watch = length.stopwatch()  # the step's phases, timed for the length policy (and when profiling)
+        if self.profile and not isinstance(watch, Stopwatch):
+            watch = Stopwatch(run.prompt_mask.device)
         feed = (run.sequences.tokens[:, : run.sequences.prompt_length], run.prompt_mask)  # the prompt first
         while True:
             with watch.phase("draft"):
@@ -128,8 +134,9 @@ class SpeculativeDecoding(Strategy):
                     torch.cat([feed[1], proposed.to(torch.int64)], dim=1))
             with watch.phase("target"):  # logits [b, g+1, V]; features [b, n, F] when the drafter reads them
                 logits, features = target.forward_with_features(tokens, valid, g + 1, drafter.target_layers)
-            output_ids, num_accepted, scores = run.sampler.verify(
-                run.rows, self.target_scores(logits, drafts), drafts.ids, drafts.probs)  # [b, g+1], [b]
+            with watch.phase("verify"):
+                output_ids, num_accepted, scores = run.sampler.verify(
+                    run.rows, self.target_scores(logits, drafts), drafts.ids, drafts.probs)  # [b, g+1], [b]
             length.observe(StepFacts(proposal, num_accepted, new_tokens=g + 1 if feed[0].shape[1] == 1 else 0,
                                      rows=run.rows, draft_seconds=watch.seconds.get("draft", 0.0),
                                      target_seconds=watch.seconds.get("target", 0.0), rest_seconds=watch.rest))
@@ -138,10 +145,12 @@ class SpeculativeDecoding(Strategy):
             if g:
                 target.keep_last(torch.arange(g, device=num_accepted.device) < num_accepted[:, None])
             drafter.accept(num_accepted, None if features is None else TargetFeatures(features, valid, g))
-            survivors = run.drop_finished(finished)
-            if survivors.numel() == 0:
-                return
-            if survivors.numel() < finished.numel():
+            survivors = run.drop_finished(finished)  # the step's one host read
+            if survivors is not None:
+                if survivors.numel() == 0:
+                    if self.profile:
+                        run.stats.seconds = watch.split()
+                    return
                 target.select_rows(survivors)
                 drafter.select_rows(survivors)
             target.compact_if_holes_exceed(self.compact_threshold)

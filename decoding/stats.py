@@ -19,6 +19,9 @@ class AcceptanceStats:
     - ``mean_accepted_length``: the mean number of tokens a row emits per verification step, counting the
       recovered or bonus token (1.0 for plain decoding): vLLM's and Spec-Bench's tau.
     - ``per_position_acceptance[i]``: fraction of row-steps that accepted draft position ``i``.
+
+    During a call the counts of each step stay on the device (:meth:`record`); :meth:`settle`, at the end of the
+    call, reads them in one transfer per draft length used.
     """
 
     steps: int = 0
@@ -27,6 +30,8 @@ class AcceptanceStats:
     rejected: int = 0  # row-steps that rejected one of their drafts
     position_steps: list = field(default_factory=list)  # row-steps that drafted position i
     position_accepted: list = field(default_factory=list)  # row-steps that accepted position i
+    seconds: dict = field(default_factory=dict)  # per phase, when the strategy profiles (``profile=True``)
+    _pending: dict = field(default_factory=dict, repr=False, compare=False)  # g -> summed counts [2g + 1], on device
 
     @property
     def acceptance_rate(self) -> float:
@@ -46,17 +51,27 @@ class AcceptanceStats:
         return [a / s if s else 0.0 for a, s in zip(self.position_accepted, self.position_steps)]
 
     def record(self, num_accepted: torch.Tensor, proposed: torch.Tensor, g: int) -> None:
-        """Count one step of the active rows: ``num_accepted  # [b]`` of ``proposed  # [b]`` drafts (at most ``g``)."""
+        """Count one step of the active rows: ``num_accepted  # [b]`` of ``proposed  # [b]`` drafts (at most ``g``);
+        the counts stay on the device until :meth:`settle`."""
         self.steps += num_accepted.shape[0]
-        if g == 0:  # a plain step: nothing drafted, nothing to read back
+        if g == 0:  # a plain step: nothing drafted
             return
-        grow = max(g - len(self.position_steps), 0)
-        self.position_steps += [0] * grow
-        self.position_accepted += [0] * grow
         positions = torch.arange(g, device=num_accepted.device)
         counts = torch.cat([(proposed[:, None] > positions).sum(dim=0),  # [g] row-steps that drafted position i
                             (num_accepted[:, None] > positions).sum(dim=0),  # [g] ... that accepted it
-                            (num_accepted < proposed).sum().reshape(1)]).tolist()  # one transfer
+                            (num_accepted < proposed).sum().reshape(1)])  # [1] ... that rejected a draft
+        self._pending[g] = counts if g not in self._pending else self._pending[g] + counts
+
+    def settle(self) -> None:
+        """Add the counts kept on the device into the totals (one read per draft length used)."""
+        pending, self._pending = self._pending, {}
+        for g, counts in sorted(pending.items()):
+            self._add(g, counts.tolist())
+
+    def _add(self, g: int, counts: list[int]) -> None:
+        grow = max(g - len(self.position_steps), 0)
+        self.position_steps += [0] * grow
+        self.position_accepted += [0] * grow
         for i in range(g):
             self.position_steps[i] += counts[i]
             self.position_accepted[i] += counts[g + i]
@@ -72,6 +87,9 @@ class MixingStats:
 
     steps: int = 0
     forwards: dict = field(default_factory=dict)
+
+    def settle(self) -> None:
+        """Nothing is kept on the device."""
 
     def count_forward(self, role: str) -> None:
         self.forwards[role] = self.forwards.get(role, 0) + 1

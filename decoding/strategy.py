@@ -72,6 +72,7 @@ class Strategy:
                       streamer, slack=self.draft_length() + 1, stats=self.new_stats(), verification=self.verification,
                       cascade=self.cascade)
         self.decode(run)
+        run.stats.settle()  # statistics kept on the device during the call: read once, here
         self.stats = run.stats
         if streamer is not None:
             streamer.end()

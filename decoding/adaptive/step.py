@@ -39,15 +39,23 @@ class StepFacts:
 
 
 class Stopwatch:
-    """Seconds of a step's phases, ``"draft"`` and ``"target"``, and of the rest between the end of one step's
-    target phase and the start of the next step's draft phase. On CUDA it synchronizes before every reading, so that
-    a phase is charged for its own kernels."""
+    """Seconds of a step's phases, ``"draft"``, ``"target"`` and ``"verify"``, and of the rest between the end of
+    one step's target phase and the start of the next step's draft phase; ``totals`` sums each phase over the call.
+    On CUDA it synchronizes before every reading, so that a phase is charged for its own kernels."""
 
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self.seconds: dict[str, float] = {}
         self.rest: float | None = None
+        self.totals: dict[str, float] = {}
         self._target_ended: float | None = None
+        self._started = self.now()
+
+    def split(self) -> dict[str, float]:
+        """Seconds of the call so far per phase, and ``"other"``: the rest of its time (commit, stopping, cache
+        rollback and compaction, statistics)."""
+        total = self.now() - self._started
+        return {**self.totals, "other": max(total - sum(self.totals.values()), 0.0)}
 
     def now(self) -> float:
         if self.device.type == "cuda":
@@ -63,6 +71,7 @@ class Stopwatch:
         yield
         ended = self.now()
         self.seconds[name] = ended - started
+        self.totals[name] = self.totals.get(name, 0.0) + ended - started
         if name == "target":
             self._target_ended = ended
 

@@ -27,6 +27,7 @@ class Proposal:
     probs: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     confidence: torch.Tensor | None = None
+    full: bool = False  # known on the host: every row proposed every position (trimming reads nothing then)
 
     def lengths(self) -> torch.Tensor:
         """Tokens each row proposes ``# [b]``."""
@@ -35,6 +36,8 @@ class Proposal:
     def trimmed(self) -> Proposal:
         """Without the trailing positions no row proposes: the target verifies only what some row proposed (a row
         with nothing to propose, e.g. no n-gram match, makes a plain target step at batch size 1)."""
+        if self.full:
+            return self
         g = int(self.lengths().max()) if self.ids.numel() else 0
         if g == self.ids.shape[1]:
             return self
@@ -67,6 +70,7 @@ class PositionGate:
         self.length, self.rows = length, rows  # rows [b]: the batch's original rows
         self.proposing = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)  # [b]
         self.reach = torch.ones(rows.numel(), device=rows.device)  # [b]
+        self.everyone = True  # known on the host: no row has stopped (a fixed length stops none)
 
     def admit(self, position: int, confidence: torch.Tensor, can_propose: torch.Tensor | None = None) -> torch.Tensor:
         """The rows ``# [b]`` that propose drafted position ``position`` (1-based), whose drafts have confidence
@@ -75,11 +79,14 @@ class PositionGate:
         candidates = self.proposing if can_propose is None else self.proposing & can_propose
         keep = self.length.proposes(position, self.reach * candidates)
         self.proposing = candidates if keep is None else candidates & keep
+        self.everyone &= can_propose is None and keep is None
         return self.proposing
 
     def goes_on(self, position: int) -> bool:
-        """Whether drafting position ``position + 1`` pays for some row (a host read: one per drafted position)."""
-        return bool(self.proposing.any()) and self.length.drafts_next(position, self.reach * self.proposing)
+        """Whether drafting position ``position + 1`` pays for some row (a host read per drafted position, unless
+        every row still proposes)."""
+        return (self.everyone or bool(self.proposing.any())) \
+            and self.length.drafts_next(position, self.reach * self.proposing)
 
 
 class DraftSteps:
@@ -114,7 +121,7 @@ class DraftSteps:
             b, device = self.run.rows.numel(), self.run.rows.device
             return Proposal(ids=torch.empty(b, 0, dtype=torch.int64, device=device), probs=None, **extra)
         return Proposal(ids=torch.stack(self.ids, dim=1), probs=torch.stack(self.probs, dim=1) if self.probs else None,
-                        confidence=torch.stack(self.confidence, dim=1), **extra)
+                        confidence=torch.stack(self.confidence, dim=1), full=self.gate.everyone, **extra)
 
 
 class Drafter:

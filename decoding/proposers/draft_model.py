@@ -44,8 +44,9 @@ class DraftModelDrafter(Drafter):
     def __init__(self, model, run, *, score_bonus: bool = False):
         batch, device = run.prompt_mask.shape[0], run.prompt_mask.device
         self.model, self.score_bonus = model, score_bonus
-        self.cache = RaggedCache(model, batch, device)
+        self.cache = RaggedCache(model, batch, device, run.readout)
         self.unread = torch.full((batch,), run.sequences.prompt_length, dtype=torch.int64, device=device)
+        self.width = None  # max(unread), asked of the step's readout (None: read it when needed)
         self.pads = (1 - run.prompt_mask).sum(dim=1)  # [B] left padding of every row, by original row
         self.forwards = 0  # draft forwards of the current step
 
@@ -73,17 +74,19 @@ class DraftModelDrafter(Drafter):
         """Roll the cache back to the accepted drafts (``num_accepted  # [b]``) and count what is left unread."""
         if self.forwards == 0:  # a plain target step: its token joins the unread ones
             self.unread = self.unread + num_accepted + 1
+            self.width = None
             return
         drafts_read = self.forwards - 1  # drafts fed back into the cache this step
         self.cache.keep_last(torch.arange(drafts_read, device=num_accepted.device) < num_accepted[:, None])
         # Emitted: the accepted drafts and one recovered or bonus token; the accepted drafts it read are not unread.
-        newly_unread = num_accepted + 1 - num_accepted.clamp_max(drafts_read)
-        self.unread = newly_unread
+        self.unread = num_accepted + 1 - num_accepted.clamp_max(drafts_read)
+        self.width = self.cache.readout.ask(self.unread.max())
 
     def select_rows(self, survivors: torch.Tensor) -> None:
         """Keep the rows ``survivors  # [b']`` (positions in the current batch)."""
         self.cache.select_rows(survivors)
         self.unread = self.unread[survivors]
+        self.width = None
 
     def prepare(self, run, compact_threshold: float) -> None:
         """Before the next step: compact the cache if it has too many holes."""
@@ -94,7 +97,7 @@ class DraftModelDrafter(Drafter):
         left padding invalid while the prompt is unread). The target may emit ids of its embedding padding that a
         smaller draft has no row for: the draft reads its last id there instead (any id keeps speculative decoding
         exact: verification is the target's)."""
-        width = int(self.unread.max())
+        width = self.width.value[0] if self.width is not None else int(self.unread.max())
         first = width - self.unread  # [b]: each row's first unread column
         if self.cache.mask.shape[1] == 0:  # nothing read yet: the window starts with the padded prompt
             first = first + self.pads[run.rows]

@@ -140,6 +140,7 @@ class Eagle3Head(PreTrainedModel):
 
     config_class = LlamaConfig
     base_model_prefix = "eagle3"
+    reads_2d_mask = True  # its forward builds its own mask from the 2D one (no transformers masking)
 
     def __init__(self, config: LlamaConfig):
         super().__init__(config)

@@ -68,10 +68,11 @@ class FeatureDrafter(Drafter):
         batch, device = run.prompt_mask.shape[0], run.prompt_mask.device
         self.head, self.target_layers = head, layers
         self.embed = head.embed_tokens if head.embed_tokens is not None else run.model.get_input_embeddings()
-        self.cache = RaggedCache(head, batch, device)
+        self.cache = RaggedCache(head, batch, device, run.readout)
         self.target_ids = head.target_ids()  # [V_draft]
         self.features = None  # [b, n, F]: the last target forward's features, not yet read
         self.kept = None  # [b, n] bool: the columns of those the rows committed
+        self.width = None  # max pairs per row to read, asked of the step's readout
         self.next = None  # (logits [b, V_draft], hidden [b, H]) after the last committed token
         self.spoken = 0  # positions the head cached from its own states this step (dropped before reading)
 
@@ -83,11 +84,13 @@ class FeatureDrafter(Drafter):
         columns = torch.arange(features.valid.shape[1], device=num_accepted.device)
         committed = features.valid.shape[1] - features.drafted + num_accepted  # [b]
         self.features, self.kept = features.values, features.valid.bool() & (columns < committed[:, None])
+        self.width = self.cache.readout.ask(self.kept.sum(dim=1).max())
 
     def select_rows(self, survivors: torch.Tensor) -> None:
         self.cache.select_rows(survivors)
         if self.features is not None:
             self.features, self.kept = self.features[survivors], self.kept[survivors]
+            self.width = self.cache.readout.ask(self.kept.sum(dim=1).max())
 
     def prepare(self, run, compact_threshold: float) -> None:
         self.cache.compact_if_holes_exceed(compact_threshold)
@@ -96,7 +99,7 @@ class FeatureDrafter(Drafter):
         """Read the pairs the last step committed, right-aligned: ``(feature of column c, the committed token after
         it)``; the output at the last one is :attr:`next`."""
         counts = self.kept.sum(dim=1)  # [b] pairs per row (>= 1: a step commits a token per row)
-        width = int(counts.max())
+        width = self.width.value[0]
         first = self.kept.to(torch.int8).argmax(dim=1)  # [b] each row's first kept column (they are contiguous)
         slots = torch.arange(width, device=counts.device)  # [width]
         valid = slots >= (width - counts)[:, None]  # [b, width]

@@ -2,8 +2,9 @@
 
 A host read is an operation whose result the CPU must wait for: ``aten._local_scalar_dense`` (``.item()``,
 ``int(t)``, ``bool(t)``), ``aten.nonzero``, ``aten.masked_select`` and indexing with a boolean mask (a shape that
-depends on data). On a GPU each drains the launch queue; on a CPU they cost little, so their count is the measure to
-drive down here. Not seen: ``.tolist()`` on a CPU tensor (it dispatches no operation).
+depends on data), and ``Tensor.tolist()`` / ``Tensor.numpy()`` (which dispatch no operation on a CPU: the counter
+wraps them while it is active). On a GPU each drains the launch queue; on a CPU they cost little, so their count is
+the measure to drive down here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,25 @@ class OpCounter(TorchDispatchMode):
         super().__init__()
         self.ops = 0
         self.reads: Counter = Counter()
+        self._unwrapped: dict = {}
+
+    def __enter__(self):
+        for name in ("tolist", "numpy"):
+            self._unwrapped[name] = original = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, self._counting(name, original))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, original in self._unwrapped.items():
+            setattr(torch.Tensor, name, original)
+        self._unwrapped = {}
+        return super().__exit__(*exc)
+
+    def _counting(self, name, original):
+        def read(tensor, *args, **kwargs):
+            self.reads[name] += 1
+            return original(tensor, *args, **kwargs)
+        return read
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1

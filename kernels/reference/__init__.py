@@ -42,7 +42,7 @@ from .fused import (
     scaled_scores,
     verify,
 )
-from .sampling import check_samplable, compute_dtype, greedy, probabilities, sample
+from .sampling import check_samplable, compute_dtype, greedy, probabilities, sample, unsamplable, unsamplable_error
 from .verification import verify_block, verify_greedy, verify_sampling
 
 __all__ = [
@@ -50,6 +50,8 @@ __all__ = [
     "check_processing",
     "check_rows",
     "check_samplable",
+    "unsamplable",
+    "unsamplable_error",
     "check_verify_args",
     "compute_dtype",
     "contrastive_choose",

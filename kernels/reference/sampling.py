@@ -31,20 +31,31 @@ def sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.minimum(ids, last_positive)
 
 
-def check_samplable(scores: torch.Tensor) -> None:
-    """Raise ``ValueError`` when a row of ``scores  # [..., V]`` has nothing to sample from: a NaN or +inf score,
+def unsamplable(scores: torch.Tensor) -> torch.Tensor:
+    """The rows ``# [...]`` bool of ``scores  # [..., V]`` that have nothing to sample from: a NaN or +inf score,
     or every score -inf (where transformers' own sampling raises too, rather than emit garbage)."""
-    bad = scores.isnan().any(dim=-1) | scores.isposinf().any(dim=-1) | scores.isneginf().all(dim=-1)
+    return scores.isnan().any(dim=-1) | scores.isposinf().any(dim=-1) | scores.isneginf().all(dim=-1)
+
+
+def unsamplable_error(bad: int, rows: int) -> ValueError:
+    """The error for ``bad`` of ``rows`` rows that cannot be sampled (:func:`unsamplable`)."""
+    return ValueError(
+        f"cannot sample: {bad} of {rows} rows have a NaN or +inf score, or no finite score at all. A logits "
+        "processor removed every token, a strategy parameter is not finite, or the model produced NaN (float16 "
+        "overflow?).")
+
+
+def check_samplable(scores: torch.Tensor) -> None:
+    """Raise ``ValueError`` when a row of ``scores  # [..., V]`` cannot be sampled (:func:`unsamplable`)."""
+    bad = unsamplable(scores)
     if bool(bad.any()):
-        raise ValueError(
-            f"cannot sample: {int(bad.sum())} of {bad.numel()} rows have a NaN or +inf score, or no finite score "
-            "at all. A logits processor removed every token, a strategy parameter is not finite, or the model "
-            "produced NaN (float16 overflow?)."
-        )
+        raise unsamplable_error(int(bad.sum()), bad.numel())
 
 
-def probabilities(scores: torch.Tensor) -> torch.Tensor:
+def probabilities(scores: torch.Tensor, check: bool = True) -> torch.Tensor:
     """Softmax in float32 (or float64 if given), as transformers' own sampling does. ``# [..., V]``; raises
-    ``ValueError`` for rows that cannot be sampled (:func:`check_samplable`)."""
-    check_samplable(scores)
+    ``ValueError`` for rows that cannot be sampled (:func:`check_samplable`) unless ``check`` is False (the caller
+    checks them itself)."""
+    if check:
+        check_samplable(scores)
     return torch.softmax(scores.to(compute_dtype(scores)), dim=-1)

@@ -15,6 +15,7 @@ run keeps ``<out>/head`` (the head, in the published layout), ``<out>/state.pt``
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -65,6 +66,13 @@ def read_records(paths: list[Path]) -> list[dict]:
     return records
 
 
+def held_out(record: dict, share: float) -> bool:
+    """Whether ``record`` is held out: by a hash of its prompt (the ids before its answer), so that every answer to
+    a prompt (greedy and sampled, of every data file) falls on the same side, and the split stays as data grow."""
+    digest = hashlib.sha256(record["ids"][: record["start"]].numpy().tobytes()).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2**64
+
+
 def batches(records: list[dict], budget: int, pad_id: int, rng: random.Random | None) -> list:
     """Records grouped by length into batches of about ``budget`` tokens (shuffled when ``rng``)."""
     order = sorted(range(len(records)), key=lambda i: len(records[i]["ids"]))
@@ -93,8 +101,11 @@ def main(argv=None) -> int:
     records = read_records(args.data)
     rng = random.Random(args.seed)
     rng.shuffle(records)
-    cut = max(1, int(len(records) * args.heldout))
-    heldout, training = records[:cut], records[cut:]
+    heldout = [r for r in records if held_out(r, args.heldout)]
+    training = [r for r in records if not held_out(r, args.heldout)]
+    if not heldout or not training:
+        raise SystemExit(f"--heldout {args.heldout} leaves {len(heldout)} held-out and {len(training)} training "
+                         "sequences: both need some (more data, or another share)")
     vocab = target.config.get_text_config().vocab_size
     state_path, record_path = args.out / "state.pt", args.out / "record.json"
     if args.resume:
