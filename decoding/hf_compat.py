@@ -59,22 +59,26 @@ def supports_logits_to_keep(model) -> bool:
     return check() if check is not None else "logits_to_keep" in _forward_parameters(type(model))
 
 
-def one_query_mask(model, mask: torch.Tensor) -> torch.Tensor:
-    """The attention mask of a forward over one new token per row, ``mask  # [b, T + 1]`` (1: a slot it may read),
-    as the 4D mask ``# [b, 1, 1, T + 1]`` transformers passes on unchanged (``masking_utils``: "an already prepared
-    4D mask ... is returned as-is"), in the form the model's attention reads (private ``_attn_implementation``):
-    boolean for ``sdpa``, additive for ``eager``. From a 2D mask, transformers' SDPA path reads it from the device to
-    decide whether to skip it (``_ignore_causal_mask_sdpa``); a 4D one is never read. Other attention
-    implementations get ``mask`` back unchanged. One query: the causal part is every slot, so the mask is the
-    key mask alone."""
+def prepared_mask(model, mask: torch.Tensor, n: int) -> torch.Tensor:
+    """The attention mask of a forward over ``n`` new tokens per row, ``mask  # [b, T + n]`` (1: a slot that holds
+    a token), as the 4D mask ``# [b, 1, n, T + n]`` transformers passes on unchanged (``masking_utils``: "an already
+    prepared 4D mask ... is returned as-is"): new token ``i`` reads the valid slots up to its own, ``T + i``, as
+    transformers' causal mask over cache slots does. In the form the model's attention reads (private
+    ``_attn_implementation``): boolean for ``sdpa``, additive for ``eager``; other implementations get ``mask`` back
+    unchanged. From a 2D mask, transformers builds this with more operations, and its SDPA path reads the mask from
+    the device to decide whether to skip it (``_ignore_causal_mask_sdpa``); a 4D one is never read."""
     implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        return mask
+    batch, width = mask.shape
+    allowed = mask.bool().view(batch, 1, 1, width)  # [b, 1, 1, T + n]
+    if n > 1:
+        slots = torch.arange(width, device=mask.device)
+        allowed = allowed & (slots <= torch.arange(width - n, width, device=mask.device).view(n, 1))  # [b, 1, n, T+n]
     if implementation == "sdpa":
-        return mask[:, None, None, :].bool()
-    if implementation == "eager":
-        dtype = model.dtype if model.dtype.is_floating_point else torch.float32
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-            mask == 0, torch.finfo(dtype).min)[:, None, None, :]
-    return mask
+        return allowed
+    dtype = model.dtype if model.dtype.is_floating_point else torch.float32
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def from_config(model_class, config, dtype: torch.dtype):

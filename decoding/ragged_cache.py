@@ -48,15 +48,16 @@ class RaggedCache:
         self.holes_may_have_grown = True
         self._check_layers()
 
-    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
-        """Append ``tokens  # [b, n]`` (``valid  # [b, n]`` marks real ones) and return the last logits.
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None, logits_to_keep: int) -> torch.Tensor:
+        """Append ``tokens  # [b, n]`` (``valid  # [b, n]`` marks real ones; None: every one is) and return the
+        last logits.
 
         Returns ``# [b, logits_to_keep, V]`` raw logits of the model, on the device of ``tokens``.
         """
-        valid = valid.to(torch.int64)
         self._settle()
         if not self.contiguous:
             return self._logits(self._append(tokens, valid, logits_to_keep), logits_to_keep, tokens)
+        valid = torch.ones_like(tokens) if valid is None else valid.to(torch.int64)
         if bool(_holes_before_valid(valid).any()):
             logits = self._forward_valid_first(tokens, valid, logits_to_keep)
         else:
@@ -75,7 +76,7 @@ class RaggedCache:
         if self.contiguous:
             raise ValueError("a proposer that reads the target's hidden states needs a target with full attention "
                              "in every layer (sliding-window targets are not supported)")
-        out = self._append(tokens, valid.to(torch.int64), logits_to_keep, output_hidden_states=True)
+        out = self._append(tokens, valid, logits_to_keep, output_hidden_states=True)
         features = torch.cat([out.hidden_states[i] for i in layers], dim=-1).to(tokens.device)
         return self._logits(out, logits_to_keep, tokens), features
 
@@ -84,32 +85,41 @@ class RaggedCache:
         """The last ``logits_to_keep`` positions' logits of a model output, on the device of ``tokens``."""
         return out.logits[:, -logits_to_keep:].to(tokens.device)
 
-    def _append(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int, **inputs):
-        """:meth:`forward`'s work: the tokens go in the next ``n`` slots, with further model ``inputs``; returns
-        the model's output."""
-        positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
-        mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
+    def _append(self, tokens: torch.Tensor, valid: torch.Tensor | None, logits_to_keep: int, **inputs):
+        """:meth:`forward`'s work: the tokens go in the next ``n`` slots (``valid`` None: all real), with further
+        model ``inputs``; returns the model's output."""
+        n = tokens.shape[1]
+        if valid is None:  # known on the host: fewer operations (a draft's own tokens)
+            positions = self.num_valid[:, None] if n == 1 else self.num_valid[:, None] + torch.arange(
+                n, device=tokens.device)
+            mask = torch.cat([self.mask, torch.ones_like(tokens)], dim=1)  # [b, T + n]
+            added = n
+        else:
+            valid = valid.to(torch.int64)
+            positions = (self.num_valid[:, None] + valid.cumsum(dim=1) - 1).clamp_min(0)  # [b, n]
+            mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
+            added = valid.sum(dim=1)
         extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
-        # One new token per row (a draft's step): a 4D mask, which transformers never reads back from the device.
-        attention_mask = hf_compat.one_query_mask(self.model, mask) if tokens.shape[1] == 1 and self._plain_masks \
-            else mask
+        # A 4D mask: fewer operations than transformers' own, and never read back from the device.
+        attention_mask = hf_compat.prepared_mask(self.model, mask, n) if self._plain_masks else mask
         with few_rows_layout(self._output_layer):  # a CPU output layer over a few rows: W @ h^T, 2-3x faster
             out = hf_compat.forward_with_cache(
                 self.model, self.cache, input_ids=tokens, attention_mask=attention_mask, position_ids=positions,
                 use_cache=True, **extra, **inputs,
             )
         self.mask = mask
-        self.num_valid = self.num_valid + valid.sum(dim=1)
+        self.num_valid = self.num_valid + added
         self.holes_may_have_grown |= tokens.shape[1] > 1
         # Holes may have grown: compaction will want the longest row, asked now so that it comes with the step's read.
         self._longest = self.readout.ask(self.num_valid.max()) if tokens.shape[1] > 1 else None
         return out
 
-    def forward_outputs(self, tokens: torch.Tensor, valid: torch.Tensor, **inputs):
-        """Append ``tokens  # [b, n]`` (``valid  # [b, n]``) with further model inputs (a draft head's features)
-        and return the model's whole output, every position's logits included (full-attention models only)."""
+    def forward_outputs(self, tokens: torch.Tensor, valid: torch.Tensor | None, **inputs):
+        """Append ``tokens  # [b, n]`` (``valid  # [b, n]``, None: all real) with further model inputs (a draft
+        head's features) and return the model's whole output, every position's logits included (full-attention
+        models only)."""
         self._settle()
-        return self._append(tokens, valid.to(torch.int64), 0, **inputs)
+        return self._append(tokens, valid, 0, **inputs)
 
     def _forward_valid_first(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
         """:meth:`forward` for a sliding-window model fed holes before valid tokens: each row's valid tokens go

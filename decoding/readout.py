@@ -40,7 +40,7 @@ class Readout:
         ``then(value)``, when given, is called with the value once read (after every pending ask has its value: a
         check that raises leaves none unread)."""
         deferred = Deferred(self)
-        self._pending.append((values.detach().reshape(-1), deferred, then))
+        self._pending.append((values, deferred, then))
         return deferred
 
     def read(self) -> None:
@@ -49,7 +49,7 @@ class Readout:
             return
         pending, self._pending = self._pending, []
         device = pending[0][0].device  # models split over devices: one device gathers, then one copy
-        flat = torch.cat([values.to(device=device, dtype=torch.int64) for values, _, _ in pending]).tolist()
+        flat = torch.cat([values.reshape(-1).to(device=device, dtype=torch.int64) for values, _, _ in pending]).tolist()
         self.reads += 1
         start = 0
         for values, deferred, _ in pending:

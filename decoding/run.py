@@ -53,15 +53,19 @@ class Run:
 
     def commit(self, output_ids: torch.Tensor, scores=None, logits=None) -> torch.Tensor:
         """Emit ``output_ids  # [b, n]`` (-1 padded), apply stopping, stream; returns ``finished  # [b]``."""
-        self.sequences.write(self.rows, 0, output_ids)
-        kept, finished = self.stopping(self.sequences, self.rows, output_ids)
+        if self.stopping.simple:  # stopping reads no tokens: the kept ones are written once, after it
+            kept, finished = self.stopping(self.sequences, self.rows, output_ids)
+            self.sequences.write_kept(self.rows, output_ids, kept)
+        else:
+            self.sequences.write(self.rows, 0, output_ids)
+            kept, finished = self.stopping(self.sequences, self.rows, output_ids)
         if self.keep_scores:
             self.scores.append((self.rows, kept, scores))
         if self.keep_logits:
             self.logits.append((self.rows, kept, logits))
         if self.streamer is not None:
             self._stream(kept)
-        self.sequences.commit(self.rows, kept, output_ids.shape[1])
+        self.sequences.commit(self.rows, kept, output_ids.shape[1], cleared=self.stopping.simple)
         self._lengths = self.readout.ask(self.sequences.lengths[self.rows])
         return finished
 

@@ -73,6 +73,8 @@ class ProcessorSampler:
     def __init__(self, processing: LogitsProcessing, sequences: Sequences, do_sample: bool,
                  verification: str = "token", cascade=None):
         self.processing, self.sequences, self.do_sample = processing, sequences, do_sample
+        # Whether processing reads the rows' tokens (their views): drafts must then be written before they are scored.
+        self.reads_tokens = not processing.score_only
         self.rule = kernels.verify_block if verification == "block" else kernels.verify_sampling
         # A cascade (decoding.cascade.Cascade) verifies against a mixture of both laws: it needs the draft's law
         # when greedy too.
@@ -87,6 +89,8 @@ class ProcessorSampler:
         return self.processing(self.sequences, rows, logits, offset)
 
     def draft(self, rows, logits, offset):
+        if not (self.do_sample or self.cascade or self.processing.processors):  # the argmax of the raw logits
+            return kernels.greedy(logits), None
         scores = self._scores(rows, logits[:, None], offset)[:, 0]  # [b, V]
         if not self.do_sample:
             return kernels.greedy(scores), (self._probabilities(scores) if self.cascade else None)
@@ -125,6 +129,8 @@ class ProcessorSampler:
 class FusedSampler:
     """Raw logits into the fused kernels, processed there by (temperature, top_k, top_p); nothing processed is
     materialised, so there are no scores to return."""
+
+    reads_tokens = False  # temperature, top-k and top-p read scores only
 
     def __init__(self, temperature: float, top_k: int, top_p: float, *, do_sample: bool,
                  readout: Readout | None = None):

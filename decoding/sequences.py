@@ -75,10 +75,19 @@ class Sequences:
         current = self.tokens[rows[:, None], columns]
         self.tokens[rows[:, None], columns] = torch.where(ids >= 0, ids, current)
 
-    def commit(self, rows: torch.Tensor, counts: torch.Tensor, written: int) -> None:
+    def write_kept(self, rows: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> None:
+        """Write the first ``counts  # [b]`` of ``ids  # [b, n]`` after each row's committed tokens, and pads over
+        the rest of the ``n`` columns (tentative drafts, if any were written): :meth:`write` then :meth:`commit`'s
+        clearing, in one pass."""
+        self._reserve(self._bound + ids.shape[1])
+        columns = self.columns(rows, ids.shape[1])  # [b, n]
+        keep = torch.arange(ids.shape[1], device=ids.device) < counts[:, None]
+        self.tokens[rows[:, None], columns] = torch.where(keep, ids, self.pad_token_id)
+
+    def commit(self, rows: torch.Tensor, counts: torch.Tensor, written: int, cleared: bool = False) -> None:
         """Advance rows by ``counts  # [b]`` (each >= 1: a step emits a token per row) and clear the rest of the
-        ``written`` tentative columns."""
-        if written > 1:  # the first column is always kept
+        ``written`` tentative columns (unless :meth:`write_kept` has: ``cleared``)."""
+        if written > 1 and not cleared:  # the first column is always kept
             columns = self.columns(rows, written - 1, 1)  # [b, written - 1]
             keep = torch.arange(1, written, device=rows.device) < counts[:, None]
             current = self.tokens[rows[:, None], columns]

@@ -128,10 +128,7 @@ class SpeculativeDecoding(Strategy):
                 proposal = drafter.propose(run, run.sampler, k and min(k, run.remaining() - 1), length)
                 drafts = proposal.trimmed()  # the positions some row proposed: what the target verifies
                 g = drafts.ids.shape[1]  # ids [b, g], -1 where a row proposes nothing
-                proposed = drafts.ids >= 0  # [b, g]
-                tokens, valid = feed if g == 0 else (
-                    torch.cat([feed[0], drafts.ids.clamp_min(0)], dim=1),  # no-proposal slots are holes
-                    torch.cat([feed[1], proposed.to(torch.int64)], dim=1))
+                tokens, valid = target_input(feed, drafts)
             with watch.phase("target"):  # logits [b, g+1, V]; features [b, n, F] when the drafter reads them
                 logits, features = target.forward_with_features(tokens, valid, g + 1, drafter.target_layers)
             with watch.phase("verify"):
@@ -140,7 +137,7 @@ class SpeculativeDecoding(Strategy):
             length.observe(StepFacts(proposal, num_accepted, new_tokens=g + 1 if feed[0].shape[1] == 1 else 0,
                                      rows=run.rows, draft_seconds=watch.seconds.get("draft", 0.0),
                                      target_seconds=watch.seconds.get("target", 0.0), rest_seconds=watch.rest))
-            run.stats.record(num_accepted, proposed.sum(dim=1), g)
+            run.stats.record(num_accepted, None if drafts.full else drafts.lengths(), g)
             finished = run.commit(output_ids, scores, logits)
             if g:
                 target.keep_last(torch.arange(g, device=num_accepted.device) < num_accepted[:, None])
@@ -155,4 +152,18 @@ class SpeculativeDecoding(Strategy):
                 drafter.select_rows(survivors)
             target.compact_if_holes_exceed(self.compact_threshold)
             drafter.prepare(run, self.compact_threshold)
-            feed = (run.sequences.window(run.rows, 1), torch.ones_like(run.rows)[:, None])  # the emitted token
+            feed = (run.sequences.window(run.rows, 1), None)  # the emitted token, real in every row
+
+
+def target_input(feed: tuple, drafts: Proposal) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What the target reads in a step: the tokens it has not read (``feed``: ``tokens  # [b, n]`` and ``valid
+    # [b, n]``, None when all are real) then the drafts ``# [b, g]``, where a row that proposed nothing has a hole.
+    ``valid`` stays None when every slot is real (known on the host: no mask to build)."""
+    tokens, valid = feed
+    if drafts.ids.shape[1] == 0:
+        return tokens, valid
+    if valid is None and drafts.full:
+        return torch.cat([tokens, drafts.ids], dim=1), None
+    valid = torch.ones_like(tokens) if valid is None else valid.to(torch.int64)
+    return (torch.cat([tokens, drafts.ids.clamp_min(0)], dim=1),
+            torch.cat([valid, (drafts.ids >= 0).to(torch.int64)], dim=1))

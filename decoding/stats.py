@@ -20,8 +20,8 @@ class AcceptanceStats:
       recovered or bonus token (1.0 for plain decoding): vLLM's and Spec-Bench's tau.
     - ``per_position_acceptance[i]``: fraction of row-steps that accepted draft position ``i``.
 
-    During a call the counts of each step stay on the device (:meth:`record`); :meth:`settle`, at the end of the
-    call, reads them in one transfer per draft length used.
+    During a call each step's counts stay on the device, uncounted (:meth:`record`); :meth:`settle`, at the end of
+    the call, counts them and reads them in one transfer per draft length used.
     """
 
     steps: int = 0
@@ -31,7 +31,7 @@ class AcceptanceStats:
     position_steps: list = field(default_factory=list)  # row-steps that drafted position i
     position_accepted: list = field(default_factory=list)  # row-steps that accepted position i
     seconds: dict = field(default_factory=dict)  # per phase, when the strategy profiles (``profile=True``)
-    _pending: dict = field(default_factory=dict, repr=False, compare=False)  # g -> summed counts [2g + 1], on device
+    _pending: dict = field(default_factory=dict, repr=False, compare=False)  # g -> [(num_accepted, proposed)]
 
     @property
     def acceptance_rate(self) -> float:
@@ -50,22 +50,24 @@ class AcceptanceStats:
     def per_position_acceptance(self) -> list[float]:
         return [a / s if s else 0.0 for a, s in zip(self.position_accepted, self.position_steps)]
 
-    def record(self, num_accepted: torch.Tensor, proposed: torch.Tensor, g: int) -> None:
-        """Count one step of the active rows: ``num_accepted  # [b]`` of ``proposed  # [b]`` drafts (at most ``g``);
-        the counts stay on the device until :meth:`settle`."""
+    def record(self, num_accepted: torch.Tensor, proposed: torch.Tensor | None, g: int) -> None:
+        """Count one step of the active rows: ``num_accepted  # [b]`` of ``proposed  # [b]`` drafts (at most ``g``;
+        None: every row proposed ``g``); both stay on the device until :meth:`settle`."""
         self.steps += num_accepted.shape[0]
-        if g == 0:  # a plain step: nothing drafted
-            return
-        positions = torch.arange(g, device=num_accepted.device)
-        counts = torch.cat([(proposed[:, None] > positions).sum(dim=0),  # [g] row-steps that drafted position i
-                            (num_accepted[:, None] > positions).sum(dim=0),  # [g] ... that accepted it
-                            (num_accepted < proposed).sum().reshape(1)])  # [1] ... that rejected a draft
-        self._pending[g] = counts if g not in self._pending else self._pending[g] + counts
+        if g:  # a plain step drafts nothing
+            proposed = torch.full_like(num_accepted, g) if proposed is None else proposed
+            self._pending.setdefault(g, []).append((num_accepted, proposed))
 
     def settle(self) -> None:
-        """Add the counts kept on the device into the totals (one read per draft length used)."""
+        """Count the steps kept on the device into the totals (one read per draft length used)."""
         pending, self._pending = self._pending, {}
-        for g, counts in sorted(pending.items()):
+        for g, steps in sorted(pending.items()):
+            num_accepted = torch.cat([accepted for accepted, _ in steps])  # [row-steps]
+            proposed = torch.cat([drafted.to(num_accepted.device) for _, drafted in steps])  # [row-steps]
+            positions = torch.arange(g, device=num_accepted.device)
+            counts = torch.cat([(proposed[:, None] > positions).sum(dim=0),  # [g] row-steps that drafted position i
+                                (num_accepted[:, None] > positions).sum(dim=0),  # [g] ... that accepted it
+                                (num_accepted < proposed).sum().reshape(1)])  # [1] ... that rejected a draft
             self._add(g, counts.tolist())
 
     def _add(self, g: int, counts: list[int]) -> None:

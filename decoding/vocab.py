@@ -78,7 +78,9 @@ def on_shared_ids(combine, helper_vocab: int, target_logits: torch.Tensor, *help
 def to_vocab(logits: torch.Tensor, size: int) -> torch.Tensor:
     """Logits ``# [..., V_other]`` as logits over ``size`` ids: extra ids cut, missing ids at -inf."""
     have = logits.shape[-1]
-    if have >= size:
+    if have == size:
+        return logits
+    if have > size:
         return logits[..., :size]
     pad = logits.new_full(logits.shape[:-1] + (size - have,), float("-inf"))
     return torch.cat([logits, pad], dim=-1)

@@ -5,7 +5,8 @@ For batch sizes 1, 8, 32 and 64 it runs the target alone (transformers' greedy `
 ``SpeculativeDecoding(draft, g)`` under :class:`~decoding.evals.common.host_reads.OpCounter`, and prints host reads
 and operations per step (a speculative step: one verification; the target alone: one token), with the reads split
 by kind. On a GPU a host read drains the launch queue; these counts are what a step without host reads must drive
-to (about) zero.
+to (about) zero. The same counts beside timings, efficiency and each step's time split (draft, target, verify,
+other): ``decoding-bench --synthetic overhead --step-split`` (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations

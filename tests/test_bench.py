@@ -500,7 +500,7 @@ def test_two_cpu_processes_split_prompts_and_report_once(tmp_path):
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "decoding.evals.bench", *TINY, "--device", "cpu",
                "--batch-sizes", "1,2", "--draft-lengths", "2", "--prompts-per-category", "1",
-               "--categories", "code_completion,code_explanation,math", "--json", str(path)]
+               "--categories", "code_completion,code_explanation,math", "--step-split", "--json", str(path)]
     env = {**ENV, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -517,6 +517,9 @@ def test_two_cpu_processes_split_prompts_and_report_once(tmp_path):
     batch2 = next(c for c in result["cells"] if c["mode"] == "greedy" and c["batch_size"] == 2
                   and c["method"] == "target")
     assert batch2["new_tokens_per_round"] == 4 * 6
+    # --step-split: each process splits its own first batch; the figures are means over processes.
+    assert spec["step_split"]["batch_size"] == 1 and math.isfinite(spec["step_split"]["host_reads"])
+    assert batch2["step_split"]["steps"] == 6 and batch2["step_split"]["host_reads"] >= 1
 
 
 def test_generation_costs_time_the_forwards_of_real_calls():

@@ -131,3 +131,19 @@ def test_the_held_out_split_is_by_prompt_and_stable_as_data_grow():
     assert all(len(set(sides[i:i + 3])) == 1 for i in range(0, len(records), 3)), "answers of a prompt split"
     assert 0.05 < sum(sides) / len(sides) < 0.15
     assert [held_out(r, 0.1) for r in records[:30]] == sides[:30]  # a record's side needs no other record
+
+
+def test_vocabulary_coverage_counts_held_out_tokens_inside_the_training_vocabulary(tmp_path, capsys):
+    from decoding.model_pairs.heads import coverage
+
+    training = [{"ids": torch.tensor([1, 5, 5, 5, 6, 6, 7]), "start": 1}]
+    heldout = [{"ids": torch.tensor([2, 5, 6, 7, 8]), "start": 1}]
+    assert coverage.coverage(training, heldout, 1, 10) == 0.25  # {5}: one of 5, 6, 7, 8
+    assert coverage.coverage(training, heldout, 2, 10) == 0.5  # {5, 6}
+    assert coverage.coverage(training, heldout, 3, 10) == 0.75  # {5, 6, 7}: 8 never appears in training
+    rng = torch.Generator().manual_seed(0)
+    records = [{"ids": torch.randint(3, 50, (12,), generator=rng), "start": 4} for _ in range(60)]
+    torch.save({"meta": {}, "records": records}, tmp_path / "teacher.pt")
+    assert coverage.main(["--data", str(tmp_path / "teacher.pt"), "--sizes", "8,64", "--heldout", "0.3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["coverage"]["64"] == 1.0 and 0 < result["coverage"]["8"] < 1

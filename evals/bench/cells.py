@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from decoding.evals.bench.grid import RawCost, RawMethod, RawShare
 from decoding.evals.bench.records import Agreement, Cell, Check, Cost, DraftFigures, Summary
+from decoding.evals.bench.step_split import combine_splits
 from decoding.evals.common.acceptance import Acceptance, merge_stats, merge_totals
 from decoding.evals.common.measure import ceiling, efficiency, prefill_ceiling
 
@@ -50,12 +51,17 @@ def _mean_cost(entries: list[RawCost]) -> Cost:
         v={g: statistics.mean(e["v"][g] for e in entries) for g in gs},
         c_generation=_mean_measured(x["c"] for x in generation),
         v_generation={g: _mean_measured(x["v"].get(g) for x in generation) for g in gs},
-        seconds={k: statistics.mean(e["seconds"][k] for e in entries) for k in entries[0]["seconds"]},
+        seconds={k: _mean_measured(e["seconds"].get(k) for e in entries) for k in entries[0]["seconds"]},
         context_length=round(statistics.mean(e["context_length"] for e in entries)),
         prompt_length=round(statistics.mean(e["prompt_length"] for e in entries)),
         prefill_target=statistics.mean(e["prefill_target"] for e in entries),
         prefill_draft=statistics.mean(e["prefill_draft"] for e in entries),
         per_process=[{"c": e["c"], "v": e["v"]} for e in entries] if len(entries) > 1 else None,
+        # A draft head's c at each g (evals/bench/head_costs.py); absent for a draft model.
+        c_per_g={g: statistics.mean(e["c_per_g"][g] for e in entries) for g in gs}
+        if "c_per_g" in entries[0] else None,
+        c_generation_per_g={g: _mean_measured(x.get("c_per_g", {}).get(g) for x in generation) for g in gs}
+        if "c_per_g" in entries[0] else None,
     )
 
 
@@ -76,6 +82,11 @@ class _Block:
     base: dict  # the target's measured figures
     by_kind: dict  # (kind, g) -> a method's measured figures (assisted and hf-lookup cells borrow acceptance)
     max_new_tokens: int | None
+
+    @property
+    def static(self) -> dict | None:
+        """The ``static-target`` baseline's measured figures, when it ran in this block."""
+        return self.by_kind.get(("static-target", None))
 
 
 def _block_cells(shares: list[RawShare], index: int, costs: dict[int, Cost], max_new_tokens: int | None) -> list[Cell]:
@@ -107,7 +118,7 @@ def _measured(parts: list[RawMethod]) -> dict:
             "tokens_per_round": tokens, "seconds_per_round": seconds,
             "stats": merge_totals(p["stats"] for p in parts), "per_category": per_category,
             "rows": [row for p in parts for row in p["rows"]], "lossy": parts[0].get("lossy", False),
-            "draft_free": parts[0].get("draft_free", False)}
+            "draft_free": parts[0].get("draft_free", False), "split": combine_splits([p.get("split") for p in parts])}
 
 
 def _decode_rate(method: dict, prefill: dict | None) -> float:
@@ -134,7 +145,10 @@ def _cell(m: dict, block: _Block) -> Cell:
                 decode_tokens_per_s=m["decode_tokens_per_s"],
                 decode_speedup=_ratio(m["decode_tokens_per_s"], base["decode_tokens_per_s"]),
                 agreement=Agreement.of(m["rows"], base["rows"]) if block.mode == "greedy" else Agreement.sampled(),
-                lossy=m["lossy"])
+                lossy=m["lossy"], step_split=m["split"])
+    if block.static is not None:
+        cell.speedup_vs_static = _ratio(m["tokens_per_s"], block.static["tokens_per_s"])
+        cell.decode_speedup_vs_static = _ratio(m["decode_tokens_per_s"], block.static["decode_tokens_per_s"])
     if m["kind"] == "target":
         cell.forwards_per_token = _forwards_per_token(m, block)
     else:
@@ -169,7 +183,7 @@ def _draft_figures(m: dict, cell: Cell, block: _Block) -> DraftFigures | None:
         return None
     cost = block.cost
     g = m["g"] if m["g"] is not None else len(totals.get("position_steps", []))  # adaptive: its longest draft
-    c, c_generation = (0.0, 0.0) if m["draft_free"] else (cost.c, cost.c_generation)
+    c, c_generation = (0.0, 0.0) if m["draft_free"] else cost.c_at(m["g"])  # a draft head's c depends on g
     acceptance = Acceptance.from_totals(totals, g)
     if m["g"] is None or g not in cost.v:
         figures = DraftFigures(acceptance, c, None, None, None, None, c_generation, None)
@@ -225,5 +239,5 @@ def summarize(cells: list[Cell]) -> list[Summary]:
         out.append(Summary(cell.mode, cell.batch_size, cell.num_draft_tokens, cell.speedup, cell.decode_speedup,
                            cell.draft.ceiling, cell.draft.efficiency, cell.draft.ceiling_with_prefill,
                            cell.draft.acceptance.alpha, assisted.speedup if assisted else None,
-                           target.forwards_per_token))
+                           target.forwards_per_token, cell.speedup_vs_static))
     return out

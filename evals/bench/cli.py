@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> dict:
     cells, costs, checks = combine(shares, args.max_new_tokens)
     result = Result(_meta(args, pair, state, shares, time.perf_counter() - started),
                     [PromptRecord(p.id, p.category, p.ids.numel()) for p in prompts], costs, checks, cells,
-                    summarize(cells)).to_dict()
+                    summarize(cells), list(getattr(args, "skipped", []))).to_dict()
     if state.is_main_process:
         report.print_report(result)
         _write_outputs(result, args)
@@ -122,13 +122,15 @@ def _measure(args: argparse.Namespace, state, pair: Pair, prompts: list[Prompt])
     with state.split_between_processes(prompts) as share:
         share = list(share)
     progress = Progress(work_units(len(share), args.batch_sizes, args.draft_lengths, args.modes, args.rounds,
-                                   args.assisted, args.variants), enabled=not args.quiet and state.is_main_process)
+                                   args.assisted, args.variants, args.step_split),
+                        enabled=not args.quiet and state.is_main_process)
     try:
         with kernels.use_backend(args.kernels):
             raw = measure_share(pair, share, batch_sizes=args.batch_sizes, draft_lengths=args.draft_lengths,
                                 modes=args.modes, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 rounds=args.rounds, cost_repeats=args.cost_repeats, seed=args.seed,
-                                assisted=args.assisted, variants=args.variants, state=state, progress=progress)
+                                assisted=args.assisted, variants=args.variants, state=state, progress=progress,
+                                step_split=args.step_split)
     finally:
         progress.close()
     return gather_shares(raw, state)
@@ -146,13 +148,14 @@ def _meta(args, pair: Pair, state, shares: list[RawShare], seconds: float) -> Me
         quantization="8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None,
         target_parameters=sum(p.numel() for p in target.parameters()),
         draft_parameters=sum(p.numel() for p in draft.parameters()),
-        arguments={k: _argument(v) for k, v in vars(args).items()},
+        arguments={k: _argument(v) for k, v in vars(args).items() if k != "skipped"},  # skipped: the notes
         benchmark_seconds=seconds,
+        draft_head=pair.head,
     )
 
 
 def _argument(value):
-    """An argument as JSON: paths as text, ``--variants`` as their labels."""
+    """An argument as JSON: paths as text, ``--variants`` as their labels (``--head`` alone: ``true``)."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, list) and value and isinstance(value[0], Variant):

@@ -14,9 +14,11 @@ import torch
 
 import decoding
 from decoding.evals.bench.generation_costs import generation_cost_ratios
+from decoding.evals.bench.head_costs import head_cost_ratios
 from decoding.evals.bench.methods import Method, generation_kwargs, make_methods
 from decoding.evals.bench.progress import Progress
 from decoding.evals.bench.prompts import Prompt
+from decoding.evals.bench.step_split import RawSplit, measure_split
 from decoding.evals.common.acceptance import merge_stats
 from decoding.evals.common.batches import Batch, make_batches
 from decoding.evals.common.measure import (
@@ -45,6 +47,7 @@ class RawMethod(TypedDict):
     rows: list[list[int]]  # new ids of every row in round 0 (greedy blocks only)
     lossy: bool  # output may differ from the target's by design (absent in older results: False)
     draft_free: bool  # no draft model runs: c = 0 (absent in older results: False)
+    split: RawSplit | None  # --step-split figures per step (absent in older results, None without the option)
 
 
 class RawBlock(TypedDict):
@@ -54,9 +57,11 @@ class RawBlock(TypedDict):
 
 
 class RawCost(TypedDict):
-    """The cost ratios at one batch size (decoding.evals.common.measure.cost_ratios and prefill_ratios)."""
+    """The cost ratios at one batch size (decoding.evals.common.measure.cost_ratios and prefill_ratios; for a draft
+    head, decoding.evals.bench.head_costs.head_cost_ratios, which adds ``c_per_g``)."""
 
     c: float
+    c_per_g: dict[int, float]  # a draft head only (absent for a draft model): its c at each g
     v: dict[int, float]
     generation: dict  # generation_cost_ratios: c and v timed inside real generate calls
     seconds: dict[str, float]
@@ -89,14 +94,16 @@ class _Sync:
 def measure_share(pair: Pair, prompts: list[Prompt], *, batch_sizes: Sequence[int], draft_lengths: Sequence[int],
                   modes: Sequence[str] = ("greedy",), max_new_tokens: int = 64, temperature: float = 0.7,
                   rounds: int = 3, cost_repeats: int = 31, seed: int = 0, assisted: bool = True, variants=(),
-                  warmup_tokens: int | None = 8, state=None, progress: Progress | None = None) -> RawShare:
+                  warmup_tokens: int | None = 8, state=None, progress: Progress | None = None,
+                  step_split: bool = False) -> RawShare:
     """Measure every (mode, batch size, method) on this process's ``prompts`` (tokenized), in that order, and
-    the cost ratios per batch size; processes run each round in step."""
+    the cost ratios per batch size; processes run each round in step. ``step_split``: after each block's rounds,
+    the per-step split of every method (:mod:`decoding.evals.bench.step_split`)."""
     decoding.enable(pair.target)
     ids = [p.ids for p in prompts]
     grid = _Grid(pair, [p.category for p in prompts], draft_lengths, max_new_tokens, temperature, rounds, seed,
                  assisted, tuple(variants), warmup_tokens, cost_repeats, _Sync(state),
-                 progress or Progress(0, enabled=False))
+                 progress or Progress(0, enabled=False), step_split, max(p.numel() for p in ids) + max_new_tokens)
     out: RawShare = {"blocks": [], "costs": {}, "device_name": device_name(pair.target.device),
                      "prompt_tokens": [p.numel() for p in ids]}
     with torch.no_grad():
@@ -125,11 +132,16 @@ class _Grid:
     cost_repeats: int
     sync: _Sync
     progress: Progress
+    step_split: bool = False
+    cache_length: int | None = None  # the static-target variant's static cache: longest prompt + new tokens
+
+    def kwargs(self, mode: str) -> dict:
+        return generation_kwargs(mode, self.max_new_tokens, self.pair.pad_token_id, self.temperature)
 
     def methods(self, mode: str, batch_size: int) -> list[Method]:
-        kwargs = generation_kwargs(mode, self.max_new_tokens, self.pair.pad_token_id, self.temperature)
-        return make_methods(self.pair.target, self.pair.draft, batch_size, self.draft_lengths, kwargs, self.assisted,
-                            self.variants, self.pair.tokenizers, self.pair.cross_tokenizer)
+        return make_methods(self.pair.target, self.pair.draft, batch_size, self.draft_lengths, self.kwargs(mode),
+                            self.assisted, self.variants, self.pair.tokenizers, self.pair.cross_tokenizer,
+                            self.cache_length)
 
     def block(self, mode: str, batch_size: int, data: list[Batch]) -> RawBlock:
         """Every method on every batch, ``rounds`` times, after one untimed warm-up call per method (the very
@@ -146,7 +158,18 @@ class _Grid:
             self.progress.advance()
         for round_ in range(self.rounds):
             self.round(methods, round_, data, mode, label)
+        if self.step_split:
+            self.split(methods, data[0], mode, label)
         return {"mode": mode, "batch_size": batch_size, "methods": [m.raw() for m in methods]}
+
+    def split(self, methods: list[Method], batch: Batch, mode: str, label: str) -> None:
+        """Every method's per-step split on the block's first batch, untimed (profiled and counted calls)."""
+        self.progress.describe(f"{label}: step split")
+        for method in methods:
+            method.split = measure_split(method, self.pair.target, self.kwargs(mode), batch, self.seed)
+            self.progress.advance()
+        self.progress.log(f"{label}, step split: " + ", ".join(
+            f"{m.name} {m.split['call_ms']:.2f} ms/step" for m in methods if m.split))
 
     def round(self, methods: list[Method], round_: int, data: list[Batch], mode: str, label: str) -> None:
         """One timed round: every batch by every method, in an order that rotates per batch and round."""
@@ -185,15 +208,23 @@ class _Grid:
 
     def costs(self, batch_size: int, data: list[Batch], ids: list[torch.Tensor]) -> RawCost:
         """``c`` and ``v`` at the mean context length during generation, the prefill costs at the mean prompt
-        length, and ``c``, ``v`` timed inside real calls (a diagnostic)."""
+        length, and ``c``, ``v`` timed inside real calls (a diagnostic). A draft head's ``c`` is its drafting timed
+        in profiled calls, per g (:func:`decoding.evals.bench.head_costs.head_cost_ratios`)."""
         target, draft = self.pair.target, self.pair.draft
         context_length = round(statistics.mean(p.numel() for p in ids) + self.max_new_tokens / 2)
         self.progress.describe(f"batch {batch_size}: measuring c and v ({context_length}-token cache)")
         self.progress.log(f"batch {batch_size}: measuring c and v ({context_length}-token cache, "
                           f"{self.cost_repeats} repeats)")
         self.sync()
-        cost = cost_ratios(target, draft, batch_size, context_length, self.draft_lengths, repeats=self.cost_repeats)
         prompt_length = round(statistics.mean(p.numel() for p in ids))
+        if self.pair.draft_is_head:  # c from the head's drafting in real calls (evals/bench/head_costs.py)
+            greedy = generation_kwargs("greedy", self.max_new_tokens, self.pair.pad_token_id, self.temperature)
+            cost = head_cost_ratios(target, draft, [(b.ids, b.mask) for b in data], greedy, self.draft_lengths,
+                                    batch_size=batch_size, context_length=context_length,
+                                    prompt_length=prompt_length, repeats=self.cost_repeats)
+            self.progress.advance()
+            return cost
+        cost = cost_ratios(target, draft, batch_size, context_length, self.draft_lengths, repeats=self.cost_repeats)
         prefill = prefill_ratios(target, draft, batch_size, prompt_length, repeats=max(3, self.cost_repeats // 3))
         greedy = generation_kwargs("greedy", self.max_new_tokens, self.pair.pad_token_id, self.temperature)
         in_generation = generation_cost_ratios(target, draft, [(b.ids, b.mask) for b in data], greedy,

@@ -12,8 +12,8 @@ import torch
 from decoding.evals.common import pairs
 from decoding.evals.common.pairs import SYNTHETIC_DEFAULTS, Pair
 
-__all__ = ["SYNTHETIC_KEYS", "check_synthetic_size", "load", "parse_synthetic", "synthetic_parameters",
-           "synthetic_shape"]
+__all__ = ["PRESET_THREADS", "SYNTHETIC_KEYS", "SYNTHETIC_PRESETS", "check_synthetic_size", "load", "parse_synthetic",
+           "preset_threads", "synthetic_parameters", "synthetic_shape"]
 
 # --synthetic keys -> damped_pair arguments.
 SYNTHETIC_KEYS = {"layers": "num_layers", "hidden": "hidden_size", "vocab": "vocab_size",
@@ -21,6 +21,16 @@ SYNTHETIC_KEYS = {"layers": "num_layers", "hidden": "hidden_size", "vocab": "voc
                   "kv_heads": "num_key_value_heads", "damping": "damping", "head_scale": "head_scale"}
 KEY_OF = {name: key for key, name in SYNTHETIC_KEYS.items()}
 FLOAT_KEYS = ("damping", "head_scale")
+# Named shapes, usable as the first item of a spec ("overhead" or "overhead,layers=4"). "overhead": a tiny
+# Llama-shaped pair whose forwards cost next to nothing, so that a step's time is the decoding loop's own overhead
+# (issue 28); damping 0.05 gives greedy alpha 0.95 at g=4 on the shipped prompts (head_scale does not move greedy
+# acceptance; 20 keeps sampled laws peaked).
+SYNTHETIC_PRESETS = {"overhead": "layers=2,hidden=64,intermediate=128,vocab=256,heads=4,kv_heads=2,damping=0.05,"
+                                 "head_scale=20"}
+# Presets that run on one torch CPU thread unless --threads says otherwise: forwards this small gain nothing from
+# intra-op threads, and on a busy CPU a second thread that waits for a core makes every op wait (on 2 loaded cores
+# the overhead benchmark took 4.5 minutes with two threads, 30 s with one).
+PRESET_THREADS = {"overhead": 1}
 # Allowed values, (lowest, highest); sizes are bounded by memory too (check_synthetic_size). Why: vocab >= 2 as id 0
 # is the pad token and prompt bytes map to ids 1..vocab-1; hidden >= 2 as rotary heads need an even size; layers
 # <= 1024 as a deeper random stack only takes longer to build; damping scales the damped layers' outputs down (1:
@@ -32,17 +42,28 @@ RANGES = {"num_layers": (1, 1024), "hidden_size": (2, MAX_SIZE), "vocab_size": (
 
 
 def parse_synthetic(spec: str) -> dict:
-    """``"layers=2,hidden=32"`` -> ``{"num_layers": 2, "hidden_size": 32}``: ``ValueError`` for an unknown key, a
-    value that is not a (finite) number or out of its range (:data:`RANGES`), or a shape Llama refuses."""
+    """``"layers=2,hidden=32"`` -> ``{"num_layers": 2, "hidden_size": 32}``; a preset name (:data:`SYNTHETIC_PRESETS`)
+    as the first item stands for its items, which later ones override. ``ValueError`` for an unknown key, a value
+    that is not a (finite) number or out of its range (:data:`RANGES`), or a shape Llama refuses."""
     settings = {}
-    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+    items = [s.strip() for s in (spec or "").split(",") if s.strip()]
+    if items and items[0] in SYNTHETIC_PRESETS:
+        items[:1] = SYNTHETIC_PRESETS[items[0]].split(",")
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in SYNTHETIC_KEYS:
-            raise ValueError(f"bad --synthetic item {item!r}: expected KEY=VALUE with KEY in {', '.join(SYNTHETIC_KEYS)}")
+            raise ValueError(f"bad --synthetic item {item!r}: expected KEY=VALUE with KEY in "
+                             f"{', '.join(SYNTHETIC_KEYS)}, or first a preset ({', '.join(SYNTHETIC_PRESETS)})")
         name = SYNTHETIC_KEYS[key.strip()]
         settings[name] = _number(item, name, value)
     _check_shape(synthetic_shape(settings), settings)
     return settings
+
+
+def preset_threads(spec: str | None) -> int | None:
+    """The torch threads of the preset that ``spec`` starts with (:data:`PRESET_THREADS`), else None."""
+    first = (spec or "").split(",")[0].strip()
+    return PRESET_THREADS.get(first)
 
 
 def _number(item: str, name: str, value: str) -> int | float:
@@ -168,11 +189,13 @@ def _host_available() -> int | None:
 
 
 def load(args: argparse.Namespace, device: torch.device) -> Pair:
-    """The pair of the command line, on ``device`` (or spread by ``--device-map``)."""
+    """The pair of the command line, on ``device`` (or spread by ``--device-map``); with ``--head``, the target and
+    that draft head (on the target's input device, in its dtype) instead of a draft model."""
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     if args.synthetic is not None:
         return pairs.synthetic(parse_synthetic(args.synthetic), seed=args.seed, dtype=dtype, device=device)
     # The draft goes to the target's input device (load_pair's default), where the strategy needs it.
     device_map = args.device_map if args.device_map is not None else str(device)
     return pairs.load(args.target, args.draft, dtype=dtype, device_map=device_map, load_in_8bit=args.load_in_8bit,
-                      load_in_4bit=args.load_in_4bit, chat_template=args.chat_template)
+                      load_in_4bit=args.load_in_4bit, chat_template=args.chat_template,
+                      head=getattr(args, "head", None))

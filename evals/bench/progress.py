@@ -61,8 +61,9 @@ class Progress:
 
 
 def work_units(num_prompts: int, batch_sizes, draft_lengths, modes, rounds: int, assisted: bool = True,
-               variants=()) -> int:
-    """Number of generate calls (warm-up included) and cost measurements a run makes, for the progress bar."""
+               variants=(), step_split: bool = False) -> int:
+    """Number of generate calls (warm-up included), step splits (one per method and block, with ``step_split``)
+    and cost measurements a run makes, for the progress bar."""
     from decoding.evals.bench.variants import method_count
 
     total = 0
@@ -70,5 +71,5 @@ def work_units(num_prompts: int, batch_sizes, draft_lengths, modes, rounds: int,
         batches = -(-num_prompts // batch_size)
         methods = 2 + len(draft_lengths) * (2 if assisted and batch_size == 1 else 1)  # target, prefill
         methods += method_count(variants, batch_size, len(draft_lengths))
-        total += len(modes) * methods * (1 + rounds * batches) + 1  # + 1: the cost measurement
+        total += len(modes) * methods * (1 + rounds * batches + int(step_split)) + 1  # + 1: the cost measurement
     return total

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from decoding.evals.common.acceptance import Acceptance
 
@@ -92,9 +92,16 @@ class Cell:
     draft: DraftFigures | None = None
     best: bool = False  # the fastest speculative cell of its mode and batch size
     lossy: bool = False  # output may differ from the target's by design (cascades): not a failed check
+    # Below, None leaves the key out of the JSON.
+    speedup_vs_static: float | None = None  # over the static-target baseline, when it ran (--variants static-target)
+    decode_speedup_vs_static: float | None = None
+    step_split: dict | None = None  # --step-split: per-step figures (decoding.evals.bench.step_split.RawSplit)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)[:11]}
+        for key in ("speedup_vs_static", "decode_speedup_vs_static"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         if self.forwards_per_token is not None:
             out["forwards_per_token"] = self.forwards_per_token
         out.update(self.agreement.to_dict())
@@ -104,6 +111,8 @@ class Cell:
             out["best"] = True
         if self.lossy:
             out["lossy"] = True
+        if self.step_split is not None:
+            out["step_split"] = self.step_split
         return out
 
 
@@ -137,7 +146,7 @@ class Check:
 class Cost:
     """The cost ratios at one batch size (means over processes)."""
 
-    c: float  # draft forward / target forward, timed in isolation
+    c: float  # draft forward / target forward, timed in isolation (a draft head: see c_per_g)
     v: dict[int, float]  # per g: target forward over g+1 tokens / over one
     c_generation: float | None  # the same, timed inside real generate calls (a diagnostic)
     v_generation: dict[int, float | None]
@@ -145,14 +154,28 @@ class Cost:
     context_length: int
     prompt_length: int
     prefill_target: float  # prompt encoding, in target forwards
-    prefill_draft: float
+    prefill_draft: float  # a draft head: its reading of the prompt
     per_process: list[dict] | None = None  # data parallel: each process's c and v
+    # A draft head only (None leaves the keys out of the JSON): its drafting seconds per drafted position at each
+    # g, in profiled calls, over the isolated target forward (c pools every g); the same over the in-generation one.
+    c_per_g: dict[int, float] | None = None
+    c_generation_per_g: dict[int, float | None] | None = None
+
+    def c_at(self, g: int | None) -> tuple[float, float | None]:
+        """``(c, c_generation)`` of a method drafting ``g`` tokens a step with the pair's draft: a draft head's
+        at that g where measured, else the pooled ones."""
+        if self.c_per_g is None or g not in self.c_per_g:
+            return self.c, self.c_generation
+        return self.c_per_g[g], (self.c_generation_per_g or {}).get(g)
 
     def to_dict(self) -> dict:
         out = {"c": self.c, "v": {str(g): x for g, x in self.v.items()}, "c_generation": self.c_generation,
                "v_generation": self.v_generation, "seconds": self.seconds, "context_length": self.context_length,
                "prompt_length": self.prompt_length, "prefill_target": self.prefill_target,
                "prefill_draft": self.prefill_draft}
+        if self.c_per_g is not None:
+            out["c_per_g"] = {str(g): x for g, x in self.c_per_g.items()}
+            out["c_generation_per_g"] = {str(g): x for g, x in (self.c_generation_per_g or {}).items()}
         if self.per_process is not None:
             out["per_process"] = self.per_process
         return out
@@ -181,6 +204,7 @@ class Meta:
     draft_parameters: int
     arguments: dict
     benchmark_seconds: float
+    draft_head: str | None = None  # --head: the draft head's folder or hub id (the draft is that head)
 
     def to_dict(self) -> dict:
         out = {"date": self.date, "git_commit": self.git_commit, **self.versions}
@@ -213,6 +237,7 @@ class Summary:
     alpha: float
     assisted_speedup: float | None  # assistant_model= at the same g
     target_forwards_per_token: float | None
+    static_target_speedup: float | None = None  # the best cell's speedup over the static-target baseline
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -228,11 +253,15 @@ class Result:
     checks: list[Check]  # lossy ones included: to_dict() lists them apart
     cells: list[Cell]
     summary: list[Summary]
+    notes: list[str] = field(default_factory=list)  # methods left out and why (--head: transformers' assisted)
 
     def to_dict(self) -> dict:
-        out = {"meta": self.meta.to_dict(), "prompts": [p.to_dict() for p in self.prompts],
-               "costs": {str(b): cost.to_dict() for b, cost in self.costs.items()},
-               "checks": [c.to_dict() for c in self.checks if not c.lossy]}
+        out = {"meta": self.meta.to_dict(), "prompts": [p.to_dict() for p in self.prompts]}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        out.update({
+            "costs": {str(b): cost.to_dict() for b, cost in self.costs.items()},
+            "checks": [c.to_dict() for c in self.checks if not c.lossy]})
         lossy = [c.to_dict() for c in self.checks if c.lossy]
         if lossy:  # match rates of lossy methods: never failures
             out["lossy_checks"] = lossy

@@ -1,5 +1,6 @@
 """``decoding-bench``'s terminal report, from the JSON form of its results (:meth:`Result.to_dict`, or a loaded
-``--json`` file): a table per mode, the greedy checks, acceptance by category and the best draft lengths."""
+``--json`` file): a table per mode, the greedy checks, the per-step split (``--step-split``), acceptance by
+category and the best draft lengths."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ import sys
 
 from decoding.evals.common.console import has_rich, plain_table, rich_table, stdout_console, table_width
 
-__all__ = ["COLUMNS", "NOT_MEASURABLE", "format_table", "print_checks", "print_report", "print_table", "summary_line",
-           "title"]
+__all__ = ["COLUMNS", "NOT_MEASURABLE", "SPLIT_COLUMNS", "format_split", "format_table", "head_lines", "print_checks",
+           "print_report", "print_table", "summary_line", "title"]
 
 # (header, cell key, format)
 COLUMNS = [("batch", "batch_size", "{}"), ("method", "name", "{}"), ("tok/s", "tokens_per_s", "{:.1f}"),
            ("speedup", "speedup", "{:.2f}x"), ("decode", "decode_speedup", "{:.2f}x"),
-           ("acc", "acceptance_rate", "{:.3f}"),
+           ("vs static", "speedup_vs_static", "{:.2f}x"), ("acc", "acceptance_rate", "{:.3f}"),
            ("alpha", "alpha", "{:.3f}"), ("tau", "mean_accepted_length", "{:.2f}"), ("c", "c", "{:.3f}"),
            ("v", "v", "{:.2f}"), ("ceiling", "ceiling", "{:.2f}x"), ("eff", "efficiency", "{:.2f}"),
            ("= target", "matches_target", "{}"), ("per-position acceptance", "per_position_acceptance", "{}")]
 
 LEFT = ("method", "per-position acceptance")
+# The --step-split table: (header, key of the cell's step_split, format); milliseconds and counts per step.
+SPLIT_COLUMNS = [("steps", "steps", "{:.0f}"), ("ms/step", "call_ms", "{:.3f}"), ("draft", "draft_ms", "{:.3f}"),
+                 ("target", "target_ms", "{:.3f}"), ("verify", "verify_ms", "{:.3f}"), ("other", "other_ms", "{:.3f}"),
+                 ("reads/step", "host_reads", "{:.2f}"), ("ops/step", "ops", "{:.0f}"),
+                 ("steady reads", "steady_host_reads", "{:.2f}"), ("steady ops", "steady_ops", "{:.0f}")]
 
 
 def _format(cell: dict, key: str, fmt: str) -> str:
@@ -40,9 +46,12 @@ def _format(cell: dict, key: str, fmt: str) -> str:
 
 
 def _columns(cells: list[dict]) -> list[tuple[str, str, str]]:
+    columns = COLUMNS
     if all(c.get("mode", "greedy") != "greedy" for c in cells):
-        return [col for col in COLUMNS if col[1] != "matches_target"]  # sampled outputs are not compared
-    return COLUMNS
+        columns = [col for col in columns if col[1] != "matches_target"]  # sampled outputs are not compared
+    if all(c.get("speedup_vs_static") is None for c in cells):
+        columns = [col for col in columns if col[1] != "speedup_vs_static"]  # no static-target baseline ran
+    return columns
 
 
 def _rows(cells: list[dict], columns) -> tuple[list[str], list[list[str]], list[int]]:
@@ -105,19 +114,29 @@ def title(result: dict, what: str) -> str:
     meta = result["meta"]
     processes = f", {meta['num_processes']} processes" if meta["num_processes"] > 1 else ""
     args = meta["arguments"]
+    draft = "draft head" if meta.get("draft_head") else "draft"
     return (f"{what}: {meta['target']} ({meta['target_parameters'] / 1e6:.1f}M target, "
-            f"{meta['draft_parameters'] / 1e6:.1f}M draft, {meta['dtype']}), {args['max_new_tokens']} new tokens, "
+            f"{meta['draft_parameters'] / 1e6:.1f}M {draft}, {meta['dtype']}), {args['max_new_tokens']} new tokens, "
             f"{len(result['prompts'])} prompts, {meta['device_name']}{processes}")
 
 
 def print_report(result: dict) -> None:
     """The whole report: per mode a table (and for greedy the checks), acceptance by category, the best cells."""
     cells = result["cells"]
+    for line in head_lines(result):
+        print(line)
     for mode in dict.fromkeys(c["mode"] for c in cells):
         what = "greedy" if mode == "greedy" else f"sampling, temperature {result['meta']['arguments']['temperature']}"
         print_table([c for c in cells if c["mode"] == mode], title(result, what))
         if mode == "greedy":
             print_checks([c for c in result["checks"] + result.get("lossy_checks", []) if c["mode"] == mode])
+        split = format_split([c for c in cells if c["mode"] == mode])
+        if split:
+            print(f"\nper-step split, {what} (untimed calls after the rounds: a profiled twin of each strategy, "
+                  "then each method under an operation counter; milliseconds and counts per step, the whole call's "
+                  "ms/step with its prompt encoding; steady: per step beyond a call's fixed reads and ops; the "
+                  "target alone: per token)")
+            print(split)
         print()
     categories = category_lines(cells)
     if categories:
@@ -125,6 +144,42 @@ def print_report(result: dict) -> None:
         print()
     for summary in result["summary"]:
         print(summary_line(summary))
+
+
+def head_lines(result: dict) -> list[str]:
+    """With a draft head (``--head``): what drafts, what its ``c`` is, and the methods left out (``notes``);
+    nothing otherwise."""
+    meta = result["meta"]
+    lines = []
+    if meta.get("draft_head"):
+        where = "" if meta["draft_head"] in meta["draft"] else f" ({meta['draft_head']})"
+        lines.append(f"draft: {meta['draft']}{where}, an EAGLE-3 head reading the target's hidden states, in every "
+                     "library method")
+        costs = ", ".join(f"batch {b}: " + " ".join(f"g={g} {_figure(c, '{:.3f}')}" for g, c in
+                                                     cost.get("c_per_g", {}).items())
+                          for b, cost in result.get("costs", {}).items())
+        lines.append("c of the head: its drafting seconds per drafted position in profiled greedy calls (the reading "
+                     "of the prompt, its prefill, left out) over one cached target forward of one token; by g, "
+                     f"{costs}")
+    lines += [f"note: {note}" for note in result.get("notes", [])]
+    return lines + [""] if lines else []
+
+
+def format_split(cells: list[dict]) -> str:
+    """The ``--step-split`` figures of the cells that have them as a plain table ("" when none has)."""
+    cells = [c for c in cells if c.get("step_split")]
+    if not cells:
+        return ""
+    header = ["batch", "method"] + [name for name, _, _ in SPLIT_COLUMNS]
+    rows = [[str(c["batch_size"]), c["name"]] + [_split_figure(c["step_split"].get(key), fmt)
+                                                 for _, key, fmt in SPLIT_COLUMNS] for c in cells]
+    return plain_table(header, rows, (1,), rule=True)
+
+
+def _split_figure(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return fmt.format(value)
 
 
 NOT_MEASURABLE = "not measurable"
@@ -145,6 +200,8 @@ def summary_line(s: dict) -> str:
     prefill = "" if s["ceiling_with_prefill"] is None else f" ({_figure(s['ceiling_with_prefill'])} counting prefill)"
     overhead = "" if s["target_forwards_per_token"] is None else \
         f"; target alone: {_figure(s['target_forwards_per_token'], '{:.2f}')} forwards/token"
+    if s.get("static_target_speedup") is not None:
+        overhead += f"; over the static target: {_figure(s['static_target_speedup'])}"
     return (f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} "
             f"{_figure(s['speedup'])} (decoding {_figure(s['decode_speedup'])}); ceiling {_figure(s['ceiling'])}"
             f"{prefill}, efficiency {_figure(s['efficiency'], '{:.2f}')}, alpha {_figure(s['alpha'], '{:.2f}')}"

@@ -1,5 +1,6 @@
 """``decoding-bench --variants``: further methods measured beside the default columns (adaptive draft length,
-block verification, prompt lookup, transformers' prompt lookup and dynamic assistant, speculative cascades)."""
+block verification, prompt lookup, transformers' prompt lookup and dynamic assistant, speculative cascades, and
+the target alone with transformers' static cache and compiled forward)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 
 import decoding
 
-__all__ = ["HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant", "hf_dynamic_settings", "method_count",
-           "parse_variants", "use_draft_config"]
+__all__ = ["ASSISTED_WITH_HEAD", "HEADLESS", "HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant", "head_skips",
+           "hf_dynamic_settings", "method_count", "parse_variants", "use_draft_config"]
 
 # Variant name -> what it adds; "cascade" is given as cascade:RULE:THRESHOLD.
 VARIANTS = {
@@ -21,9 +22,20 @@ VARIANTS = {
     "hf-lookup": "transformers' prompt_lookup_num_tokens=g per g (batch 1)",
     "hf-dynamic": "transformers' assistant_model= with its default dynamic settings (batch 1)",
     "cascade": "cascade:RULE:THRESHOLD, SpeculativeCascade(draft, RULE, THRESHOLD, g) per g (lossy)",
+    "static-target": "the target alone, transformers' static cache and compiled forward (a baseline; meant for "
+                     "CUDA, slow to compile on a CPU)",
 }
 PER_G = ("block", "lookup", "hf-lookup", "cascade")  # one method per draft length
 BATCH_1_ONLY = ("hf-lookup", "hf-dynamic")
+# Variants that cannot draft with a draft head (decoding-bench --head), and why: they are left out, with a note.
+HEADLESS = {
+    "hf-dynamic": "transformers' assistant_model= runs the draft as a causal LM on token ids, while a draft head "
+                  "reads the target's hidden states",
+    "cascade": "SpeculativeCascade's deferral rules read a draft model's law over the target's whole vocabulary "
+               "(it refuses a draft head)",
+}
+ASSISTED_WITH_HEAD = ("assisted g (transformers' assistant_model=) skipped, as with --no-assisted: it runs the draft "
+                      "as a causal LM on token ids, while a draft head reads the target's hidden states")
 # The draft's generation-config fields transformers' assisted generation reads.
 HF_DYNAMIC_KEYS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
 
@@ -75,6 +87,19 @@ def parse_variants(text: str) -> list[Variant]:
     return list(dict.fromkeys(out))
 
 
+def head_skips(assisted: bool, variants: Sequence[Variant]) -> tuple[bool, list[Variant], list[str]]:
+    """With a draft head as the draft: ``(assisted, variants, notes)``, without the methods that cannot use a head
+    (transformers' ``assistant_model=``, :data:`HEADLESS`), and one note per method left out."""
+    notes = [ASSISTED_WITH_HEAD] if assisted else []
+    kept = []
+    for variant in variants:
+        if variant.kind in HEADLESS:
+            notes.append(f"{variant.label} skipped: {HEADLESS[variant.kind]}")
+        else:
+            kept.append(variant)
+    return False, kept, notes
+
+
 def method_count(variants: Sequence[Variant], batch_size: int, num_draft_lengths: int) -> int:
     """The methods ``variants`` add at ``batch_size`` (for the progress bar)."""
     return sum(num_draft_lengths if v.kind in PER_G else 1 for v in variants if v.runs_at(batch_size))
@@ -112,7 +137,8 @@ def use_draft_config(draft, **values):
 
 def strategy(variant: Variant, draft, g: int | None, tokenizers: tuple | None = None):
     """The library strategy of ``variant`` at ``g`` (None for transformers' own methods); ``tokenizers``: the
-    pair's ``(target, draft)`` tokenizers, when the draft has its own."""
+    pair's ``(target, draft)`` tokenizers, when the draft has its own. Each call builds a new one (the step
+    split builds a profiled twin so)."""
     if variant.kind == "adaptive":
         return decoding.SpeculativeDecoding(draft, num_draft_tokens="auto", tokenizers=tokenizers)
     if variant.kind == "block":

@@ -30,6 +30,17 @@ class Pair:
     # they disagree: ``cross_tokenizer``); None when the draft reads the target's ids.
     tokenizers: tuple | None = None
     cross_tokenizer: bool = False
+    # The draft head's folder or hub id when the draft is an EAGLE-3 head reading the target's hidden states
+    # (load(..., head=...)); None for a draft model.
+    head: str | None = None
+
+    @property
+    def draft_is_head(self) -> bool:
+        """Whether the draft is a draft head (:class:`~decoding.proposers.eagle_head.Eagle3Head`): it drafts from
+        the target's features, so only the library's own strategies can run it."""
+        from decoding.proposers.eagle_head import Eagle3Head
+
+        return isinstance(self.draft, Eagle3Head)
 
 
 def eos_token_ids(model, tokenizer=None) -> list[int]:
@@ -78,9 +89,12 @@ def synthetic(settings: dict | None = None, *, seed: int = 0, dtype: torch.dtype
 
 
 def load(target: str, draft: str | None = None, *, dtype=None, device_map=None, load_in_8bit: bool = False,
-         load_in_4bit: bool = False, chat_template: bool = False, name: str | None = None) -> Pair:
+         load_in_4bit: bool = False, chat_template: bool = False, name: str | None = None,
+         head: bool | str | None = None) -> Pair:
     """``target`` and ``draft`` through :func:`decoding.model_pairs.loading.load_pair` (registry names, hub ids or local
-    folders); prompts encoded by the target's tokenizer, in its chat template with ``chat_template``."""
+    folders); prompts encoded by the target's tokenizer, in its chat template with ``chat_template``. ``head``: draft
+    with an EAGLE-3 draft head instead of a draft model (``True``: the registry pair's shipped head; else its folder
+    or hub id; exclusive with ``draft``), loaded in the target's dtype on its device, with the target's tokenizer."""
     from decoding.model_pairs.loading import load_pair
 
     from decoding.token_maps import tokenizers_agree
@@ -88,12 +102,17 @@ def load(target: str, draft: str | None = None, *, dtype=None, device_map=None, 
     # A draft of another tokenizer family is a cross-tokenizer pair, not an error: the strategies check the
     # vocabularies of a draft that shares the target's tokenizer.
     loaded = load_pair(target, draft, dtype=dtype, device_map=device_map, load_in_8bit=load_in_8bit,
-                       load_in_4bit=load_in_4bit, check_tokenizers=False)
+                       load_in_4bit=load_in_4bit, check_tokenizers=False, head=head or False)
     tokenizer = loaded.tokenizer
     tokenizers = None if loaded.draft_tokenizer is tokenizer else (tokenizer, loaded.draft_tokenizer)
     eos = eos_token_ids(loaded.target, tokenizer)
-    spec = loaded.pair  # the registry entry, when the pair came from the registry unchanged
-    draft_name = f"{spec.name} draft" if spec is not None else str(draft or f"{target} draft")
+    spec = loaded.pair  # the registry entry, when the pair came from the registry unchanged (or with its own head)
+    head_spec = None
+    if head:
+        head_spec = spec.head if head is True else str(head)
+        draft_name = f"{spec.name} draft head" if spec is not None else f"draft head {head_spec}"
+    else:
+        draft_name = f"{spec.name} draft" if spec is not None else str(draft or f"{target} draft")
     cross_tokenizer = tokenizers is not None and not tokenizers_agree(*tokenizers)
     if cross_tokenizer:
         draft_name += " (another tokenizer: cross-tokenizer drafts; assisted = universal assisted generation)"
@@ -105,4 +124,5 @@ def load(target: str, draft: str | None = None, *, dtype=None, device_map=None, 
         return list(tokenizer(text)["input_ids"])
 
     return Pair(loaded.target, loaded.draft, name or (spec.name if spec is not None else str(target)), draft_name,
-                encode, pad_token_id(loaded.target, tokenizer, eos), eos, tokenizer, tokenizers, cross_tokenizer)
+                encode, pad_token_id(loaded.target, tokenizer, eos), eos, tokenizer, tokenizers, cross_tokenizer,
+                head_spec)
