@@ -22,6 +22,7 @@ from decoding.evals.bench import plot, report
 from decoding.evals.bench import prompts as bench_prompts
 from decoding.evals.common import measure
 from decoding.evals.common.batches import make_batches
+from cli_checks import error_line
 from models import CHECKOUT_ENV as ENV, save_llama, word_tokenizer
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -30,15 +31,6 @@ HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 # A tiny synthetic pair and grid: float64, so greedy outputs must equal the target's exactly.
 TINY = ["--synthetic", "layers=2,hidden=32,vocab=96", "--dtype", "float64", "--max-prompt-tokens", "12",
         "--max-new-tokens", "6", "--rounds", "1", "--cost-repeats", "2", "--quiet"]
-
-
-def error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and "Traceback" not in captured.out
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("decoding-bench: error: ")
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------------------------- prompts

@@ -18,16 +18,8 @@ from decoding.evals.bench.methods import generation_kwargs, make_methods
 from decoding.evals.bench.variants import head_skips, parse_variants
 from decoding.model_pairs.eagle import save_head
 from decoding.model_pairs.registry import with_heads
+from cli_checks import error_line
 from models import save_llama, tiny_head, word_tokenizer
-
-
-def error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and "Traceback" not in captured.out
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("decoding-bench: error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

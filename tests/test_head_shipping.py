@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import stat
 import subprocess
@@ -259,3 +260,18 @@ def test_the_gpu_head_script_runs_end_to_end_on_the_cpu(tmp_path):
     assert head.fc.weight.dtype == torch.bfloat16 and head.lm_head.out_features == 64
     card = (tmp_path / "ship" / "HEAD_CARD.md").read_text()
     assert "the target's sampled (T = 0.7) answers" in card and "| 2 |" in card
+
+
+def test_the_projection_fits_a_line_in_log_tokens_and_solves_for_the_goals():
+    from decoding.model_pairs.heads.ship import projection, projection_lines
+
+    # acceptance = 0.1 * log10(tokens) - 0.2: 0.3 at 1e5, 0.4 at 1e6; the goals 0.6 and 0.7 at 1e8 and 1e9
+    curve = [{"tokens": 10 ** e, "acceptance": [0.1 * e - 0.2]} for e in (3, 4, 5, 6)]
+    curve[0]["acceptance"] = [0.9]  # the first half is left out of the fit
+    fit = projection(curve)
+    assert fit["points"] == 2 and abs(fit["slope_per_10x"] - 0.1) < 1e-12
+    assert abs(math.log10(fit["tokens"][0.6]) - 8) < 1e-9 and abs(math.log10(fit["tokens"][0.7]) - 9) < 1e-9
+    assert "0.6 at about" in "\n".join(projection_lines(curve))
+    falling = [{"tokens": 10 ** e, "acceptance": [0.5 - 0.1 * e]} for e in (3, 4, 5, 6)]
+    assert projection(falling)["tokens"] == {0.6: None, 0.7: None}
+    assert projection(curve[:1]) is None and projection_lines(curve[:1]) == []

@@ -19,9 +19,11 @@ __all__ = ["forward_log", "generation_cost_ratios"]
 
 
 @contextlib.contextmanager
-def forward_log(model, log: list):
-    """Append ``(rows, new_tokens, seconds)`` for every forward of ``model`` inside the block to ``log``."""
-    starts = []
+def forward_log(model, log: list, limit: int | None = None):
+    """Append ``(rows, new_tokens, seconds)`` for every forward of ``model`` inside the block to ``log`` (only the
+    first ``limit`` when given: the hooks are removed then, so that later forwards run, and synchronize, as they would
+    unobserved)."""
+    starts, handles = [], []
 
     def before(module, args, kwargs):
         synchronize(model.device)
@@ -33,9 +35,12 @@ def forward_log(model, log: list):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None:
             log.append((ids.shape[0], ids.shape[1], seconds))
+        if limit is not None and len(log) >= limit:
+            for handle in handles:
+                handle.remove()
 
-    handles = [model.register_forward_pre_hook(before, with_kwargs=True),
-               model.register_forward_hook(after, with_kwargs=True)]
+    handles += [model.register_forward_pre_hook(before, with_kwargs=True),
+                model.register_forward_hook(after, with_kwargs=True)]
     try:
         yield log
     finally:

@@ -22,45 +22,16 @@ draft model.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
-import time
 from collections.abc import Sequence
 
 import torch
 
 import decoding
-from decoding import hf_compat
 from decoding.evals.bench.generation_costs import forward_log
-from decoding.evals.common.measure import forward_timer, interleaved_medians, synchronize
+from decoding.evals.common.measure import forward_timer, interleaved_medians, prefill_timer
 
-__all__ = ["first_forward", "head_cost_ratios", "head_generation_costs", "target_costs", "target_prefill"]
-
-
-@contextlib.contextmanager
-def first_forward(model, seconds: list):
-    """Append the seconds of ``model``'s first forward inside the block to ``seconds``; its hooks are removed after
-    that forward, so that later forwards run (and synchronize) as they would unobserved."""
-    handles = []
-    start = []
-
-    def before(module, args, kwargs):
-        synchronize(model.device)
-        start.append(time.perf_counter())
-
-    def after(module, args, kwargs, output):
-        synchronize(model.device)
-        seconds.append(time.perf_counter() - start[0])
-        for handle in handles:
-            handle.remove()
-
-    handles += [model.register_forward_pre_hook(before, with_kwargs=True),
-                model.register_forward_hook(after, with_kwargs=True)]
-    try:
-        yield seconds
-    finally:
-        for handle in handles:
-            handle.remove()
+__all__ = ["head_cost_ratios", "head_generation_costs", "target_costs", "target_prefill"]
 
 
 def target_costs(target, batch_size: int, context_length: int, draft_lengths: Sequence[int], repeats: int = 31,
@@ -76,21 +47,9 @@ def target_costs(target, batch_size: int, context_length: int, draft_lengths: Se
 def target_prefill(target, batch_size: int, prompt_length: int, repeats: int = 7, warmup: int = 1) -> dict:
     """The target's side of :func:`decoding.evals.common.measure.prefill_ratios`: ``{"target": p_t, "seconds":
     {"target_prefill": s, "target_1": s}}``, the prompt's encoding in one-token forwards at ``prompt_length``."""
-    vocab = target.config.get_text_config().vocab_size
-    ids = torch.randint(1, vocab, (batch_size, prompt_length), generator=torch.Generator().manual_seed(0))
-    ids = ids.to(target.device)
-
-    def prefill() -> float:
-        with torch.no_grad():
-            synchronize(target.device)
-            start = time.perf_counter()
-            hf_compat.forward_with_cache(target, hf_compat.new_cache(target), input_ids=ids,
-                                         attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
-            synchronize(target.device)
-            return time.perf_counter() - start
-
-    seconds = interleaved_medians({"target_prefill": prefill,
-                                   "target_1": forward_timer(target, batch_size, prompt_length, 1)}, repeats, warmup)
+    timers = {"target_prefill": prefill_timer(target, batch_size, prompt_length, torch.Generator().manual_seed(0)),
+              "target_1": forward_timer(target, batch_size, prompt_length, 1)}
+    seconds = interleaved_medians(timers, repeats, warmup)
     return {"target": seconds["target_prefill"] / seconds["target_1"], "seconds": seconds}
 
 
@@ -123,9 +82,10 @@ def head_generation_costs(target, head, batches: Sequence[tuple[torch.Tensor, to
             for g in draft_lengths:
                 strategy = decoding.SpeculativeDecoding(head, num_draft_tokens=g, profile=True)
                 read = []
-                with forward_log(target, []) as verify, first_forward(head, read):
+                with forward_log(target, []) as verify, forward_log(head, read, limit=1):
                     target.generate(ids, attention_mask=mask, custom_generate=strategy, **kwargs)
                 verifying[g] += [s for r, n, s in verify[1:] if r == rows and n == g + 1]
+                read = [seconds for _, _, seconds in read]  # the head's first forward: its reading of the prompt
                 prompt_reads += read
                 drafted = strategy.stats.drafted / ids.shape[0]  # positions per row
                 if drafted:

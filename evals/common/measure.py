@@ -119,6 +119,24 @@ def cost_ratios(target, draft, batch_size: int, context_length: int, draft_lengt
     return {"c": seconds["draft_1"] / seconds["target_1"], "v": v, "seconds": seconds}
 
 
+def prefill_timer(model, batch_size: int, prompt_length: int, generator: torch.Generator):
+    """A function timing ``model``'s encoding of a random ``[batch_size, prompt_length]`` prompt into an empty
+    cache (seconds, synchronized), as :func:`interleaved_medians` takes it."""
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(1, vocab, (batch_size, prompt_length), generator=generator).to(model.device)
+
+    def timed() -> float:
+        with torch.no_grad():
+            synchronize(model.device)
+            start = time.perf_counter()
+            hf_compat.forward_with_cache(model, hf_compat.new_cache(model), input_ids=ids,
+                                         attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+            synchronize(model.device)
+            return time.perf_counter() - start
+
+    return timed
+
+
 def prefill_ratios(target, draft, batch_size: int, prompt_length: int, repeats: int = 7, warmup: int = 1) -> dict:
     """Cost of encoding a ``prompt_length``-token prompt, in units of one cached target forward of 1 token.
 
@@ -127,22 +145,9 @@ def prefill_ratios(target, draft, batch_size: int, prompt_length: int, repeats: 
     ``prompt_length`` tokens, the start of decoding.
     """
     generator = torch.Generator().manual_seed(0)
-    timers = {}
-    for name, model in (("target_prefill", target), ("draft_prefill", draft)):
-        vocab = model.config.get_text_config().vocab_size
-        ids = torch.randint(1, vocab, (batch_size, prompt_length), generator=generator).to(model.device)
-
-        def timed(model=model, ids=ids) -> float:
-            with torch.no_grad():
-                synchronize(model.device)
-                start = time.perf_counter()
-                hf_compat.forward_with_cache(model, hf_compat.new_cache(model), input_ids=ids,
-                                             attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
-                synchronize(model.device)
-                return time.perf_counter() - start
-
-        timers[name] = timed
-    timers["target_1"] = forward_timer(target, batch_size, prompt_length, 1)
+    timers = {"target_prefill": prefill_timer(target, batch_size, prompt_length, generator),
+              "draft_prefill": prefill_timer(draft, batch_size, prompt_length, generator),
+              "target_1": forward_timer(target, batch_size, prompt_length, 1)}
     seconds = interleaved_medians(timers, repeats, warmup)
     return {"target": seconds["target_prefill"] / seconds["target_1"],
             "draft": seconds["draft_prefill"] / seconds["target_1"], "seconds": seconds}

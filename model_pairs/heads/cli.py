@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     save_head(head, args.out / "head")
     torch.save({**state, "optimizer": optimizer.state_dict()}, state_path)
     settings = {k: str(v) for k, v in vars(args).items()}
-    record_path.write_text(json.dumps({"settings": settings, "training_sequences": len(training),
+    record_path.write_text(json.dumps({"settings": settings, "split": "prompt-hash", "training_sequences": len(training),
                                        "heldout_sequences": len(heldout), "steps": state["step"],
                                        "tokens": state["tokens"], "minutes": round(state["seconds"] / 60, 2),
                                        "curve": state["curve"]}, indent=1) + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -207,7 +208,9 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
         "acceptance of the k-th drafted token). Reach: the share where all of the first k drafted tokens match. "
         f"Accepted per step: the expected number of accepted drafted tokens per step of greedy speculative "
         f"decoding with g = {ttt} (the sum of the reaches; tokens per target forward are one more)."
-        + (" The held-out sequences are drawn from the same teacher files as the trained ones: a held-out answer may "
+        + (" Held out by prompt (a hash of the prompt's ids): every answer to a held-out prompt, in every file, is "
+           "held out." if record.get("split") == "prompt-hash" else
+           " The held-out sequences are drawn from the same teacher files as the trained ones: a held-out answer may "
            "be to a prompt that another file answers in training." if len(files) > 1 else ""),
         "",
         "| step | tokens | minutes | " + " | ".join(f"acceptance {k}" for k in range(1, ttt + 1))
@@ -218,6 +221,7 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
         acceptance, reach = point["acceptance"], point["reach"]
         lines.append(f"| {point['step']} | {_number(point['tokens'])} | {point['minutes']} | "
                      + " | ".join(f"{a:.3f}" for a in acceptance) + f" | {reach[-1]:.3f} | {sum(reach):.3f} |")
+    lines += projection_lines(curve)
     lines += ["", "## Reproduce", "", "```"]
     lines += [_teacher_command(teachers[path]) for path in files if teachers.get(path)]
     lines += [_train_command(settings),
@@ -228,6 +232,34 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
     lines += [f"The run's record (settings and the full curve: agreement, reach and acceptance per position) is "
               f"`{Path(folder).name}/record.json`.", ""]
     return "\n".join(lines)
+
+
+def projection(curve: list[dict], goals=(0.6, 0.7)) -> dict | None:
+    """A least-squares line of the first position's held-out acceptance against ``log10`` of the tokens trained,
+    over the curve's second half (the start is the head leaving its initialisation), and the tokens at which the
+    line reaches each goal: ``{"slope_per_10x", "points", "tokens": {goal: tokens or None}}``; None with fewer than
+    two points. A projection, not a promise: such curves bend down as they near what the head can learn."""
+    points = [(math.log10(p["tokens"]), p["acceptance"][0]) for p in curve[len(curve) // 2:] if p["tokens"] > 0]
+    if len(points) < 2 or len({x for x, _ in points}) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    reach = {goal: (round(10 ** (mean_x + (goal - mean_y) / slope)) if slope > 0 else None) for goal in goals}
+    return {"slope_per_10x": slope, "points": len(points), "tokens": reach}
+
+
+def projection_lines(curve: list[dict]) -> list[str]:
+    """The card's projection paragraph (nothing when the curve is too short)."""
+    fit = projection(curve)
+    if fit is None:
+        return []
+    reach = ", ".join(f"{goal} at about {_number(tokens)} tokens" if tokens else f"{goal} never (the line falls)"
+                      for goal, tokens in fit["tokens"].items())
+    return ["", "## Projection", "",
+            f"A line through the second half of the curve (first-position acceptance against log10 of the tokens "
+            f"trained, {fit['points']} points) rises {fit['slope_per_10x']:.3f} per tenfold tokens and reaches {reach}. "
+            "A projection, not a promise: such curves bend down as they near what one layer can learn."]
 
 
 def _read_meta(path: str) -> dict | None:
