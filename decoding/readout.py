@@ -22,6 +22,11 @@ class Deferred:
         self._value: list[int] | None = None
 
     @property
+    def ready(self) -> bool:
+        """Whether it has been read (``.value`` then reads nothing)."""
+        return self._value is not None
+
+    @property
     def value(self) -> list[int]:
         if self._value is None:
             self._readout.read()

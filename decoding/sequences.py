@@ -47,9 +47,13 @@ class Sequences:
     def longest(self) -> int:
         """``max(lengths)``: the longest row, prompt included (read with the step's asks)."""
         if self._grown is not None:
-            self._longest = max(self._longest, self._grown.value[0])
-            self._bound, self._grown = self._longest, None
+            self._fold(self._grown.value[0])
         return self._longest
+
+    def _fold(self, grown: int) -> None:
+        """Take in the longest advanced row of the last commit (read from the device)."""
+        self._longest = max(self._longest, grown)
+        self._bound, self._grown = self._longest, None
 
     def _reserve(self, columns: int) -> None:
         """Make the buffer at least ``columns`` wide (doubling, capped at the capacity)."""
@@ -70,6 +74,8 @@ class Sequences:
 
     def write(self, rows: torch.Tensor, offset: int, ids: torch.Tensor) -> None:
         """Write ``ids  # [b, n]`` at columns ``lengths + offset ...`` of each row (ids < 0 are skipped)."""
+        if self._grown is not None and self._grown.ready:  # read with the last step: the bound tightens for free
+            self._fold(self._grown.value[0])
         self._reserve(self._bound + offset + ids.shape[1])
         columns = self.columns(rows, ids.shape[1], offset)  # [b, n]
         current = self.tokens[rows[:, None], columns]
