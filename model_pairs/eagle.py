@@ -29,7 +29,7 @@ from transformers import LlamaConfig
 
 from decoding.proposers.eagle_head import ARCHITECTURE, Eagle3Head
 
-from .loading import ModelNotFoundError
+from .sources import ModelNotFoundError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _RENAMES = ((re.compile(r"^model\."), ""), (re.compile(r"^layers\.0\."), "midlayer."),

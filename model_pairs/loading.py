@@ -38,19 +38,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from decoding.vocab import check_vocab_compatibility
 
 from .gguf import check_gguf, convert_gguf
 from .registry import ModelPair, UnknownPairError, from_name, names, with_heads
+from .sources import ModelNotFoundError, Source, find_source, from_pretrained, hub_offline, looks_like_path
 
 __all__ = ["LoadedPair", "ModelNotFoundError", "load_pair", "resolve_dtype"]
 
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 _DTYPES: dict[str, Any] = {
     "auto": "auto",
     "float32": torch.float32,
@@ -62,11 +59,6 @@ _DTYPES: dict[str, Any] = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
-_TRUE = {"1", "true", "yes", "on"}
-
-
-class ModelNotFoundError(OSError, ValueError):
-    """A model or tokenizer that cannot be loaded: a hub id not available here, or a directory without weights."""
 
 
 @dataclass
@@ -100,99 +92,6 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
         if key in _DTYPES:
             return _DTYPES[key]
     raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)} or a torch.dtype.")
-
-
-def hub_offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network access."""
-    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where one model comes from: a checked local directory, or a hub id."""
-
-    spec: str
-    role: str
-    local: Path | None = None
-
-    @property
-    def where(self) -> str:
-        return str(self.local) if self.local is not None else self.spec
-
-    def has_tokenizer(self) -> bool:
-        return self.local is None or any((self.local / name).is_file() for name in TOKENIZER_FILES)
-
-
-def _looks_like_path(spec: str) -> bool:
-    """A spec that can only be a filesystem path: hub ids are ``name`` or ``owner/name``."""
-    return spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") > 1 or os.path.exists(spec)
-
-
-def _source(spec: str | os.PathLike, role: str) -> _Source:
-    """Check a local directory (it must hold weights and a config) or pass a hub id through."""
-    text = os.fspath(spec)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
-            raise ModelNotFoundError(
-                f"the {role} directory {str(path)!r} has no weights (no *.safetensors or *.bin files); point at the "
-                "directory that holds config.json and the model weights, e.g. one written by save_pretrained."
-            )
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"the {role} directory {str(path)!r} has no config.json.")
-        return _Source(text, role, path)
-    if _looks_like_path(text):
-        kind = "is a file, not a directory" if path.exists() else "does not exist"
-        raise ModelNotFoundError(
-            f"the {role} path {text!r} {kind}; pass a directory holding config.json and the weights "
-            "(*.safetensors or *.bin), or a hub id such as 'owner/name'."
-        )
-    try:
-        validate_repo_id(text)
-    except HFValidationError as error:
-        raise ModelNotFoundError(
-            f"the {role} {text!r} is neither a local directory nor a valid hub id ('owner/name'): {error}"
-        ) from None
-    return _Source(text, role)
-
-
-def _not_available(source: _Source, what: str, local_only: bool, error: Exception) -> ModelNotFoundError:
-    """The error for a hub id that could not be loaded, with how to use local weights instead."""
-    if local_only:
-        why = "the hub was not asked (offline: HF_HUB_OFFLINE=1 or local_files_only=True)"
-    else:
-        why = "the hub could not provide it (no network access, a gated or private repository, or a wrong id)"
-    return ModelNotFoundError(
-        f"could not load the {source.role} {what} {source.spec!r}: it is not a local directory nor in the local "
-        f"hub cache, and {why}. To use local weights, pass the path of a directory holding config.json, the "
-        "weights (*.safetensors or *.bin) and the tokenizer files instead of the id; to make one, run "
-        f"`huggingface-cli download {source.spec} --local-dir DIR` (or `hf download ...`) on a "
-        f"machine with hub access, copy DIR here and pass DIR. Cause: {type(error).__name__}: "
-        f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    )
-
-
-def _from_pretrained(loader, source: _Source, what: str, local_files_only: bool, **kwargs):
-    """``loader.from_pretrained`` for one source, turning "not found" errors into :class:`ModelNotFoundError`.
-
-    A hub id is looked up in the local cache first (fast, no network) and, unless ``local_files_only``, on the
-    hub after that.
-    """
-    if source.local is not None:
-        try:
-            return loader.from_pretrained(str(source.local), local_files_only=True, **kwargs)
-        except OSError as error:
-            raise ModelNotFoundError(
-                f"could not load the {source.role} {what} from {str(source.local)!r}: {error}"
-            ) from error
-    attempts = (True,) if local_files_only else (True, False)
-    for i, local_only in enumerate(attempts):
-        try:
-            return loader.from_pretrained(source.spec, local_files_only=local_only, **kwargs)
-        except OSError as error:
-            if i == len(attempts) - 1:
-                raise _not_available(source, what, local_files_only, error) from error
-    raise AssertionError("unreachable")
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -262,7 +161,7 @@ def _head_spec(target, head) -> str | None:
                 f"draft head: {', '.join(with_heads()) or 'none'}. Or pass head= the folder or hub id of an EAGLE-3 "
                 "head trained on this target (decoding.model_pairs.eagle)."
             )
-        if not Path(pair.head).is_dir() and _looks_like_path(pair.head):
+        if not Path(pair.head).is_dir() and looks_like_path(pair.head):
             raise ModelNotFoundError(
                 f"the draft head of {pair.name} is not in this installation ({pair.head} is missing); train one "
                 "with python -m decoding.model_pairs.heads, or pass head= its folder."
@@ -289,7 +188,7 @@ def _registry_pair(target: str | os.PathLike, draft, cache_dir=None, head: str |
             if _is_gguf_file(target):
                 check_gguf(target)  # a broken file is reported as such before a draft is asked for
             else:
-                _source(target, "target")  # a path that does not exist is reported as such first
+                find_source(target, "target")  # a path that does not exist is reported as such first
             raise UnknownPairError(
                 f"{os.fspath(target)!r} is not a registered pair, so a draft is needed: pass one (draft=, or "
                 f"--draft on the command line: a hub id or local directory), or use a registered pair: "
@@ -316,7 +215,7 @@ def _registry_pair(target: str | os.PathLike, draft, cache_dir=None, head: str |
     return None, target, draft
 
 
-def _target_model(source: _Source, dtype, quantization, device_map, local_files_only: bool) -> PreTrainedModel:
+def _target_model(source: Source, dtype, quantization, device_map, local_files_only: bool) -> PreTrainedModel:
     """The target's weights: in ``dtype``, quantized or spread by ``device_map`` (``"auto"`` when quantized)."""
     kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
     if quantization is not None:
@@ -324,7 +223,7 @@ def _target_model(source: _Source, dtype, quantization, device_map, local_files_
         device_map = "auto" if device_map is None else device_map
     if device_map is not None:
         kwargs["device_map"] = device_map
-    return _from_pretrained(AutoModelForCausalLM, source, "model", local_files_only, **kwargs)
+    return from_pretrained(AutoModelForCausalLM, source, "model", local_files_only, **kwargs)
 
 
 def load_pair(
@@ -402,18 +301,18 @@ def load_pair(
     quantization = _quantization_config(load_in_8bit, load_in_4bit, dtype)
     if local_files_only is None:
         local_files_only = hub_offline()
-    target_source, draft_source = _source(target, "target"), _source(draft, role)
+    target_source, draft_source = find_source(target, "target"), find_source(draft, role)
 
     # Configs and tokenizers first: cheap, and they catch missing models and mismatches before any weights load.
-    target_config = _from_pretrained(AutoConfig, target_source, "config", local_files_only)
-    draft_config = _from_pretrained(AutoConfig, draft_source, "config", local_files_only)
+    target_config = from_pretrained(AutoConfig, target_source, "config", local_files_only)
+    draft_config = from_pretrained(AutoConfig, draft_source, "config", local_files_only)
     if not target_source.has_tokenizer():
         raise ModelNotFoundError(f"the target directory {target_source.where!r} has no tokenizer files.")
-    tokenizer = _prepare_tokenizer(_from_pretrained(AutoTokenizer, target_source, "tokenizer", local_files_only))
+    tokenizer = _prepare_tokenizer(from_pretrained(AutoTokenizer, target_source, "tokenizer", local_files_only))
     if draft_source.where == target_source.where or not draft_source.has_tokenizer():
         draft_tokenizer = tokenizer
     else:
-        draft_tokenizer = _from_pretrained(AutoTokenizer, draft_source, "tokenizer", local_files_only)
+        draft_tokenizer = from_pretrained(AutoTokenizer, draft_source, "tokenizer", local_files_only)
         draft_tokenizer = _prepare_tokenizer(draft_tokenizer)
     if check_tokenizers:
         tokenizers = None if draft_tokenizer is tokenizer else (tokenizer, draft_tokenizer)
@@ -427,7 +326,7 @@ def load_pair(
     draft_kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
     if device.type != "cpu":
         draft_kwargs["device_map"] = {"": device}  # straight onto the device, no CPU copy
-    draft_model = _from_pretrained(AutoModelForCausalLM, draft_source, "model", local_files_only, **draft_kwargs)
+    draft_model = from_pretrained(AutoModelForCausalLM, draft_source, "model", local_files_only, **draft_kwargs)
     if draft_model.device != device:
         draft_model = draft_model.to(device)
 
@@ -446,11 +345,11 @@ def _load_with_head(pair: ModelPair | None, target, head: str, *, dtype, device_
     quantization = _quantization_config(load_in_8bit, load_in_4bit, dtype)
     if local_files_only is None:
         local_files_only = hub_offline()
-    source = _source(target, "target")
-    config = _from_pretrained(AutoConfig, source, "config", local_files_only).get_text_config()
+    source = find_source(target, "target")
+    config = from_pretrained(AutoConfig, source, "config", local_files_only).get_text_config()
     if not source.has_tokenizer():
         raise ModelNotFoundError(f"the target directory {source.where!r} has no tokenizer files.")
-    tokenizer = _prepare_tokenizer(_from_pretrained(AutoTokenizer, source, "tokenizer", local_files_only))
+    tokenizer = _prepare_tokenizer(from_pretrained(AutoTokenizer, source, "tokenizer", local_files_only))
     draft = load_head(head, local_files_only=local_files_only)  # small: checked before the target's weights load
     width = getattr(draft.config, "target_hidden_size", None) or draft.config.hidden_size
     if (draft.config.vocab_size, width) != (config.vocab_size, config.hidden_size):
