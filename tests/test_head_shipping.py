@@ -152,6 +152,13 @@ def test_ship_copies_the_head_in_bfloat16_and_writes_its_card(run, tmp_path, cap
     assert "stored in bfloat16 (trained in float32)" in card and f"--out {out}" in card
     assert json.loads((out / "record.json").read_text())["steps"] == 80
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o666 & ~_umask()  # not owner-only
+    notes = tmp_path / "notes.md"
+    notes.write_text("## End to end\n\nmeasured later\n")
+    assert ship.main(["--run", str(run_dir), "--out", str(out), "--notes", str(notes)]) == 0
+    card_with_notes = (tmp_path / "package" / "HEAD_CARD.md").read_text()
+    assert card_with_notes.startswith(card.rstrip("\n")) and card_with_notes.endswith("## End to end\n\nmeasured later\n")
+    with pytest.raises(SystemExit):
+        ship.main(["--run", str(run_dir), "--out", str(out), "--notes", str(tmp_path / "missing.md")])
 
 
 def _umask() -> int:

@@ -173,7 +173,9 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
         "",
         f"Sequences: {_number(record.get('training_sequences', 0))} trained on, "
         f"{_number(record.get('heldout_sequences', 0))} held out"
-        + (f" (a share of {heldout_share}, drawn with seed {settings.get('seed', 0)})" if heldout_share else "")
+        + ((f" (a share of {heldout_share} of the prompts, by a hash of each prompt's ids)"
+            if record.get("split") == "prompt-hash" else
+            f" (a share of {heldout_share}, drawn with seed {settings.get('seed', 0)})") if heldout_share else "")
         + f". Trained: {_number(tokens)} answer tokens in all (the training sequences are read again on each pass: "
         f"a token read twice counts twice) in {_number(steps)} optimizer steps"
         + (f", about {tokens // steps:,} per step" if steps else "") + f", {record.get('minutes')} minutes.",
@@ -259,7 +261,9 @@ def projection_lines(curve: list[dict]) -> list[str]:
     return ["", "## Projection", "",
             f"A line through the second half of the curve (first-position acceptance against log10 of the tokens "
             f"trained, {fit['points']} points) rises {fit['slope_per_10x']:.3f} per tenfold tokens and reaches {reach}. "
-            "A projection, not a promise: such curves bend down as they near what one layer can learn."]
+            "Tokens trained count repeats: the line assumes that more of them keep bringing new data, where a curve "
+            "over a fixed set of answers flattens as it is read again. A projection, not a promise: such curves "
+            "also bend down as they near what one layer can learn."]
 
 
 def _read_meta(path: str) -> dict | None:
@@ -270,9 +274,10 @@ def _read_meta(path: str) -> dict | None:
 
 
 def ship(run: str | Path, out: str | Path, card: str | Path | None = None, *, folder_name: str | None = None,
-         pair: str | None = None) -> tuple[Path, Path]:
+         pair: str | None = None, notes: str | Path | None = None) -> tuple[Path, Path]:
     """Copy ``<run>/head`` to ``out`` in bfloat16 with the run's record, and write its card (default
-    ``<out>/../HEAD_CARD.md``); returns ``(out, card)``."""
+    ``<out>/../HEAD_CARD.md``), ending with the markdown file ``notes`` when given (measurements made after
+    training, such as the head's speed on the real pair); returns ``(out, card)``."""
     from decoding.model_pairs.eagle import load_head, save_head
 
     run, out = Path(run), Path(out)
@@ -292,6 +297,8 @@ def ship(run: str | Path, out: str | Path, card: str | Path | None = None, *, fo
     card = Path(card) if card is not None else out.parent / "HEAD_CARD.md"
     model = {**describe_head(head, out), "trained_dtype": trained_dtype}
     text = head_card(record, teachers=teachers, model=model, folder=folder_name or str(out), pair=pair)
+    if notes is not None:
+        text = text.rstrip("\n") + "\n\n" + Path(notes).read_text().strip() + "\n"
     card.write_text(text)
     return out, card
 
@@ -309,11 +316,14 @@ def main(argv=None) -> int:
     parser.add_argument("--run", type=Path, required=True, help="a run folder of python -m decoding.model_pairs.heads")
     parser.add_argument("--out", type=Path, required=True, help="where the head goes (created)")
     parser.add_argument("--card", type=Path, default=None, help="the card's path (default <out>/../HEAD_CARD.md)")
+    parser.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the card")
     args = parser.parse_args(argv)
-    missing = [str(p) for p in (args.run / "record.json", args.run / "head" / "config.json") if not p.is_file()]
+    missing = [str(p) for p in (args.run / "record.json", args.run / "head" / "config.json",
+                                *([args.notes] if args.notes else [])) if not p.is_file()]
     if missing:
         parser.error(f"{args.run} is not a finished head run: no {', '.join(missing)}")
-    out, card = ship(args.run, args.out, args.card, folder_name=str(args.out), pair=_registered_pair(args.out))
+    out, card = ship(args.run, args.out, args.card, folder_name=str(args.out), pair=_registered_pair(args.out),
+                     notes=args.notes)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB) and {card}")
     return 0
