@@ -54,7 +54,6 @@ class RaggedCache:
 
         Returns ``# [b, logits_to_keep, V]`` raw logits of the model, on the device of ``tokens``.
         """
-        self._settle()
         if not self.contiguous:
             return self._logits(self._append(tokens, valid, logits_to_keep), logits_to_keep, tokens)
         valid = torch.ones_like(tokens) if valid is None else valid.to(torch.int64)
@@ -72,7 +71,6 @@ class RaggedCache:
         decoder layer ``i - 1``), concatenated in that order; None when ``layers`` is empty."""
         if not layers:
             return self.forward(tokens, valid, logits_to_keep), None
-        self._settle()
         if self.contiguous:
             raise ValueError("a proposer that reads the target's hidden states needs a target with full attention "
                              "in every layer (sliding-window targets are not supported)")
@@ -88,6 +86,7 @@ class RaggedCache:
     def _append(self, tokens: torch.Tensor, valid: torch.Tensor | None, logits_to_keep: int, **inputs):
         """:meth:`forward`'s work: the tokens go in the next ``n`` slots (``valid`` None: all real), with further
         model ``inputs``; returns the model's output."""
+        self._settle()  # the last rollback's crop first: the new slots follow the kept ones
         n = tokens.shape[1]
         if valid is None:  # known on the host: fewer operations (a draft's own tokens)
             positions = self.num_valid[:, None] if n == 1 else self.num_valid[:, None] + torch.arange(
@@ -118,7 +117,6 @@ class RaggedCache:
         """Append ``tokens  # [b, n]`` (``valid  # [b, n]``, None: all real) with further model inputs (a draft
         head's features) and return the model's whole output, every position's logits included (full-attention
         models only)."""
-        self._settle()
         return self._append(tokens, valid, 0, **inputs)
 
     def _forward_valid_first(self, tokens: torch.Tensor, valid: torch.Tensor, logits_to_keep: int) -> torch.Tensor:

@@ -66,7 +66,7 @@ class Run:
         if self.streamer is not None:
             self._stream(kept)
         self.sequences.commit(self.rows, kept, output_ids.shape[1], cleared=self.stopping.simple)
-        self._lengths = self.readout.ask(self.sequences.lengths[self.rows])
+        self._lengths = self.sequences.committed  # the active rows' lengths, asked once for both
         return finished
 
     def _stream(self, kept: torch.Tensor) -> None:

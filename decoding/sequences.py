@@ -41,22 +41,27 @@ class Sequences:
         self.readout = readout if readout is not None else Readout()
         self._longest = prompt_length  # max(lengths) on the host, as of the last read
         self._bound = prompt_length  # max(lengths) or more: what writes reserve room for, known without a read
-        self._grown = None  # the max of the rows a commit advanced, asked of the readout
+        # The lengths of the rows the last commit advanced, asked of the readout (None: folded into _longest).
+        self.committed = None
 
     @property
     def longest(self) -> int:
         """``max(lengths)``: the longest row, prompt included (read with the step's asks)."""
-        if self._grown is not None:
-            self._fold(self._grown.value[0])
+        if self.committed is not None:
+            self._fold()
         return self._longest
 
-    def _fold(self, grown: int) -> None:
-        """Take in the longest advanced row of the last commit (read from the device)."""
-        self._longest = max(self._longest, grown)
-        self._bound, self._grown = self._longest, None
+    def _fold(self) -> None:
+        """Take in the lengths of the last commit (read from the device)."""
+        self._longest = max(self._longest, *self.committed.value)
+        self._bound, self.committed = self._longest, None
 
-    def _reserve(self, columns: int) -> None:
-        """Make the buffer at least ``columns`` wide (doubling, capped at the capacity)."""
+    def _reserve(self, columns_past_bound: int) -> None:
+        """Make the buffer at least ``columns_past_bound`` wider than the longest row can be (doubling, capped at
+        the capacity); the bound tightens for free once the last commit's lengths have been read."""
+        if self.committed is not None and self.committed.ready:
+            self._fold()
+        columns = self._bound + columns_past_bound
         width = self.tokens.shape[1]
         if columns <= width:
             return
@@ -74,9 +79,7 @@ class Sequences:
 
     def write(self, rows: torch.Tensor, offset: int, ids: torch.Tensor) -> None:
         """Write ``ids  # [b, n]`` at columns ``lengths + offset ...`` of each row (ids < 0 are skipped)."""
-        if self._grown is not None and self._grown.ready:  # read with the last step: the bound tightens for free
-            self._fold(self._grown.value[0])
-        self._reserve(self._bound + offset + ids.shape[1])
+        self._reserve(offset + ids.shape[1])
         columns = self.columns(rows, ids.shape[1], offset)  # [b, n]
         current = self.tokens[rows[:, None], columns]
         self.tokens[rows[:, None], columns] = torch.where(ids >= 0, ids, current)
@@ -85,7 +88,7 @@ class Sequences:
         """Write the first ``counts  # [b]`` of ``ids  # [b, n]`` after each row's committed tokens, and pads over
         the rest of the ``n`` columns (tentative drafts, if any were written): :meth:`write` then :meth:`commit`'s
         clearing, in one pass."""
-        self._reserve(self._bound + ids.shape[1])
+        self._reserve(ids.shape[1])
         columns = self.columns(rows, ids.shape[1])  # [b, n]
         keep = torch.arange(ids.shape[1], device=ids.device) < counts[:, None]
         self.tokens[rows[:, None], columns] = torch.where(keep, ids, self.pad_token_id)
@@ -99,7 +102,7 @@ class Sequences:
             current = self.tokens[rows[:, None], columns]
             self.tokens[rows[:, None], columns] = torch.where(keep, current, self.pad_token_id)
         self.lengths[rows] += counts
-        self._grown = self.readout.ask(self.lengths[rows].max())
+        self.committed = self.readout.ask(self.lengths[rows])
         self._bound += written
 
     def views(self, rows: torch.Tensor, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -152,3 +152,21 @@ def test_a_profiled_call_splits_its_time_into_phases_and_decodes_the_same(length
     assert set(seconds) == {"draft", "target", "verify", "other"} and min(seconds.values()) >= 0
     assert 0 < sum(seconds.values()) <= wall and seconds["target"] > 0
     assert strategies[0].stats.seconds == {}
+
+
+def test_the_token_buffer_grows_with_the_rows_not_with_what_a_step_could_write():
+    """Steps that write 5 columns and keep 1: once the step's read has happened, the buffer's bound is the longest
+    row, so 100 such steps (105 tokens a row) stay inside the first allocation instead of reserving 5 per step."""
+    from decoding.readout import Readout
+    from decoding.sequences import Sequences
+
+    readout = Readout()
+    sequences = Sequences(torch.ones(2, 5, dtype=torch.int64), max_length=10_000, slack=5, pad_token_id=0,
+                          readout=readout)
+    first_width, rows = sequences.tokens.shape[1], torch.arange(2)
+    for _ in range(100):
+        sequences.write_kept(rows, torch.full((2, 5), 7), torch.ones(2, dtype=torch.int64))
+        sequences.commit(rows, torch.ones(2, dtype=torch.int64), 5, cleared=True)
+        readout.read()  # the step's one read
+    assert sequences.lengths.tolist() == [105, 105] and sequences.longest == 105
+    assert sequences.tokens.shape[1] == first_width < 5 + 5 * 100

@@ -72,7 +72,8 @@ class FeatureDrafter(Drafter):
         self.target_ids = head.target_ids()  # [V_draft]
         self.features = None  # [b, n, F]: the last target forward's features, not yet read
         self.kept = None  # [b, n] bool: the columns of those the rows committed
-        self.width = None  # max pairs per row to read, asked of the step's readout
+        self.counts = None  # [b]: pairs per row to read (the kept columns)
+        self.width = None  # max(counts), asked of the step's readout
         self.next = None  # (logits [b, V_draft], hidden [b, H]) after the last committed token
         self.spoken = 0  # positions the head cached from its own states this step (dropped before reading)
 
@@ -84,14 +85,17 @@ class FeatureDrafter(Drafter):
         n = features.values.shape[1]
         columns = torch.arange(n, device=num_accepted.device)
         kept = columns < (n - features.drafted + num_accepted)[:, None]  # [b, n]: the committed columns
-        self.features, self.kept = features.values, kept if features.valid is None else features.valid.bool() & kept
-        self.width = self.cache.readout.ask(self.kept.sum(dim=1).max())
+        self._keep(features.values, kept if features.valid is None else features.valid.bool() & kept)
 
     def select_rows(self, survivors: torch.Tensor) -> None:
         self.cache.select_rows(survivors)
         if self.features is not None:
-            self.features, self.kept = self.features[survivors], self.kept[survivors]
-            self.width = self.cache.readout.ask(self.kept.sum(dim=1).max())
+            self._keep(self.features[survivors], self.kept[survivors])
+
+    def _keep(self, features: torch.Tensor, kept: torch.Tensor) -> None:
+        """Hold ``features  # [b, n, F]`` with the columns to read ``kept  # [b, n]``; their widest row is asked."""
+        self.features, self.kept, self.counts = features, kept, kept.sum(dim=1)
+        self.width = self.cache.readout.ask(self.counts.max())
 
     def prepare(self, run, compact_threshold: float) -> None:
         self.cache.compact_if_holes_exceed(compact_threshold)
@@ -99,7 +103,7 @@ class FeatureDrafter(Drafter):
     def _read_pending(self, run) -> None:
         """Read the pairs the last step committed, right-aligned: ``(feature of column c, the committed token after
         it)``; the output at the last one is :attr:`next`."""
-        counts = self.kept.sum(dim=1)  # [b] pairs per row (>= 1: a step commits a token per row)
+        counts = self.counts  # [b] pairs per row (>= 1: a step commits a token per row)
         width = self.width.value[0]
         first = self.kept.to(torch.int8).argmax(dim=1)  # [b] each row's first kept column (they are contiguous)
         slots = torch.arange(width, device=counts.device)  # [width]
@@ -110,7 +114,7 @@ class FeatureDrafter(Drafter):
         out = self.cache.forward_outputs(tokens, valid, features=features.to(self.head.dtype),
                                          inputs_embeds=self.embed(tokens).to(self.head.dtype))
         self.next = out.logits[:, -1], out.hidden[:, -1]
-        self.features = self.kept = None
+        self.features = self.kept = self.counts = None
 
     def propose(self, run, sampler, k: int, length) -> Proposal:
         if self.features is not None:
