@@ -175,3 +175,20 @@ def test_training_and_held_out_prompts_are_disjoint():
     train_texts = {p["prompt"].strip().lower() for p in train_set}
     assert not train_texts & {p.text.strip().lower() for p in held}
     assert len(train_set) > 300 and {p["category"] for p in train_set} == set(CATEGORIES)
+
+
+def test_varied_prompts_are_deterministic_cover_every_category_and_miss_the_held_out_set():
+    from decoding.evals.bench.prompts import CHAT_PROMPTS_DIR, load_prompt_set
+    from decoding.model_pairs.distill.prompt_bank import varied_prompts
+    from decoding.model_pairs.distill.prompts import CATEGORIES
+
+    sources = (["def f(a):\n    return a"], ["f: " + "Return the thing. " * 20])
+    first = varied_prompts(3, 600, sources)
+    assert first == varied_prompts(3, 600, sources)
+    assert len(first) == 600 and {p["category"] for p in first} == set(CATEGORIES)
+    texts = {p["prompt"] for p in first}
+    assert len(texts) > 450, "a seed should give mostly distinct messages"
+    other = {p["prompt"] for p in varied_prompts(4, 600, sources)}
+    assert len(texts & other) < 150, "different seeds should give mostly different messages"
+    held = {p.text.strip().lower() for p in load_prompt_set(CHAT_PROMPTS_DIR)}
+    assert not {t.strip().lower() for t in texts} & held

@@ -133,6 +133,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--windows", type=int, default=400, help="corpus windows (default 400)")
     parser.add_argument("--window-length", type=int, default=256)
+    parser.add_argument("--prompts", choices=("templated", "varied"), default="templated",
+                        help="templated: about 600 fixed-template messages; varied: --count composed ones")
+    parser.add_argument("--count", type=int, default=1000, help="how many varied prompts (default 1000)")
     parser.add_argument("--limit", type=int, default=None, help="only the first prompts (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -148,9 +151,11 @@ def main(argv=None) -> int:
         windows = corpus_windows(tokenizer, args.windows, args.window_length, args.seed)
         records = score_windows(target, windows, batch_size=max(1, args.batch_size // 4), k=args.k)
     else:
+        from .prompt_bank import varied_prompts
         from .prompts import training_prompts
 
-        prompts = [p["prompt"] for p in training_prompts(args.seed)][: args.limit]
+        chosen = varied_prompts(args.seed, args.count) if args.prompts == "varied" else training_prompts(args.seed)
+        prompts = [p["prompt"] for p in chosen][: args.limit]
         model, scorer = target, None
         if args.draft is not None:
             from transformers import AutoModelForCausalLM
