@@ -7,13 +7,14 @@ uses transformers' public API only.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer
 from transformers.generation import logits_process as lp
 
 # transformers 5.24 renamed the cache argument of ``generate``'s model kwargs and of model forwards from
@@ -59,11 +60,12 @@ def supports_logits_to_keep(model) -> bool:
     return check() if check is not None else "logits_to_keep" in _forward_parameters(type(model))
 
 
-def prepared_mask(model, mask: torch.Tensor, n: int) -> torch.Tensor:
+def prepared_mask(model, mask: torch.Tensor, n: int, slots: int | None = None) -> torch.Tensor:
     """The attention mask of a forward over ``n`` new tokens per row, ``mask  # [b, T + n]`` (1: a slot that holds
     a token), as the 4D mask ``# [b, 1, n, T + n]`` transformers passes on unchanged (``masking_utils``: "an already
     prepared 4D mask ... is returned as-is"): new token ``i`` reads the valid slots up to its own, ``T + i``, as
-    transformers' causal mask over cache slots does. In the form the model's attention reads (private
+    transformers' causal mask over cache slots does. ``slots``: the slots a static cache holds (``>= T + n``); the
+    mask is then ``# [b, 1, n, slots]``, the slots after ``T + n`` masked. In the form the model's attention reads (private
     ``_attn_implementation``): boolean for ``sdpa``, additive for ``eager``; other implementations get ``mask`` back
     unchanged. From a 2D mask, transformers builds this with more operations, and its SDPA path reads the mask from
     the device to decide whether to skip it (``_ignore_causal_mask_sdpa``); a 4D one is never read."""
@@ -73,12 +75,71 @@ def prepared_mask(model, mask: torch.Tensor, n: int) -> torch.Tensor:
     batch, width = mask.shape
     allowed = mask.bool().view(batch, 1, 1, width)  # [b, 1, 1, T + n]
     if n > 1:
-        slots = torch.arange(width, device=mask.device)
-        allowed = allowed & (slots <= torch.arange(width - n, width, device=mask.device).view(n, 1))  # [b, 1, n, T+n]
+        columns = torch.arange(width, device=mask.device)
+        allowed = allowed & (columns <= torch.arange(width - n, width, device=mask.device).view(n, 1))  # [b, 1, n, T+n]
+    if slots is not None and slots > width:
+        allowed = torch.nn.functional.pad(allowed, (0, slots - width), value=False)
     if implementation == "sdpa":
         return allowed
     dtype = model.dtype if model.dtype.is_floating_point else torch.float32
     return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+PACKED_SDPA = "pairdecode_packed_sdpa"  # our name in transformers' AttentionInterface registry
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                          **kwargs):
+    """transformers' sdpa attention for grouped-query attention with a mask, without copying the cache: the
+    ``g`` query heads that share a key/value head are packed into that head's query rows (``query  # [b, H, n, d]``
+    -> ``# [b, H / g, g * n, d]``, the mask ``# [b, 1, n, T]`` repeated for them), where transformers' own
+    ``sdpa_attention_forward`` repeats every cached key and value ``g`` times (``repeat_kv``: a copy of the whole
+    cache per layer and forward) whenever a mask is given and more than one token is fed (every token, before 5.23).
+    Returns ``(# [b, n, H, d], None)`` as transformers' attention functions do; anything else (no groups, no mask,
+    a per-head mask, position biases, attention sinks) goes to transformers' own function."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    plain = not any(kwargs.get(name) is not None for name in ("position_bias", "s_aux", "sinks", "softcap"))
+    if groups == 1 or attention_mask is None or attention_mask.shape[1] != 1 or not plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    batch, heads, n, dim = query.shape
+    packed = query.reshape(batch, heads // groups, groups * n, dim)  # row r * n + i: head kv * g + r, token i
+    mask = attention_mask.repeat(1, 1, groups, 1) if groups > 1 and n > 1 else attention_mask
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, dropout_p=dropout,
+                                                           scale=scaling)
+    return out.reshape(batch, heads, n, out.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def packs_grouped_queries(model) -> bool:
+    """Whether ``model``'s forwards with a prepared 4D mask should run :func:`packed_sdpa_attention`: sdpa attention
+    (private ``_attn_implementation``) with fewer key/value heads than query heads."""
+    config = model.config
+    heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    return getattr(config, "_attn_implementation", None) == "sdpa" and bool(heads and kv_heads) and kv_heads < heads
+
+
+@functools.lru_cache(maxsize=None)
+def _register_packed_sdpa() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+
+
+@contextlib.contextmanager
+def packed_grouped_queries(model):
+    """Run ``model``'s attention through :func:`packed_sdpa_attention` for the duration: registered once in
+    transformers' public ``AttentionInterface``, switched through the config's private
+    ``_attn_implementation_internal`` (the attention layers read ``config._attn_implementation`` at every call)."""
+    _register_packed_sdpa()
+    config = model.config
+    saved = config._attn_implementation_internal
+    config._attn_implementation_internal = PACKED_SDPA
+    try:
+        yield
+    finally:
+        config._attn_implementation_internal = saved
 
 
 def from_config(model_class, config, dtype: torch.dtype):
@@ -108,24 +169,92 @@ def uses_sliding_window(model) -> bool:
 
 def rollback_unsupported_layers(cache: DynamicCache) -> list[str]:
     """Type names of the cache's layers whose slots cannot be rolled back or gathered: anything but a plain
-    full-attention ``DynamicLayer`` (exact type: sliding-window and quantized layers subclass it)."""
-    return [type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer]
+    full-attention ``DynamicLayer`` or ``StaticLayer`` (exact types: sliding-window and quantized layers subclass
+    them)."""
+    return [type(layer).__name__ for layer in cache.layers if type(layer) not in (DynamicLayer, StaticLayer)]
+
+
+def new_static_cache(model, capacity: int) -> StaticCache:
+    """A ``StaticCache`` of ``capacity`` slots per row for ``model``: fixed shapes, written in place at its
+    ``StaticLayer.cumulative_length`` (a device counter that ``crop`` moves back, so no host read). Only
+    full-attention models: a static sliding-window layer wraps around, and its slots cannot be rolled back."""
+    cache = StaticCache(config=model.config, max_cache_len=capacity)
+    other = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not StaticLayer})
+    if other:
+        raise ValueError(f"cache='static' needs full attention in every layer; {type(model).__name__} has {other[0]} "
+                         "layers (sliding window): use cache='dynamic' for it")
+    return cache
+
+
+def check_static_cache(model, role: str) -> None:
+    """Raise a ``ValueError`` saying why ``model`` (the ``role``) cannot decode from a :func:`new_static_cache`: a
+    sliding-window layer, or an attention implementation other than sdpa or eager (whose mask is built here)."""
+    if uses_sliding_window(model):
+        raise ValueError(f"cache='static' needs full attention in every layer; the {role} "
+                         f"({type(model).__name__}) has sliding-window layers: use cache='dynamic' for it")
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        raise ValueError(f"cache='static' needs sdpa or eager attention; the {role} ({type(model).__name__}) uses "
+                         f"{implementation!r}: load it with attn_implementation='sdpa' or use cache='dynamic'")
+
+
+def is_static(cache) -> bool:
+    """Whether ``cache`` is a :func:`new_static_cache` (its layers preallocated, written in place)."""
+    return bool(cache.layers) and type(cache.layers[0]) is StaticLayer
+
+
+def grow_static_cache(cache: StaticCache, capacity: int) -> None:
+    """Give every layer of a static cache ``capacity`` slots, keeping what it holds (``StaticLayer.max_cache_len``,
+    ``.keys`` / ``.values``)."""
+    for layer in cache.layers:
+        if layer.is_initialized:
+            for name in ("keys", "values"):
+                old = getattr(layer, name)
+                new = old.new_zeros(old.shape[0], old.shape[1], capacity, old.shape[3])
+                new[:, :, : old.shape[2]] = old
+                setattr(layer, name, new)
+        layer.max_cache_len = capacity
 
 
 def crop_cache(cache: DynamicCache, remove: int) -> None:
-    """Drop the last ``remove`` slots of every layer (``DynamicCache.crop`` takes a negative count)."""
-    if remove > 0:
+    """Drop the last ``remove`` slots of every layer (``DynamicCache.crop`` takes a negative count; a static layer's
+    write position ``StaticLayer.cumulative_length`` moves back, as its own ``crop`` does where it has one: 5.17 has
+    none)."""
+    if remove <= 0:
+        return
+    if not is_static(cache):
         cache.crop(-remove)
+        return
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.cumulative_length.sub_(remove)
 
 
 def select_cache_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
-    """Keep only batch rows ``rows  # [b']`` of every layer, in place (``batch_select_indices``)."""
-    cache.batch_select_indices(rows)
+    """Keep only batch rows ``rows  # [b']`` of every layer, in place (``batch_select_indices``; a static cache's
+    ``StaticLayer.keys`` / ``.values`` directly: its own checks the device counter, a host read)."""
+    if not is_static(cache):
+        cache.batch_select_indices(rows)
+        return
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+            layer.batch_size = rows.numel()
 
 
 def gather_cache_slots(cache: DynamicCache, order: torch.Tensor) -> None:
     """Reorder every layer's slots in place: slot ``j`` of row ``r`` becomes old slot ``order[r, j]``
-    (``order  # [b, T']``). Rewrites ``DynamicLayer.keys`` / ``.values`` (``[b, heads, T, head_dim]``)."""
+    (``order  # [b, T']``). Rewrites ``DynamicLayer.keys`` / ``.values`` (``[b, heads, T, head_dim]``); a static
+    layer's first ``T'`` slots, in place, and its ``cumulative_length`` becomes ``T'``."""
+    if is_static(cache):
+        for layer in cache.layers:
+            if layer.is_initialized:
+                index = order[:, None, :, None].to(layer.keys.device)
+                for tensor in (layer.keys, layer.values):
+                    tensor[:, :, : order.shape[1]] = tensor.gather(
+                        2, index.expand(-1, tensor.shape[1], -1, tensor.shape[3]))
+                layer.cumulative_length.fill_(order.shape[1])
+        return
     for layer in cache.layers:
         if layer.is_initialized and layer.keys.numel():
             index = order[:, None, :, None].to(layer.keys.device)

@@ -6,10 +6,14 @@ prompt, a rejected draft token, or a slot fed only to keep the batch rectangular
 ``position = number of valid slots before it``, so a row decodes exactly as if its valid slots were contiguous.
 After a step, slots that are invalid in every row at the right end are cropped (at batch size 1 this is a plain
 crop and no hole ever remains); the rest stay as holes until :meth:`RaggedCache.compact` moves each row's valid
-slots to the right end. See docs/ARCHITECTURE.md.
+slots to the right end. With a ``capacity``, the cache is transformers' ``StaticCache``: every forward sees keys,
+values and a mask of ``capacity`` slots (fixed shapes, for ``torch.compile`` / CUDA graphs), written in place.
+See docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -26,22 +30,30 @@ class RaggedCache:
         num_valid: ``# [b]`` int64, valid slots per row (the next token's position).
     """
 
-    def __init__(self, model, batch_size: int, device: torch.device, readout: Readout | None = None):
+    def __init__(self, model, batch_size: int, device: torch.device, readout: Readout | None = None,
+                 capacity: int | None = None):
         self.model = model
+        # A static cache's slots per row (None: a DynamicCache that grows); it grows only when compaction cannot
+        # make room.
+        self.capacity = capacity
         # Host reads go through ``readout``: a rollback's crop waits for the step's one read (the loop's readout),
         # or reads at once when it is the cache's own.
         self.readout = readout if readout is not None else Readout()
         self._crop: tuple[Deferred, int] | None = None  # (read [used, longest], n): the crop of keep_last
         self._longest: int | Deferred | None = None  # max(num_valid): on the host, asked, or unknown
-        self.cache = hf_compat.new_cache(model)
+        self.cache = hf_compat.new_cache(model) if capacity is None else hf_compat.new_static_cache(model, capacity)
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self._slices_logits = hf_compat.supports_logits_to_keep(model)
         self._output_layer = swappable_output_layer(model)  # a CPU output layer: W @ h^T over a few rows
         # Sliding windows are measured in slots: such a model's rows keep their valid slots contiguous.
         self.contiguous = hf_compat.uses_sliding_window(model)
+        if capacity is not None:
+            hf_compat.check_static_cache(model, "model")
         # A sliding window is part of the model's own mask, and a draft head builds its own: 2D masks for those.
         self._plain_masks = not self.contiguous and not getattr(model, "reads_2d_mask", False)
+        # With those masks, grouped-query attention without transformers' copy of the cache per forward.
+        self._packs = self._plain_masks and hf_compat.packs_grouped_queries(model)
         self.fed = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)  # [b, <=T] valid flags, as fed
         # Whether holes may have grown since compact_if_holes_exceed last looked (a step that only appends one
         # valid token per row cannot grow them: the check, a host sync, is skipped then).
@@ -88,6 +100,7 @@ class RaggedCache:
         model ``inputs``; returns the model's output."""
         self._settle()  # the last rollback's crop first: the new slots follow the kept ones
         n = tokens.shape[1]
+        self._make_room(n)
         if valid is None:  # known on the host: fewer operations (a draft's own tokens)
             positions = self.num_valid[:, None] if n == 1 else self.num_valid[:, None] + torch.arange(
                 n, device=tokens.device)
@@ -100,8 +113,9 @@ class RaggedCache:
             added = valid.sum(dim=1)
         extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
         # A 4D mask: fewer operations than transformers' own, and never read back from the device.
-        attention_mask = hf_compat.prepared_mask(self.model, mask, n) if self._plain_masks else mask
-        with few_rows_layout(self._output_layer):  # a CPU output layer over a few rows: W @ h^T, 2-3x faster
+        attention_mask = hf_compat.prepared_mask(self.model, mask, n, self.capacity) if self._plain_masks else mask
+        packed = hf_compat.packed_grouped_queries(self.model) if self._packs else contextlib.nullcontext()
+        with few_rows_layout(self._output_layer), packed:  # a CPU output layer over a few rows: W @ h^T, 2-3x faster
             out = hf_compat.forward_with_cache(
                 self.model, self.cache, input_ids=tokens, attention_mask=attention_mask, position_ids=positions,
                 use_cache=True, **extra, **inputs,
@@ -112,6 +126,16 @@ class RaggedCache:
         # Holes may have grown: compaction will want the longest row, asked now so that it comes with the step's read.
         self._longest = self.readout.ask(self.num_valid.max()) if tokens.shape[1] > 1 else None
         return out
+
+    def _make_room(self, n: int) -> None:
+        """A static cache about to overflow is compacted, and grown when that frees too little (each a host read,
+        rare: the capacity covers a call's tokens and the holes compaction allows)."""
+        if self.capacity is None or self.mask.shape[1] + n <= self.capacity:
+            return
+        self.compact()
+        if self.mask.shape[1] + n > self.capacity:
+            self.capacity = max(2 * self.capacity, self.mask.shape[1] + n)
+            hf_compat.grow_static_cache(self.cache, self.capacity)
 
     def forward_outputs(self, tokens: torch.Tensor, valid: torch.Tensor | None, **inputs):
         """Append ``tokens  # [b, n]`` (``valid  # [b, n]``, None: all real) with further model inputs (a draft

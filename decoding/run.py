@@ -33,6 +33,10 @@ class Run:
     keep_logits: bool
     stats: Any
     readout: Readout
+    cache_capacity: int | None = None  # slots per row of the models' static caches (None: dynamic caches)
+    # Keep finished rows in the batch, their output discarded, until half the batch has finished (fixed shapes
+    # for static caches); otherwise they leave at once.
+    keep_finished: bool = False
     rows: torch.Tensor = field(init=False)  # [b]
     scores: list = field(default_factory=list)  # (rows [b], counts [b], scores [b, n, V]) per step
     logits: list = field(default_factory=list)
@@ -41,10 +45,12 @@ class Run:
         self.rows = torch.arange(self.prompt_mask.shape[0], device=self.prompt_mask.device)
         # The active rows' lengths on the host, or as asked at the last commit.
         self._lengths: list[int] | Deferred = [self.sequences.prompt_length] * self.prompt_mask.shape[0]
+        self._done: list[bool] = [False] * self.prompt_mask.shape[0]  # rows of the batch that finished and stay
+        self.live: torch.Tensor | None = None  # [b'] positions of the unfinished rows when some finished row stays
 
     def remaining(self) -> int:
-        """Most tokens any active row may still emit (known on the host since the last step's read)."""
-        return self.sequences.max_length - min(self._row_lengths())
+        """Most tokens any unfinished row may still emit (known on the host since the last step's read)."""
+        return self.sequences.max_length - min(n for n, done in zip(self._row_lengths(), self._done) if not done)
 
     def _row_lengths(self) -> list[int]:
         if isinstance(self._lengths, Deferred):
@@ -52,7 +58,10 @@ class Run:
         return self._lengths
 
     def commit(self, output_ids: torch.Tensor, scores=None, logits=None) -> torch.Tensor:
-        """Emit ``output_ids  # [b, n]`` (-1 padded), apply stopping, stream; returns ``finished  # [b]``."""
+        """Emit ``output_ids  # [b, n]`` (-1 padded), apply stopping, stream; returns ``finished  # [b]``. Rows that
+        finished earlier and stay in the batch emit nothing."""
+        if self.live is not None:
+            output_ids = output_ids.masked_fill(self._done_mask[:, None], -1)
         if self.stopping.simple:  # stopping reads no tokens: the kept ones are written once, after it
             kept, finished = self.stopping(self.sequences, self.rows, output_ids)
             self.sequences.write_kept(self.rows, output_ids, kept)
@@ -80,13 +89,24 @@ class Run:
         step[self.rows] = torch.where(columns < ends, new, pad)
         self.streamer.put(step.cpu())
 
+    def unfinished(self, values: torch.Tensor) -> torch.Tensor:
+        """``values  # [b, ...]`` of the unfinished rows (all of them unless finished rows stay in the batch)."""
+        return values if self.live is None else values[self.live]
+
     def drop_finished(self, finished: torch.Tensor) -> torch.Tensor | None:
         """Remove finished rows (``finished  # [b]``); returns ``survivors  # [b']``, the positions of the others
-        in the old batch, or None when no row finished. This reads the step's asks from the device, in one go."""
-        done = self.readout.ask(finished).value
+        in the old batch, or None when none leaves. This reads the step's asks from the device, in one go. With
+        ``keep_finished``, finished rows stay (emitting nothing) until half the batch has finished."""
+        done = [bool(d) or was for d, was in zip(self.readout.ask(finished).value, self._done)]
         lengths = self._row_lengths()
-        if not any(done):
+        if done == self._done:
             return None
+        if self.keep_finished and not all(done) and 2 * sum(done) < len(done):
+            self._done = done
+            self._done_mask = torch.tensor(done, device=self.rows.device)
+            self.live = torch.tensor([i for i, d in enumerate(done) if not d], device=self.rows.device)
+            return None
+        self._done, self.live = [False] * (len(done) - sum(done)), None
         kept = [i for i, d in enumerate(done) if not d]
         self._lengths = [lengths[i] for i in kept]
         survivors = torch.tensor(kept, dtype=torch.int64).to(self.rows.device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .adaptive import AdaptiveLength, AdaptiveMemory, FixedLength, StepFacts, Stopwatch
+from . import hf_compat
 from .proposers import CrossTokenizerDraft, DraftModel, FeatureDraft, Proposal, Proposer, TargetFeatures
 from .proposers.eagle_head import Eagle3Head
 from .proposers.cross_tokenizer import MODES as CROSS_TOKENIZER_MODES
@@ -43,6 +44,11 @@ class SpeculativeDecoding(Strategy):
             unchanged; the fused kernels implement the token rule, so block verification runs the processors' path).
         profile: time each call's phases into ``stats.seconds`` (``draft``, ``target``, ``verify``, ``other``).
             On CUDA every phase boundary synchronizes: a profiled call is slower, for measuring only.
+        cache: ``"dynamic"`` (transformers' ``DynamicCache``, grown by concatenation) or ``"static"``: the target's
+            and a draft model's keys and values live in a preallocated ``StaticCache`` written in place, so with a
+            fixed batch and ``g`` every verification and draft forward sees the same shapes (what ``torch.compile``
+            and CUDA graphs capture). Full-attention models with sdpa or eager attention only; see
+            :func:`static_capacity` for its size.
     """
 
     draft_role = "draft"
@@ -50,7 +56,10 @@ class SpeculativeDecoding(Strategy):
 
     def __init__(self, draft, num_draft_tokens: int | str = 4, *, tokenizers=None, compact_threshold: float = 0.25,
                  max_draft_tokens: int = 8, verification: str = "token", cross_tokenizer: str = "auto",
-                 profile: bool = False):
+                 profile: bool = False, cache: str = "dynamic"):
+        if cache not in ("dynamic", "static"):
+            raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+        self.cache = cache
         if cross_tokenizer not in CROSS_TOKENIZER_MODES:
             raise ValueError(f"cross_tokenizer must be one of {CROSS_TOKENIZER_MODES}, got {cross_tokenizer!r}")
         self.cross_tokenizer = cross_tokenizer
@@ -107,6 +116,10 @@ class SpeculativeDecoding(Strategy):
 
     def validate(self, model, generation_config, input_ids, attention_mask) -> None:
         self.proposer.validate(model, input_ids, attention_mask)
+        if self.cache == "static":
+            for role, each in {"target": model, **self.proposer.models()}.items():
+                if not isinstance(each, Eagle3Head):  # a head's own cache stays dynamic (it builds its masks)
+                    hf_compat.check_static_cache(each, role)
 
     def target_scores(self, logits: torch.Tensor, proposal: Proposal) -> torch.Tensor:
         """The scores drafts are verified against, before the user's processing ``# [b, g+1, V]``: the target's
@@ -115,7 +128,12 @@ class SpeculativeDecoding(Strategy):
 
     def decode(self, run: Run) -> None:
         """Propose, verify in one target pass, commit, roll both back; until every row has finished."""
-        target = RaggedCache(run.model, run.prompt_mask.shape[0], run.prompt_mask.device, run.readout)
+        if self.cache == "static":
+            run.cache_capacity = static_capacity(run.sequences.max_length, self.draft_length(), self.compact_threshold,
+                                                 run.sequences.prompt_length)
+            run.keep_finished = True
+        target = RaggedCache(run.model, run.prompt_mask.shape[0], run.prompt_mask.device, run.readout,
+                             run.cache_capacity)
         drafter = self.proposer.start(run)
         length = self.length_policy(run)
         watch = length.stopwatch()  # the step's phases, timed for the length policy (and when profiling)
@@ -137,7 +155,7 @@ class SpeculativeDecoding(Strategy):
             length.observe(StepFacts(proposal, num_accepted, new_tokens=g + 1 if feed[0].shape[1] == 1 else 0,
                                      rows=run.rows, draft_seconds=watch.seconds.get("draft", 0.0),
                                      target_seconds=watch.seconds.get("target", 0.0), rest_seconds=watch.rest))
-            run.stats.record(num_accepted, None if drafts.full else drafts.lengths(), g)
+            run.stats.record(run.unfinished(num_accepted), None if drafts.full else run.unfinished(drafts.lengths()), g)
             finished = run.commit(output_ids, scores, logits)
             if g:
                 target.keep_last(torch.arange(g, device=num_accepted.device) < num_accepted[:, None])
@@ -153,6 +171,14 @@ class SpeculativeDecoding(Strategy):
             target.compact_if_holes_exceed(self.compact_threshold)
             drafter.prepare(run, self.compact_threshold)
             feed = (run.sequences.window(run.rows, 1), None)  # the emitted token, real in every row
+
+
+def static_capacity(max_length: int, g: int, compact_threshold: float, prompt_length: int) -> int:
+    """Slots per row of a static cache, a multiple of 64: the call's tokens and one step's drafts, plus the holes
+    compaction lets stay (``compact_threshold`` of the slots, at most as many again), but no more than 4,096 past
+    the prompt up front (the cache grows, rarely, if a call needs more)."""
+    needed = (max_length + g + 1) * (1 + min(compact_threshold, 1.0))
+    return -(-int(min(needed, prompt_length + 4096)) // 64) * 64
 
 
 def target_input(feed: tuple, drafts: Proposal) -> tuple[torch.Tensor, torch.Tensor | None]:

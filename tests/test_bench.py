@@ -584,3 +584,33 @@ def _logging(generate, method, calls, new_tokens=None):
         return output
 
     return wrapped
+
+
+def test_static_cache_variants_match_the_target_and_compile_only_during_their_calls(monkeypatch):
+    """``--variants static,static-compiled``: greedy output equal to the target's; the compiled one routes both
+    models' forwards through torch.compile during its own calls only (here dynamo with the eager backend: inductor
+    takes minutes on a CPU; the GPU script runs inductor)."""
+    import functools
+
+    from decoding.evals.bench import variants as bench_variants
+    from decoding.evals.bench.methods import make_methods
+    from decoding.model_pairs.synthetic import damped_pair
+
+    monkeypatch.setattr(bench_variants, "compiled_forwards",
+                        functools.partial(bench_variants.compiled_forwards, backend="eager"))
+    target, draft = damped_pair(num_layers=2, hidden_size=32, vocab_size=96)
+    decoding.enable(target)
+    kwargs = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
+    methods = {m.name: m for m in make_methods(target, draft, 2, [2], kwargs,
+                                               variants=bench_variants.parse_variants("static,static-compiled"))}
+    assert {"static g=2", "static-compiled g=2"} <= set(methods)
+    ids = torch.tensor([[3, 4, 5, 3, 4], [7, 8, 9, 10, 11]])
+    expected = methods["target"].generate(ids, torch.ones_like(ids))
+    seen = []
+    with torch._dynamo.config.patch(cache_size_limit=64):
+        for name in ("static g=2", "static-compiled g=2"):
+            counter = torch._dynamo.utils.counters["stats"]["calls_captured"]
+            assert torch.equal(methods[name].generate(ids, torch.ones_like(ids)), expected), name
+            seen.append(torch._dynamo.utils.counters["stats"]["calls_captured"] - counter)
+    assert seen[0] == 0 and seen[1] > 0, seen
+    assert "forward" not in vars(target) and "forward" not in vars(draft), "the compiled forwards are put back"

@@ -7,7 +7,8 @@
   (never compact) give identical tokens and identical acceptance statistics.
 - Unit: :class:`decoding.ragged_cache.RaggedCache` fed a left-padded batch, then rounds of appended tokens of
   which some become holes (``keep_last``), with or without ``compact()`` and ``select_rows()``, gives the
-  next-token logits of a fresh, cache-free forward of each row's compact sequence (float64, atol 1e-10).
+  next-token logits of a fresh, cache-free forward of each row's compact sequence (float64, atol 1e-10); with a
+  dynamic cache, and with a static one whose capacity is drawn small enough to force compaction and growth.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from strategies import batch_sizes, draft_lengths, eos_choices, new_token_counts
 NEVER = 1e9  # a compact_threshold no hole count can exceed
 
 
-def run_strategy(target, draft, input_ids, mask, max_new_tokens, g, compact_threshold, **kwargs):
+def run_strategy(target, draft, input_ids, mask, max_new_tokens, g, compact_threshold, cache="dynamic", **kwargs):
     """Greedy speculative generate; returns ``(output, stats, number of RaggedCache.compact calls)``."""
     decoding.enable(target)
-    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g, compact_threshold=compact_threshold)
+    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=g, compact_threshold=compact_threshold,
+                                            cache=cache)
     with mock.patch.object(RaggedCache, "compact", autospec=True, side_effect=RaggedCache.compact) as spy:
         with torch.no_grad():
             out = target.generate(
@@ -68,10 +70,11 @@ def test_cache_reuse_matches_full_recomputation(arch, data, draft_kind, batch, g
         kwargs["eos_token_id"] = data.draw(eos_choices(continuation.flatten().tolist(), absent=EOS_ID), label="eos")
     recomputed = greedy_reference(target, input_ids, mask, max_new_tokens, use_cache=False, **kwargs)
     threshold = data.draw(st.sampled_from([0.0, 0.25, NEVER]), label="compact_threshold")
-    out, _, compactions = run_strategy(target, draft, input_ids, mask, max_new_tokens, g, threshold, **kwargs)
+    cache = data.draw(st.sampled_from(["dynamic", "static"]), label="cache")
+    out, _, compactions = run_strategy(target, draft, input_ids, mask, max_new_tokens, g, threshold, cache, **kwargs)
     note(f"compactions: {compactions}")
     assert_same_tokens(out, recomputed)
-    if threshold == NEVER:
+    if threshold == NEVER and cache == "dynamic":  # a static cache compacts when it would overflow
         assert compactions == 0
 
 
@@ -163,7 +166,9 @@ def test_ragged_cache_matches_fresh_forward(arch, data, batch):
     model = tiny_model(arch)
     input_ids, mask = batch
     sequences = [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
-    cache = RaggedCache(model, input_ids.shape[0], torch.device("cpu"))
+    capacity = data.draw(st.one_of(st.none(), st.integers(input_ids.shape[1], input_ids.shape[1] + 24)),
+                         label="static capacity")
+    cache = RaggedCache(model, input_ids.shape[0], torch.device("cpu"), capacity=capacity)
     with torch.no_grad():
         logits = cache.forward(input_ids, mask, logits_to_keep=1)[:, -1]
     torch.testing.assert_close(logits, fresh_next_logits(model, sequences), rtol=0, atol=1e-10)
@@ -205,15 +210,16 @@ def test_ragged_cache_matches_fresh_forward(arch, data, batch):
     check_cache_invariants(cache, sequences)
 
 
+@pytest.mark.parametrize("capacity", [None, 16])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_ragged_cache_compact_after_holes_fixed(arch):
+def test_ragged_cache_compact_after_holes_fixed(arch, capacity):
     """A fixed case with holes in the middle of rows (left pads, then rejected slots, then kept ones) and at the
     end of the longest row: next-token logits with the holes in place, and after
     ``compact()``, equal a fresh forward of the compact sequences."""
     model = tiny_model(arch)
     input_ids = torch.tensor([[0, 0, 0, 11, 12], [21, 22, 23, 24, 25], [0, 31, 32, 33, 34]])
     mask = (input_ids != 0).to(torch.int64)
-    cache = RaggedCache(model, 3, torch.device("cpu"))
+    cache = RaggedCache(model, 3, torch.device("cpu"), capacity=capacity)
     with torch.no_grad():
         cache.forward(input_ids, mask, logits_to_keep=1)
         cache.forward(torch.tensor([[41, 42, 43]] * 3), torch.ones(3, 3, dtype=torch.int64), logits_to_keep=1)

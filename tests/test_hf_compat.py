@@ -4,10 +4,13 @@ transformers detail the library relies on, so that a transformers release that c
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import pytest
 
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM, MistralConfig
 from transformers.generation import logits_process as lp
 
@@ -243,3 +246,89 @@ def test_prepared_mask(arch, implementation, n):
         if prepared:
             assert step_mask.shape == (2, 1, n, ids.shape[1] + n) and counter.host_reads == 0
     torch.testing.assert_close(outputs[1][mask[:, -n:].bool()], outputs[0][mask[:, -n:].bool()])
+
+
+@given(batch=st.integers(1, 3), kv_heads=st.integers(1, 3), groups=st.integers(1, 4), n=st.integers(1, 6),
+       cached=st.integers(0, 9), seed=st.integers(0, 2**16))
+def test_packed_sdpa_attention(batch, kv_heads, groups, n, cached, seed):
+    """Packing the query heads of a key/value group into one head's rows gives transformers' own sdpa attention
+    (which repeats every key and value per query head) for any mask of holes, without copying keys or values."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    gen = torch.Generator().manual_seed(seed)
+    heads, width = kv_heads * groups, cached + n
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal, module.training = groups, True, False
+    query = torch.randn(batch, n, heads, 8, generator=gen, dtype=torch.float64).transpose(1, 2)  # as layers give it
+    key, value = (torch.randn(batch, kv_heads, width, 8, generator=gen, dtype=torch.float64) for _ in range(2))
+    mask = torch.rand(batch, width, generator=gen) < 0.7
+    mask[:, -n:] = True  # every new token reads itself
+    prepared = hf_compat.prepared_mask(SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa")),
+                                       mask.long(), n)
+    expected, _ = sdpa_attention_forward(module, query, key, value, prepared, scaling=0.3)
+    got, _ = hf_compat.packed_sdpa_attention(module, query, key, value, prepared, scaling=0.3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert got.shape == (batch, n, heads, 8)
+
+
+def test_packed_grouped_queries():
+    """A model with grouped-query sdpa attention runs :func:`hf_compat.packed_sdpa_attention` inside the context
+    (registered in transformers' AttentionInterface, switched by the private ``_attn_implementation_internal``) and
+    its own attention again after, even when the forward raises."""
+    from unittest import mock
+
+    model = fresh_model("llama")
+    model.config._attn_implementation = "sdpa"
+    assert hf_compat.packs_grouped_queries(model) and not hf_compat.packs_grouped_queries(fresh_model("gpt2"))
+    ids = torch.tensor([[5, 9, 14, 3]])
+    with mock.patch.object(hf_compat, "packed_sdpa_attention", wraps=hf_compat.packed_sdpa_attention) as spy:
+        hf_compat._register_packed_sdpa.cache_clear()  # register the spy
+        try:
+            with torch.no_grad(), hf_compat.packed_grouped_queries(model):
+                model(ids, attention_mask=hf_compat.prepared_mask(model, torch.ones_like(ids), 4))
+            assert spy.call_count == model.config.num_hidden_layers
+            with pytest.raises(RuntimeError), hf_compat.packed_grouped_queries(model):
+                raise RuntimeError("a forward that fails")
+        finally:
+            hf_compat._register_packed_sdpa.cache_clear()
+            hf_compat._register_packed_sdpa()
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_new_static_cache():
+    """A static cache: preallocated StaticLayers written at their device counter, which crop_cache moves back
+    (``StaticLayer.cumulative_length``), gather_cache_slots and select_cache_rows rewrite in place, and
+    grow_static_cache enlarges keeping every slot; each equals the same operation on a DynamicCache."""
+    model = fresh_model("llama")
+    static, dynamic = hf_compat.new_static_cache(model, 12), hf_compat.new_cache(model)
+    assert hf_compat.is_static(static) and not hf_compat.is_static(dynamic)
+    ids = torch.tensor([[5, 9, 14, 3, 7], [6, 8, 2, 12, 4], [1, 2, 3, 4, 5]])
+
+    def keys(cache, width):
+        return cache.layers[1].keys[:, :, :width]
+
+    with torch.no_grad():
+        for cache in (static, dynamic):
+            hf_compat.forward_with_cache(model, cache, input_ids=ids, use_cache=True)
+            hf_compat.crop_cache(cache, 2)
+            hf_compat.gather_cache_slots(cache, torch.tensor([[0, 2], [1, 2], [2, 0]]))
+            hf_compat.select_cache_rows(cache, torch.tensor([2, 0]))
+    assert static.layers[0].cumulative_length.item() == 2 and static.layers[0].keys.shape[:3] == (2, 2, 12)
+    torch.testing.assert_close(keys(static, 2), keys(dynamic, 2), rtol=0, atol=0)
+    hf_compat.grow_static_cache(static, 20)
+    assert static.layers[1].keys.shape[2] == 20 and static.layers[1].max_cache_len == 20
+    torch.testing.assert_close(keys(static, 2), keys(dynamic, 2), rtol=0, atol=0)
+
+
+def test_check_static_cache():
+    """A static cache is refused, with what to do, for a model with sliding-window layers or an attention
+    implementation whose mask is not built here."""
+    config = MistralConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, sliding_window=4)
+    with pytest.raises(ValueError, match="sliding-window layers: use cache='dynamic'"):
+        hf_compat.check_static_cache(AutoModelForCausalLM.from_config(config), "target")
+    model = fresh_model("llama")
+    hf_compat.check_static_cache(model, "target")
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="needs sdpa or eager attention; the draft .* uses 'flex_attention'"):
+        hf_compat.check_static_cache(model, "draft")

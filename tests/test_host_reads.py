@@ -82,8 +82,9 @@ def steady(steps: list[tuple[int, bool]]) -> list[int]:
 @settings(max_examples=12, deadline=None)
 @given(data=st.data(), batch=st.sampled_from([1, 3, 8]), g=st.integers(1, 5),
        draft_kind=st.sampled_from(["self", "noisy_copy", "independent"]), do_sample=st.booleans(),
-       backend=st.sampled_from(["auto", "torch"]))
-def test_a_steady_state_speculative_step_makes_at_most_1_host_read(data, batch, g, draft_kind, do_sample, backend):
+       backend=st.sampled_from(["auto", "torch"]), cache=st.sampled_from(["dynamic", "static"]))
+def test_a_steady_state_speculative_step_makes_at_most_1_host_read(data, batch, g, draft_kind, do_sample, backend,
+                                                                    cache):
     from decoding.kernels import ops
     from strategies import prompts
 
@@ -92,10 +93,47 @@ def test_a_steady_state_speculative_step_makes_at_most_1_host_read(data, batch, 
     ids, mask = data.draw(prompts(batch_size=batch))
     sampling = {"do_sample": True, "temperature": 0.8, "top_k": 20} if do_sample else {"do_sample": False}
     with ops.use_backend(backend):
-        steps = step_reads(target, decoding.SpeculativeDecoding(draft, num_draft_tokens=g), ids, mask,
+        steps = step_reads(target, decoding.SpeculativeDecoding(draft, num_draft_tokens=g, cache=cache), ids, mask,
                            max_new_tokens=30, **sampling)
     assert len(steps) >= 3
     assert all(reads <= STEADY_STATE_BUDGET for reads in steady(steps)), steps
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_with_a_static_cache_every_steady_state_forward_sees_the_same_shapes(batch):
+    """cache='static': with a fixed batch and g, each steady-state step feeds the target the same input, position
+    and mask shapes, and its cache the same key shape (what torch.compile / CUDA graphs capture): finished rows stay
+    in the batch until half of it has finished. The draft model's forwards come in at most three shapes (reading
+    one or two unread tokens, then one token at a time)."""
+    target, draft = tiny_pair("llama", draft_kind="noisy_copy")
+    decoding.enable(target)
+    ids = torch.randint(3, 60, (batch, 5), generator=torch.Generator().manual_seed(batch))
+    seen = {"target": [], "draft": []}
+
+    def recorder(role):
+        def hook(module, args, kwargs):
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            keys = cache.layers[0].keys.shape if cache.layers[0].is_initialized else None
+            seen[role].append((tuple(kwargs["input_ids"].shape), tuple(kwargs["position_ids"].shape),
+                               tuple(kwargs["attention_mask"].shape), tuple(keys) if keys else None))
+        return hook
+
+    handles = [target.register_forward_pre_hook(recorder("target"), with_kwargs=True),
+               draft.register_forward_pre_hook(recorder("draft"), with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            out = target.generate(ids, max_new_tokens=40, do_sample=False,
+                                  strategy=decoding.SpeculativeDecoding(draft, num_draft_tokens=3, cache="static"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(out, target.generate(ids, max_new_tokens=40, do_sample=False))
+    # After the prompt, while the whole batch is in (the last such step may draft fewer: max_new_tokens is near).
+    full = [shapes for shapes in seen["target"][1:] if shapes[0][0] == batch][:-1]
+    assert len(full) >= 8 and len(set(full)) == 1, seen["target"]
+    assert full[0][0] == (batch, 4) and full[0][2][-1] == full[0][3][2], "the mask covers every static slot"
+    draft_full = [shapes for shapes in seen["draft"][1:] if shapes[0][0] == batch][:-3]
+    assert len(set(draft_full)) <= 3, seen["draft"]
 
 
 def test_a_feature_draft_step_makes_at_most_1_host_read():

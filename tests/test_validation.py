@@ -309,3 +309,20 @@ def test_compact_threshold(threshold, ok):
     else:
         with pytest.raises(ValueError, match="compact_threshold must be a number >= 0"):
             decoding.SpeculativeDecoding(draft, compact_threshold=threshold)
+
+
+def test_cache_kind():
+    draft = fresh_model("llama", seed=1000, num_layers=1)
+    assert decoding.SpeculativeDecoding(draft, cache="static").cache == "static"
+    with pytest.raises(ValueError, match="cache must be 'dynamic' or 'static', got 'paged'"):
+        decoding.SpeculativeDecoding(draft, cache="paged")
+
+
+def test_a_static_cache_refuses_a_sliding_window_target_before_any_forward():
+    from models import SLIDING_ARCHS, tiny_model
+
+    target = tiny_model(SLIDING_ARCHS[0], num_layers=2)
+    decoding.enable(target)
+    strategy = decoding.SpeculativeDecoding(decoding.PromptLookup(), cache="static")
+    with pytest.raises(ValueError, match="the target .* has sliding-window layers: use cache='dynamic'"):
+        target.generate(torch.tensor([[5, 6, 7, 8]]), max_new_tokens=3, strategy=strategy)

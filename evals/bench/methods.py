@@ -101,10 +101,19 @@ def _generate(target, kwargs: dict, **fixed) -> Callable:
 
 
 def _strategy_method(name: str, kind: str, g: int | None, target, kwargs: dict, build: Callable,
-                     **flags) -> Method:
-    """A method generating with the strategy ``build()`` makes; ``build`` kept for the step split's twin."""
+                     around: Callable | None = None, **flags) -> Method:
+    """A method generating with the strategy ``build()`` makes; ``build`` kept for the step split's twin;
+    ``around()``: a context every call runs in (compiled forwards)."""
     strategy = build()
-    return Method(name, kind, g, _generate(target, kwargs, strategy=strategy), strategy, build=build, **flags)
+    generate = _generate(target, kwargs, strategy=strategy)
+    if around is not None:
+        plain = generate
+
+        def generate(ids, mask, **overrides):
+            with around():
+                return plain(ids, mask, **overrides)
+
+    return Method(name, kind, g, generate, strategy, build=build, **flags)
 
 
 def _variant(variant: Variant, target, draft, g: int | None, kwargs: dict, tokenizers, assistant_tokenizers,
@@ -118,7 +127,9 @@ def _variant(variant: Variant, target, draft, g: int | None, kwargs: dict, token
     if variant.kind == "static-target":
         return Method("static target", variant.kind, None, _static_target(target, kwargs, cache_length))
     build = functools.partial(bench_variants.strategy, variant, draft, g, tokenizers)
-    return _strategy_method(name, variant.kind, g, target, kwargs, build, lossy=variant.lossy,
+    around = functools.partial(bench_variants.compiled_forwards, (target, draft)) \
+        if variant.kind == "static-compiled" else None
+    return _strategy_method(name, variant.kind, g, target, kwargs, build, around, lossy=variant.lossy,
                             draft_free=variant.kind == "lookup")
 
 

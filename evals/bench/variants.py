@@ -1,17 +1,20 @@
 """``decoding-bench --variants``: further methods measured beside the default columns (adaptive draft length,
-block verification, prompt lookup, transformers' prompt lookup and dynamic assistant, speculative cascades, and
-the target alone with transformers' static cache and compiled forward)."""
+block verification, prompt lookup, transformers' prompt lookup and dynamic assistant, speculative cascades, static
+caches with and without compiled forwards, and the target alone with transformers' static cache and compiled
+forward)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import decoding
 
-__all__ = ["ASSISTED_WITH_HEAD", "HEADLESS", "HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant", "head_skips",
+__all__ = ["ASSISTED_WITH_HEAD", "HEADLESS", "HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant", "compiled_forwards",
+           "head_skips",
            "hf_dynamic_settings", "method_count", "parse_variants", "use_draft_config"]
 
 # Variant name -> what it adds; "cascade" is given as cascade:RULE:THRESHOLD.
@@ -24,8 +27,11 @@ VARIANTS = {
     "cascade": "cascade:RULE:THRESHOLD, SpeculativeCascade(draft, RULE, THRESHOLD, g) per g (lossy)",
     "static-target": "the target alone, transformers' static cache and compiled forward (a baseline; meant for "
                      "CUDA, slow to compile on a CPU)",
+    "static": "SpeculativeDecoding(draft, g, cache='static') per g: fixed shapes every step",
+    "static-compiled": "cache='static' per g, with the target's and draft's forwards through torch.compile "
+                       "(CUDA graphs on CUDA: mode='reduce-overhead'; meant for CUDA, slow to compile on a CPU)",
 }
-PER_G = ("block", "lookup", "hf-lookup", "cascade")  # one method per draft length
+PER_G = ("block", "lookup", "hf-lookup", "cascade", "static", "static-compiled")  # one method per draft length
 BATCH_1_ONLY = ("hf-lookup", "hf-dynamic")
 # Variants that cannot draft with a draft head (decoding-bench --head), and why: they are left out, with a note.
 HEADLESS = {
@@ -147,4 +153,34 @@ def strategy(variant: Variant, draft, g: int | None, tokenizers: tuple | None = 
         return decoding.SpeculativeDecoding(decoding.PromptLookup(), num_draft_tokens=g)
     if variant.kind == "cascade":
         return decoding.SpeculativeCascade(draft, variant.rule, variant.threshold, num_draft_tokens=g)
+    if variant.kind in ("static", "static-compiled"):
+        return decoding.SpeculativeDecoding(draft, num_draft_tokens=g, cache="static", tokenizers=tokenizers)
     return None
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled forward
+
+
+@contextlib.contextmanager
+def compiled_forwards(models, backend: str = "inductor"):
+    """Route the forwards of ``models`` (transformers models; others are left alone) through ``torch.compile`` for
+    the duration, compiling once per model: ``mode="reduce-overhead"`` (CUDA graphs) on CUDA, fixed shapes
+    (``dynamic=False``: a static cache's shapes do not change between steps)."""
+    import torch
+    from transformers import PreTrainedModel
+
+    models = [m for m in models if isinstance(m, PreTrainedModel)]
+    saved = [(m, m.__dict__.get("forward")) for m in models]
+    for model in models:
+        if model not in _COMPILED:
+            mode = "reduce-overhead" if model.device.type == "cuda" and backend == "inductor" else None
+            _COMPILED[model] = torch.compile(model.forward, mode=mode, dynamic=False, backend=backend)
+        model.forward = _COMPILED[model]
+    try:
+        yield
+    finally:
+        for model, own in saved:
+            if own is None:
+                del model.forward
+            else:
+                model.forward = own
