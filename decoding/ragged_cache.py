@@ -58,6 +58,7 @@ class RaggedCache:
         # Whether holes may have grown since compact_if_holes_exceed last looked (a step that only appends one
         # valid token per row cannot grow them: the check, a host sync, is skipped then).
         self.holes_may_have_grown = True
+        self._full_tail = 0  # how many of the last slots hold a token in every row, known on the host
         self._check_layers()
 
     def forward(self, tokens: torch.Tensor, valid: torch.Tensor | None, logits_to_keep: int) -> torch.Tensor:
@@ -93,7 +94,8 @@ class RaggedCache:
     @staticmethod
     def _logits(out, logits_to_keep: int, tokens: torch.Tensor) -> torch.Tensor:
         """The last ``logits_to_keep`` positions' logits of a model output, on the device of ``tokens``."""
-        return out.logits[:, -logits_to_keep:].to(tokens.device)
+        logits = out.logits if out.logits.shape[1] == logits_to_keep else out.logits[:, -logits_to_keep:]
+        return logits.to(tokens.device)
 
     def _append(self, tokens: torch.Tensor, valid: torch.Tensor | None, logits_to_keep: int, **inputs):
         """:meth:`forward`'s work: the tokens go in the next ``n`` slots (``valid`` None: all real), with further
@@ -122,6 +124,7 @@ class RaggedCache:
             )
         self.mask = mask
         self.num_valid = self.num_valid + added
+        self._full_tail = self._full_tail + n if valid is None else 0
         self.holes_may_have_grown |= tokens.shape[1] > 1
         # Holes may have grown: compaction will want the longest row, asked now so that it comes with the step's read.
         self._longest = self.readout.ask(self.num_valid.max()) if tokens.shape[1] > 1 else None
@@ -170,6 +173,13 @@ class RaggedCache:
             dropped = (self.fed[:, -n:] * (~keep).to(torch.int64)).sum(dim=1)  # [b]
             self.keep_first(self.num_valid - dropped)
             return
+        if n <= self._full_tail:  # the last n slots all hold tokens (known on the host): fewer operations
+            kept = keep.sum(dim=1)  # [b]
+            self.num_valid = self.num_valid + kept - n
+            self.mask = torch.cat([self.mask[:, :-n], keep.to(torch.int64)], dim=1)
+            self._full_tail = 0
+            self._crop_shared_holes(n, used=kept.max())
+            return
         tail = self.mask[:, -n:] * keep.to(torch.int64)  # [b, n]
         self.num_valid = self.num_valid - (self.mask[:, -n:] - tail).sum(dim=1)
         self.mask = torch.cat([self.mask[:, :-n], tail], dim=1)
@@ -187,14 +197,17 @@ class RaggedCache:
         self.num_valid = torch.minimum(self.num_valid, counts)
         self._crop_shared_holes(self.mask.shape[1])
 
-    def _crop_shared_holes(self, n: int) -> None:
+    def _crop_shared_holes(self, n: int, used: torch.Tensor | None = None) -> None:
         """Crop, among the last ``n`` slots, those at the right end that are holes in every row: asked of the
-        readout now, done when the cache is next used (a sliding-window model's, at once)."""
+        readout now, done when the cache is next used (a sliding-window model's, at once). ``used``: the last of
+        them some row holds (1-based), when the caller knows it."""
+        self._full_tail = 0
         if n == 0:
             self._compact_if_not_contiguous()
             return
-        column_used = self.mask[:, self.mask.shape[1] - n :].any(dim=0)  # [n]
-        used = (column_used * torch.arange(1, n + 1, device=column_used.device)).max()  # last used column, 1-based
+        if used is None:
+            column_used = self.mask[:, self.mask.shape[1] - n :].any(dim=0)  # [n]
+            used = (column_used * torch.arange(1, n + 1, device=column_used.device)).max()  # last used, 1-based
         longest = self.num_valid.max() if self.num_valid.numel() else used.new_zeros(())
         self._crop = (self.readout.ask(torch.stack([used, longest])), n)
         if self.contiguous:
@@ -254,6 +267,7 @@ class RaggedCache:
         # A stable sort of the 0/1 mask puts holes first and keeps valid slots in order.
         order = torch.sort(self.mask, dim=1, stable=True).indices[:, self.mask.shape[1] - width :]  # [b, width]
         self.mask = self.mask.gather(1, order)
+        self._full_tail = 0
         hf_compat.gather_cache_slots(self.cache, order)
 
     def _check_layers(self) -> None:

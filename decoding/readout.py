@@ -54,7 +54,7 @@ class Readout:
             return
         pending, self._pending = self._pending, []
         device = pending[0][0].device  # models split over devices: one device gathers, then one copy
-        flat = torch.cat([values.reshape(-1).to(device=device, dtype=torch.int64) for values, _, _ in pending]).tolist()
+        flat = torch.cat([_flat(values, device) for values, _, _ in pending]).tolist()
         self.reads += 1
         start = 0
         for values, deferred, _ in pending:
@@ -63,3 +63,10 @@ class Readout:
         for _, deferred, then in pending:
             if then is not None:
                 then(deferred._value)
+
+
+def _flat(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``values`` as a 1D int64 tensor on ``device`` (no operation when it already is one)."""
+    if values.dim() != 1:
+        values = values.reshape(-1)
+    return values.to(device=device, dtype=torch.int64)

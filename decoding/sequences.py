@@ -71,18 +71,34 @@ class Sequences:
 
     def columns(self, rows: torch.Tensor, width: int, offset: int = 0) -> torch.Tensor:
         """Column indices ``# [b, width]``: ``lengths[rows] + offset``, ``+ 1``, ... of each row."""
-        return self.lengths[rows, None] + offset + torch.arange(width, device=rows.device)
+        lengths = self.lengths if self._every(rows) else self.lengths[rows]
+        return lengths[:, None] + torch.arange(offset, offset + width, device=rows.device)
+
+    def _every(self, rows: torch.Tensor) -> bool:
+        """Whether ``rows`` is the whole batch: rows only ever leave, in order, so as many rows as the batch are all
+        of them, and a gather or scatter along columns serves (fewer operations than indexing rows)."""
+        return rows.shape[0] == self.lengths.shape[0]
+
+    def _get(self, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """``tokens[rows[r], columns[r, j]]  # [b, n]``."""
+        return self.tokens.gather(1, columns) if self._every(rows) else self.tokens[rows[:, None], columns]
+
+    def _set(self, rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor) -> None:
+        """``tokens[rows[r], columns[r, j]] = values[r, j]``."""
+        if self._every(rows):
+            self.tokens.scatter_(1, columns, values.to(self.tokens.dtype))
+        else:
+            self.tokens[rows[:, None], columns] = values
 
     def window(self, rows: torch.Tensor, width: int) -> torch.Tensor:
         """The last ``width`` committed tokens of each row, ``# [b, width]``."""
-        return self.tokens[rows[:, None], self.columns(rows, width, -width)]
+        return self._get(rows, self.columns(rows, width, -width))
 
     def write(self, rows: torch.Tensor, offset: int, ids: torch.Tensor) -> None:
         """Write ``ids  # [b, n]`` at columns ``lengths + offset ...`` of each row (ids < 0 are skipped)."""
         self._reserve(offset + ids.shape[1])
         columns = self.columns(rows, ids.shape[1], offset)  # [b, n]
-        current = self.tokens[rows[:, None], columns]
-        self.tokens[rows[:, None], columns] = torch.where(ids >= 0, ids, current)
+        self._set(rows, columns, torch.where(ids >= 0, ids, self._get(rows, columns)))
 
     def write_kept(self, rows: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor) -> None:
         """Write the first ``counts  # [b]`` of ``ids  # [b, n]`` after each row's committed tokens, and pads over
@@ -91,7 +107,7 @@ class Sequences:
         self._reserve(ids.shape[1])
         columns = self.columns(rows, ids.shape[1])  # [b, n]
         keep = torch.arange(ids.shape[1], device=ids.device) < counts[:, None]
-        self.tokens[rows[:, None], columns] = torch.where(keep, ids, self.pad_token_id)
+        self._set(rows, columns, torch.where(keep, ids, self.pad_token_id))
 
     def commit(self, rows: torch.Tensor, counts: torch.Tensor, written: int, cleared: bool = False) -> None:
         """Advance rows by ``counts  # [b]`` (each >= 1: a step emits a token per row) and clear the rest of the
@@ -99,10 +115,13 @@ class Sequences:
         if written > 1 and not cleared:  # the first column is always kept
             columns = self.columns(rows, written - 1, 1)  # [b, written - 1]
             keep = torch.arange(1, written, device=rows.device) < counts[:, None]
-            current = self.tokens[rows[:, None], columns]
-            self.tokens[rows[:, None], columns] = torch.where(keep, current, self.pad_token_id)
-        self.lengths[rows] += counts
-        self.committed = self.readout.ask(self.lengths[rows])
+            self._set(rows, columns, torch.where(keep, self._get(rows, columns), self.pad_token_id))
+        if self._every(rows):
+            self.lengths += counts
+            self.committed = self.readout.ask(self.lengths)  # read at the step's end, before the next commit
+        else:
+            self.lengths[rows] += counts
+            self.committed = self.readout.ask(self.lengths[rows])
         self._bound += written
 
     def views(self, rows: torch.Tensor, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

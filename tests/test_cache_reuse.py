@@ -147,6 +147,8 @@ def cache_rounds(draw, batch_size):
         # As the strategy feeds windows: a row's invalid slots come first, its last slot is always real.
         leading = draw(st.lists(st.integers(0, n - 1), min_size=batch_size, max_size=batch_size))
         valid = (torch.arange(n)[None, :] >= torch.tensor(leading)[:, None]).to(torch.int64)
+        if draw(st.booleans()):  # every slot real, said as None (the cache then knows its tail is full)
+            valid = None
         # Each row keeps a prefix of the slots just fed (accepted drafts), never a later slot without the
         # earlier ones: a slot's position is baked into its key (RoPE) or input (learned positions).
         kept = draw(st.lists(st.integers(0, n), min_size=batch_size, max_size=batch_size))
@@ -177,6 +179,7 @@ def test_ragged_cache_matches_fresh_forward(arch, data, batch):
     for tokens, valid, keep, compact, select in data.draw(cache_rounds(input_ids.shape[0]), label="rounds"):
         with torch.no_grad():
             logits = cache.forward(tokens, valid, logits_to_keep=1)[:, -1]
+        valid = torch.ones_like(tokens) if valid is None else valid
         sequences = [s + t[v.bool()].tolist() for s, t, v in zip(sequences, tokens, valid)]
         torch.testing.assert_close(logits, fresh_next_logits(model, sequences), rtol=0, atol=1e-10)
         check_cache_invariants(cache, sequences)

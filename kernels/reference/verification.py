@@ -30,8 +30,10 @@ def verify_greedy(target_scores: torch.Tensor, draft_ids: torch.Tensor) -> tuple
     best = greedy(target_scores)  # [B, g+1]
     matches = (best[:, :-1] == draft_ids).to(torch.int64)  # [B, g]
     num_accepted = matches.cumprod(dim=1).sum(dim=1)  # [B]
-    last = best.gather(1, num_accepted[:, None]).squeeze(1)  # [B]
-    return emitted_tokens(draft_ids, num_accepted, last), num_accepted
+    # The accepted drafts equal the argmax where they stand, and the recovered or bonus token is the argmax at
+    # num_accepted: the emitted tokens are the argmax up to there.
+    positions = torch.arange(best.shape[1], device=best.device)  # [g+1]
+    return torch.where(positions <= num_accepted[:, None], best, -1), num_accepted
 
 
 def verify_sampling(
