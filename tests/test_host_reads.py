@@ -136,6 +136,58 @@ def test_with_a_static_cache_every_steady_state_forward_sees_the_same_shapes(bat
     assert len(set(draft_full)) <= 3, seen["draft"]
 
 
+STEADY_STATE_OPS = 160  # operations per step outside the models' forwards (issue 28: 346-378 before, half is 173)
+
+
+class OutsideForwards(OpCounter):
+    """An :class:`OpCounter` that does not count the operations inside the models' forwards (``depth`` > 0)."""
+
+    depth = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.depth:
+            return func(*args, **(kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_a_steady_state_step_dispatches_at_most_160_operations_outside_the_forwards(batch, cache):
+    from decoding.run import Run
+
+    target, draft = tiny_pair("llama", draft_kind="noisy_copy")
+    decoding.enable(target)
+    counter, marks, original = OutsideForwards(), [], Run.drop_finished
+
+    def enter(module, args):
+        counter.depth += 1
+
+    def leave(module, args, output):
+        counter.depth -= 1
+
+    def drop_finished(run, finished):
+        survivors = original(run, finished)
+        marks.append((counter.ops, survivors is not None))
+        return survivors
+
+    hooks = [hook for m in (target, draft) for hook in (m.register_forward_pre_hook(enter),
+                                                          m.register_forward_hook(leave))]
+    ids = torch.randint(3, 60, (batch, 6), generator=torch.Generator().manual_seed(0))
+    try:
+        with pytest.MonkeyPatch.context() as patch, torch.no_grad(), counter:
+            patch.setattr(Run, "drop_finished", drop_finished)
+            target.generate(ids, max_new_tokens=40, do_sample=False,
+                            strategy=decoding.SpeculativeDecoding(draft, num_draft_tokens=4, cache=cache))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    steps = [(b[0] - a[0], a[1] or b[1]) for a, b in zip(marks, marks[1:])]  # (ops, a row finished around it)
+    # Steady: after the prompt's steps, before the last ones (where max_new_tokens shortens the drafts and the token
+    # buffer may grow), no row finishing.
+    steady = [ops for ops, finishing in steps[1:7] if not finishing]
+    assert len(steady) >= 4 and max(steady) <= STEADY_STATE_OPS, steps
+
+
 def test_a_feature_draft_step_makes_at_most_1_host_read():
     from models import tiny_head
 
