@@ -81,7 +81,7 @@ class PositionGate:
         if confidence is not None:
             self.reach = self.reach * self.length.chance(confidence, self.rows)
         candidates = self.proposing if can_propose is None else self.proposing & can_propose
-        keep = self.length.proposes(position, self.reach * candidates)
+        keep = self.length.proposes(position, self._weighted(candidates))
         self.proposing = candidates if keep is None else candidates & keep
         self.everyone &= can_propose is None and keep is None
         return self.proposing
@@ -90,7 +90,12 @@ class PositionGate:
         """Whether drafting position ``position + 1`` pays for some row (a host read per drafted position, unless
         every row still proposes)."""
         return (self.everyone or bool(self.proposing.any())) \
-            and self.length.drafts_next(position, self.reach * self.proposing)
+            and self.length.drafts_next(position, self._weighted(self.proposing))
+
+    def _weighted(self, rows: torch.Tensor) -> torch.Tensor:
+        """``reach`` where ``rows  # [b]`` propose, 0 elsewhere; a policy that reads no confidence (a fixed length,
+        whose reach stays 1) gets ``rows`` as they are (one operation fewer per position)."""
+        return self.reach * rows if self.length.reads_confidence else rows
 
 
 class DraftSteps:
