@@ -11,6 +11,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import threading
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -69,7 +70,7 @@ def prepared_mask(model, mask: torch.Tensor, n: int, slots: int | None = None) -
     ``_attn_implementation``): boolean for ``sdpa``, additive for ``eager``; other implementations get ``mask`` back
     unchanged. From a 2D mask, transformers builds this with more operations, and its SDPA path reads the mask from
     the device to decide whether to skip it (``_ignore_causal_mask_sdpa``); a 4D one is never read."""
-    implementation = getattr(model.config, "_attn_implementation", None)
+    implementation = attention_implementation(model)
     if implementation not in ("sdpa", "eager"):
         return mask
     batch, width = mask.shape
@@ -117,7 +118,12 @@ def packs_grouped_queries(model) -> bool:
     (private ``_attn_implementation``) with fewer key/value heads than query heads."""
     config = model.config
     heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
-    return getattr(config, "_attn_implementation", None) == "sdpa" and bool(heads and kv_heads) and kv_heads < heads
+    return attention_implementation(model) == "sdpa" and bool(heads and kv_heads) and kv_heads < heads
+
+
+_packing_lock = threading.Lock()
+# id(config) -> (forwards running packed, the config's own implementation); an entry lives while its forwards run.
+_packing: dict[int, list] = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,6 +133,17 @@ def _register_packed_sdpa() -> None:
     AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
 
 
+def attention_implementation(model) -> str | None:
+    """``model``'s attention implementation (private ``config._attn_implementation``), as the user set it: "sdpa"
+    while another thread's forward runs it through :func:`packed_grouped_queries`."""
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation == PACKED_SDPA:
+        with _packing_lock:
+            entry = _packing.get(id(model.config))
+        return entry[1] if entry is not None else implementation
+    return implementation
+
+
 @contextlib.contextmanager
 def packed_grouped_queries(model):
     """Run ``model``'s attention through :func:`packed_sdpa_attention` for the duration: registered once in
@@ -134,12 +151,18 @@ def packed_grouped_queries(model):
     ``_attn_implementation_internal`` (the attention layers read ``config._attn_implementation`` at every call)."""
     _register_packed_sdpa()
     config = model.config
-    saved = config._attn_implementation_internal
-    config._attn_implementation_internal = PACKED_SDPA
+    with _packing_lock:  # threads (or models) sharing a config: the first in switches, the last out switches back
+        entry = _packing.setdefault(id(config), [0, config._attn_implementation_internal])
+        entry[0] += 1
+        config._attn_implementation_internal = PACKED_SDPA
     try:
         yield
     finally:
-        config._attn_implementation_internal = saved
+        with _packing_lock:
+            entry[0] -= 1
+            if entry[0] == 0:
+                config._attn_implementation_internal = entry[1]
+                del _packing[id(config)]
 
 
 def from_config(model_class, config, dtype: torch.dtype):
@@ -192,7 +215,7 @@ def check_static_cache(model, role: str) -> None:
     if uses_sliding_window(model):
         raise ValueError(f"cache='static' needs full attention in every layer; the {role} "
                          f"({type(model).__name__}) has sliding-window layers: use cache='dynamic' for it")
-    implementation = getattr(model.config, "_attn_implementation", None)
+    implementation = attention_implementation(model)
     if implementation not in ("sdpa", "eager"):
         raise ValueError(f"cache='static' needs sdpa or eager attention; the {role} ({type(model).__name__}) uses "
                          f"{implementation!r}: load it with attn_implementation='sdpa' or use cache='dynamic'")

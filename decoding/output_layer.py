@@ -26,6 +26,9 @@ ENV = "DECODING_OUTPUT_LAYER"
 
 _lock = threading.Lock()
 _users: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # output layer -> forwards using the swap
+# The swapped forward is made once per layer and kept on it (a reference cycle the collector frees with the layer):
+# the same object every time, so that a compiled forward, whose guards check the layer's forward, stays valid.
+_SWAP = "_pairdecode_few_rows_forward"
 
 
 def swappable_output_layer(model) -> torch.nn.Linear | None:
@@ -49,7 +52,9 @@ def few_rows_layout(layer: torch.nn.Linear | None):
         return
     with _lock:
         if _users.get(layer, 0) == 0:
-            layer.forward = functools.partial(few_rows_linear, layer)  # an instance attribute: the class is untouched
+            if _SWAP not in vars(layer):
+                setattr(layer, _SWAP, functools.partial(few_rows_linear, layer))
+            layer.forward = getattr(layer, _SWAP)  # an instance attribute: the class is untouched
         _users[layer] = _users.get(layer, 0) + 1
     try:
         yield

@@ -274,7 +274,8 @@ def test_packed_sdpa_attention(batch, kv_heads, groups, n, cached, seed):
 def test_packed_grouped_queries():
     """A model with grouped-query sdpa attention runs :func:`hf_compat.packed_sdpa_attention` inside the context
     (registered in transformers' AttentionInterface, switched by the private ``_attn_implementation_internal``) and
-    its own attention again after, even when the forward raises."""
+    its own attention again after, even when the forward raises; meanwhile ``attention_implementation`` still
+    gives the user's (tests/test_output_layer.py runs threads that share a model)."""
     from unittest import mock
 
     model = fresh_model("llama")
@@ -286,6 +287,10 @@ def test_packed_grouped_queries():
         try:
             with torch.no_grad(), hf_compat.packed_grouped_queries(model):
                 model(ids, attention_mask=hf_compat.prepared_mask(model, torch.ones_like(ids), 4))
+                # What another thread sees meanwhile: the user's implementation, and 4D masks for it.
+                assert model.config._attn_implementation == hf_compat.PACKED_SDPA
+                assert hf_compat.attention_implementation(model) == "sdpa"
+                assert hf_compat.prepared_mask(model, torch.ones_like(ids), 4).dim() == 4
             assert spy.call_count == model.config.num_hidden_layers
             with pytest.raises(RuntimeError), hf_compat.packed_grouped_queries(model):
                 raise RuntimeError("a forward that fails")
