@@ -109,8 +109,19 @@ def test_the_command_trains_evaluates_saves_and_resumes(tmp_path):
     head = load_head(tmp_path / "run" / "head")
     assert head.lm_head.out_features == 32 and int(head.t2d.sum()) == 32
     assert cli.main([*argv[:-8], "--ttt", "2", "--steps", "6", "--eval-every", "2", "--batch-tokens", "256",
-                     "--heldout", "0.2", "--resume"]) == 0
+                     "--heldout", "0.2", "--resume", "--lr-end", "0"]) == 0
     assert json.loads((tmp_path / "run" / "record.json").read_text())["steps"] == 6
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # annealed over the resumed run's 2 steps
+
+
+def test_the_learning_rate_anneals_by_a_cosine_and_needs_a_limit(tmp_path, capsys):
+    assert cli.annealed(3e-4, 3e-5, 0.0) == 3e-4 and cli.annealed(3e-4, 3e-5, 1.0) == pytest.approx(3e-5)
+    assert cli.annealed(3e-4, 0.0, 0.5) == pytest.approx(1.5e-4) and cli.annealed(3e-4, 0.0, 7.0) == 0.0
+    (tmp_path / "t.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--target", "x", "--data", str(tmp_path / "t.pt"), "--out", str(tmp_path), "--lr-end", "0"])
+    assert "--lr-end must be in [0, --lr] and needs --time-limit or --steps" in capsys.readouterr().err
 
 
 def test_bad_settings_are_refused(tmp_path, capsys):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -38,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ttt", type=int, default=3, help="training-time-test steps (default 3)")
     parser.add_argument("--decay", type=float, default=0.8, help="weight of step k: decay ** k (default 0.8)")
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr-end", type=float, default=None,
+                        help="anneal the learning rate from --lr to this over this run's --time-limit or --steps "
+                             "(cosine; default: constant)")
     parser.add_argument("--batch-tokens", type=int, default=2048, help="tokens per optimizer step (default 2048)")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps in all")
     parser.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds (this run)")
@@ -52,10 +56,17 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.heldout < 1:
         parser.error(f"--heldout must be in (0, 1), got {args.heldout}")
+    if args.lr_end is not None and (args.time_limit is None and args.steps is None or not 0 <= args.lr_end <= args.lr):
+        parser.error(f"--lr-end must be in [0, --lr] and needs --time-limit or --steps, got {args.lr_end}")
     missing = [str(p) for p in args.data if not p.is_file()]
     if missing:
         parser.error(f"no data file {', '.join(missing)}: make it with python -m decoding.model_pairs.distill.teacher")
     return args
+
+
+def annealed(lr: float, lr_end: float, share: float) -> float:
+    """The learning rate at ``share`` (0 to 1) of a run: cosine from ``lr`` down to ``lr_end``."""
+    return lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * min(max(share, 0.0), 1.0)))
 
 
 def read_records(paths: list[Path]) -> list[dict]:
@@ -120,7 +131,7 @@ def main(argv=None) -> int:
     embed = target.get_input_embeddings()
     to_device = lambda batch: type(batch)(*(t.to(args.device) for t in (batch.ids, batch.mask, batch.trained)))  # noqa: E731
     eval_batches = [to_device(b) for b in batches(heldout, args.batch_tokens, pad_id, None)]
-    started, last = time.time(), None
+    started, last, first_step = time.time(), None, state["step"]
     progress = tqdm(desc="training the head", unit="step", initial=state["step"], total=args.steps)
     done = False
     while not done:
@@ -133,6 +144,11 @@ def main(argv=None) -> int:
             elapsed = time.time() - started
             done = (args.steps is not None and state["step"] >= args.steps) or \
                    (args.time_limit is not None and elapsed >= args.time_limit)
+            if args.lr_end is not None:
+                share = elapsed / args.time_limit if args.time_limit is not None else \
+                    (state["step"] - first_step) / max(args.steps - first_step, 1)
+                for group in optimizer.param_groups:
+                    group["lr"] = annealed(args.lr, args.lr_end, share)
             if state["step"] % args.eval_every == 0 or done:
                 result = evaluate(head, embed, target, eval_batches, args.ttt)
                 state["curve"].append({"step": state["step"], "tokens": state["tokens"],
