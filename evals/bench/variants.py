@@ -176,8 +176,11 @@ def compiled_forwards(models, backend: str = "inductor"):
             mode = "reduce-overhead" if model.device.type == "cuda" and backend == "inductor" else None
             _COMPILED[model] = torch.compile(model.forward, mode=mode, dynamic=False, backend=backend)
         model.forward = _COMPILED[model]
+    # Target and draft share their class's forward, and each shape is a graph of its own (prompt, step, batch
+    # sizes): dynamo's default of 8 per function would fall back to eager after them.
     try:
-        yield
+        with torch._dynamo.config.patch(recompile_limit=max(64, torch._dynamo.config.recompile_limit)):
+            yield
     finally:
         for model, own in saved:
             if own is None:
