@@ -174,11 +174,12 @@ class SpeculativeDecoding(Strategy):
 
 
 def static_capacity(max_length: int, g: int, compact_threshold: float, prompt_length: int) -> int:
-    """Slots per row of a static cache, a multiple of 64: the call's tokens and one step's drafts, plus the holes
-    compaction lets stay (``compact_threshold`` of the slots, at most as many again), but no more than 4,096 past
-    the prompt up front (the cache grows, rarely, if a call needs more)."""
-    needed = (max_length + g + 1) * (1 + min(compact_threshold, 1.0))
-    return -(-int(min(needed, prompt_length + 4096)) // 64) * 64
+    """Slots per row of a static cache: the call's tokens and one step's drafts, plus the holes compaction lets stay
+    (``compact_threshold`` of the slots, at most as many again), but no more than 4,096 past the prompt up front
+    (the cache grows, rarely, if a call needs more); rounded up to a power of two from 64, so that calls of
+    similar lengths share their shapes (and a compiled forward its graphs)."""
+    needed = int(min((max_length + g + 1) * (1 + min(compact_threshold, 1.0)), prompt_length + 4096))
+    return max(64, 1 << (needed - 1).bit_length())
 
 
 def target_input(feed: tuple, drafts: Proposal) -> tuple[torch.Tensor, torch.Tensor | None]:
