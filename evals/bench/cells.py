@@ -239,5 +239,6 @@ def summarize(cells: list[Cell]) -> list[Summary]:
         out.append(Summary(cell.mode, cell.batch_size, cell.num_draft_tokens, cell.speedup, cell.decode_speedup,
                            cell.draft.ceiling, cell.draft.efficiency, cell.draft.ceiling_with_prefill,
                            cell.draft.acceptance.alpha, assisted.speedup if assisted else None,
-                           target.forwards_per_token, cell.speedup_vs_static))
+                           target.forwards_per_token, cell.speedup_vs_static,
+                           cell.draft.efficiency_with_prefill))
     return out

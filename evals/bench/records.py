@@ -238,6 +238,7 @@ class Summary:
     assisted_speedup: float | None  # assistant_model= at the same g
     target_forwards_per_token: float | None
     static_target_speedup: float | None = None  # the best cell's speedup over the static-target baseline
+    efficiency_with_prefill: float | None = None  # the whole-call speedup over the ceiling counting prefill
 
     def to_dict(self) -> dict:
         return asdict(self)

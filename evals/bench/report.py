@@ -198,13 +198,15 @@ def summary_line(s: dict) -> str:
     assisted = "" if s["assisted_speedup"] is None else \
         f"; assistant_model= at g={s['best_draft_length']}: {_figure(s['assisted_speedup'])}"
     prefill = "" if s["ceiling_with_prefill"] is None else f" ({_figure(s['ceiling_with_prefill'])} counting prefill)"
+    whole = "" if s.get("efficiency_with_prefill") is None else \
+        f" ({_figure(s['efficiency_with_prefill'], '{:.2f}')} counting prefill)"
     overhead = "" if s["target_forwards_per_token"] is None else \
         f"; target alone: {_figure(s['target_forwards_per_token'], '{:.2f}')} forwards/token"
     if s.get("static_target_speedup") is not None:
         overhead += f"; over the static target: {_figure(s['static_target_speedup'])}"
     return (f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} "
             f"{_figure(s['speedup'])} (decoding {_figure(s['decode_speedup'])}); ceiling {_figure(s['ceiling'])}"
-            f"{prefill}, efficiency {_figure(s['efficiency'], '{:.2f}')}, alpha {_figure(s['alpha'], '{:.2f}')}"
+            f"{prefill}, efficiency {_figure(s['efficiency'], '{:.2f}')}{whole}, alpha {_figure(s['alpha'], '{:.2f}')}"
             f"{assisted}{overhead}")
 
 
