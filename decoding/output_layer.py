@@ -53,7 +53,7 @@ def few_rows_layout(layer: torch.nn.Linear | None):
     with _lock:
         if _users.get(layer, 0) == 0:
             if _SWAP not in vars(layer):
-                setattr(layer, _SWAP, functools.partial(few_rows_linear, layer))
+                setattr(layer, _SWAP, functools.partial(_swapped_forward, layer))
             layer.forward = getattr(layer, _SWAP)  # an instance attribute: the class is untouched
         _users[layer] = _users.get(layer, 0) + 1
     try:
@@ -63,6 +63,10 @@ def few_rows_layout(layer: torch.nn.Linear | None):
             _users[layer] -= 1
             if _users[layer] == 0:
                 del layer.forward, _users[layer]
+
+
+def _swapped_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return few_rows_linear(layer, x)  # looked up when called (the swap object is made once per layer)
 
 
 def few_rows_linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
