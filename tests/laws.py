@@ -423,11 +423,11 @@ def exact_laws(model, prompt: list[int], settings: dict):
     return three_token_laws(lambda prefixes: next_token_laws(model, prefixes, settings), prompt, SMALL_VOCAB)
 
 
-def speculative_samples(target, draft, settings: dict, seed: int):
+def speculative_samples(target, draft, settings: dict, seed: int, **strategy_kwargs):
     """``(new tokens  # [rows, 3], stats)`` of a seeded speculative sampling run; rows alternate prompts."""
     ids, mask = left_pad([PROMPTS[r % len(PROMPTS)] for r in range(ROWS_PER_PROMPT * len(PROMPTS))])
     decoding.enable(target)
-    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=DRAFT_TOKENS)
+    strategy = decoding.SpeculativeDecoding(draft, num_draft_tokens=DRAFT_TOKENS, **strategy_kwargs)
     torch.manual_seed(seed)
     with torch.no_grad():
         out = target.generate(

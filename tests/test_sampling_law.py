@@ -63,6 +63,16 @@ def test_speculative_sampling_follows_the_target_law(arch, draft_kind, settings)
         assert chi_square_pvalue(first_counts, draft_first) < POWER, "the test cannot tell target from draft"
 
 
+def test_speculative_sampling_with_a_static_cache_follows_the_target_law():
+    """cache="static": rows that finish stay in the batch (until half of it has) and keep drawing; the others'
+    law is the target's."""
+    target, draft = tiny_pair("qwen2", vocab_size=SMALL_VOCAB, draft_kind="noisy_copy", noise=0.1)
+    settings = dict(temperature=1.3, top_p=0.85)
+    tokens, stats = speculative_samples(target, draft, settings, seed=4321, cache="static")
+    assert 0 < stats.accepted < stats.drafted
+    assert_follows_target_law(tokens, target, settings)
+
+
 @pytest.mark.parametrize(("arch", "draft_kind", "settings"), CASES[:3])
 def test_a_verification_that_accepts_every_draft_is_detected(arch, draft_kind, settings, monkeypatch):
     """Negative control 2: verifying drafts against the draft's law instead of the target's (so every draft
