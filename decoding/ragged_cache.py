@@ -41,6 +41,7 @@ class RaggedCache:
         self.readout = readout if readout is not None else Readout()
         self._crop: tuple[Deferred, int] | None = None  # (read [used, longest], n): the crop of keep_last
         self._longest: int | Deferred | None = None  # max(num_valid): on the host, asked, or unknown
+        self._longest_bound: int | Deferred | None = None  # >= max(num_valid), when rows left since it was known
         self.cache = hf_compat.new_cache(model) if capacity is None else hf_compat.new_static_cache(model, capacity)
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
@@ -128,6 +129,7 @@ class RaggedCache:
         self.holes_may_have_grown |= tokens.shape[1] > 1
         # Holes may have grown: compaction will want the longest row, asked now so that it comes with the step's read.
         self._longest = self.readout.ask(self.num_valid.max()) if tokens.shape[1] > 1 else None
+        self._longest_bound = None
         return out
 
     def _make_room(self, n: int) -> None:
@@ -234,15 +236,22 @@ class RaggedCache:
         self._settle()
         hf_compat.select_cache_rows(self.cache, rows)
         self.holes_may_have_grown = True
-        self._longest = None
+        # The longest row of the old batch bounds the new one's: enough to decide on compaction without a read.
+        self._longest_bound, self._longest = self._longest, None
         self.fed = self.fed[rows]
         self.mask = self.mask[rows]
         self.num_valid = self.num_valid[rows]
 
-    def holes(self) -> int:
-        """Slots that compaction would free: ``T`` minus the longest row's valid count."""
+    def holes(self, at_least: bool = False) -> int:
+        """Slots that compaction would free: ``T`` minus the longest row's valid count. ``at_least``: a lower bound
+        will do, known without a read when rows just left (the old batch's longest row bounds the new one's)."""
         self._settle()
-        return self.mask.shape[1] - self.longest() if self.mask.shape[0] else 0
+        if not self.mask.shape[0]:
+            return 0
+        if not at_least or self._longest is not None or self._longest_bound is None:
+            return self.mask.shape[1] - self.longest()
+        bound = self._longest_bound
+        return self.mask.shape[1] - (bound.value[0] if isinstance(bound, Deferred) else bound)
 
     def longest(self) -> int:
         """The most valid slots of any row (read from the device only when the last rollback did not tell)."""
@@ -257,7 +266,7 @@ class RaggedCache:
         if not self.holes_may_have_grown:
             return
         self.holes_may_have_grown = False
-        if self.mask.shape[0] and self.holes() > threshold * self.mask.shape[1]:
+        if self.mask.shape[0] and self.holes(at_least=True) > threshold * self.mask.shape[1]:
             self.compact()
 
     def compact(self) -> None:

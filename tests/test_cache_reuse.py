@@ -193,6 +193,7 @@ def test_ragged_cache_matches_fresh_forward(arch, data, batch):
         if select is not None:
             cache.select_rows(torch.tensor(select))
             sequences = [sequences[i] for i in select]
+            assert cache.holes(at_least=True) <= cache.holes()  # a bound known without a read, never more
             check_cache_invariants(cache, sequences)
         if compact:
             cache.compact()

@@ -86,7 +86,7 @@ class DraftModelDrafter(Drafter):
         """Keep the rows ``survivors  # [b']`` (positions in the current batch)."""
         self.cache.select_rows(survivors)
         self.unread = self.unread[survivors]
-        self.width = None
+        # self.width, the old batch's widest, stays: a window wider than a row's unread tokens holds holes.
 
     def prepare(self, run, compact_threshold: float) -> None:
         """Before the next step: compact the cache if it has too many holes."""
