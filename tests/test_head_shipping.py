@@ -86,11 +86,12 @@ def test_the_card_states_the_data_settings_curve_and_commands():
     assert "0.03M parameters, 0.1 MB on disk, stored in bfloat16 (trained in float32)" in card
     assert "| 40 | 3 | 0.8 ** k | 0.0003 | 2048 | no limit | 900.0 | cpu | 2 | 0 |" in card
     # the held-out curve: tokens, minutes, acceptance at positions 1..3, reach, accepted per step
-    header = ("| step | tokens | minutes | acceptance 1 | acceptance 2 | acceptance 3 | reach 3 "
+    header = ("| step | tokens | minutes | held-out positions | acceptance 1 | acceptance 2 | acceptance 3 | reach 3 "
               "| accepted per step (g = 3) |")
     assert header in card
-    assert "| 40 | 20,000 | 4.0 | 0.150 | 0.060 | 0.110 | 0.001 | 0.160 |" in card
-    assert "| 80 | 40,000 | 8.0 | 0.250 | 0.500 | 0.400 | 0.050 | 0.425 |" in card
+    assert "| 40 | 20,000 | 4.0 | 1,234 | 0.150 | 0.060 | 0.110 | 0.001 | 0.160 |" in card
+    assert "| 80 | 40,000 | 8.0 | 1,234 | 0.250 | 0.500 | 0.400 | 0.050 | 0.425 |" in card
+    assert "held-out set grew" not in card and "constant learning rate" in card
     # how to reproduce it
     assert ("python -m decoding.model_pairs.distill.teacher --target tiny-target --kind on-policy --k 1 "
             "--max-new-tokens 64 --batch-size 32 --limit 384 --seed 0 --threads 2 --device cpu --out /data/greedy.pt"
@@ -282,3 +283,26 @@ def test_the_projection_fits_a_line_in_log_tokens_and_solves_for_the_goals():
     falling = [{"tokens": 10 ** e, "acceptance": [0.5 - 0.1 * e]} for e in (3, 4, 5, 6)]
     assert projection(falling)["tokens"] == {0.6: None, 0.7: None}
     assert projection(curve[:1]) is None and projection_lines(curve[:1]) == []
+
+
+def test_a_curve_whose_held_out_set_grew_says_so_and_projects_from_the_last_set_only():
+    """A resumed run on more data holds out more prompts: the card says where the set changed, and the projection
+    fits only the points measured on the last set (the earlier ones, on another set, would bend the line)."""
+    curve = [{**curve_point(40 * i, [a, 0.5, 0.5]), "tokens": 10 ** e, "positions": n}
+             for i, (e, a, n) in enumerate([(3, 0.9, 100), (4, 0.9, 100), (5, 0.3, 250), (6, 0.4, 250)], 1)]
+    fit = ship.projection(curve)
+    assert fit["points"] == 2 and abs(fit["slope_per_10x"] - 0.1) < 1e-9
+    record = {**synthetic_record(), "curve": curve}
+    record["settings"] = {**record["settings"], "lr_end": "3e-05"}
+    card = ship.head_card(record, folder="head")
+    assert "The held-out set grew with the data from step 120 on" in card and "100 positions at first, 250 since" in card
+    assert "annealed by a cosine to 3e-05 over the last run" in card
+
+
+def test_a_varied_teacher_file_and_a_resumed_run_are_reproduced_as_run():
+    meta = {**GREEDY_META, "prompts": "varied", "count": "1000", "seed": "10", "limit": "None"}
+    assert "answers to varied prompts (seed 10)" in ship._teacher_row("/data/varied10.pt", meta)
+    assert "--prompts varied --count 1000" in ship._teacher_command(meta)
+    settings = {**synthetic_record()["settings"], "resume": "True", "lr_end": "3e-05"}
+    command = ship._train_command(settings)
+    assert command.endswith("--resume") and "--lr 0.0003 --lr-end 3e-05" in command

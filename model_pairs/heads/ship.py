@@ -54,17 +54,21 @@ def _number(value) -> str:
 def _train_command(settings: dict) -> str:
     parts = ["--target", str(settings.get("target")), "--data", *data_files({"settings": settings}),
              "--out", str(settings.get("out"))]
-    for name in ("draft_vocab", "ttt", "decay", "lr", "batch_tokens", "steps", "time_limit", "heldout",
+    for name in ("draft_vocab", "ttt", "decay", "lr", "lr_end", "batch_tokens", "steps", "time_limit", "heldout",
                  "eval_every", "device", "threads", "seed"):
         value = _setting(settings, name)
         if value is not None:
             parts += [f"--{name.replace('_', '-')}", str(value)]
+    if settings.get("resume") == "True":
+        parts.append("--resume")
     return " ".join([_TRAIN, *(shlex.quote(p) for p in parts)])
 
 
 def _teacher_command(meta: dict) -> str:
     parts = ["--target", str(meta.get("target")), "--kind", str(meta.get("kind"))]
     names = ["draft", "k", "max_new_tokens", "temperature", "batch_size", "limit", "seed", "threads", "device"]
+    if meta.get("prompts") not in (None, "templated"):
+        names += ["prompts", "count"]
     if meta.get("kind") == "corpus":
         names = ["k", "windows", "window_length", "batch_size", "seed", "threads", "device"]
     for name in names:
@@ -84,6 +88,8 @@ def _teacher_row(path: str, meta: dict | None) -> str:
         kind = f"corpus windows of {meta.get('window_length')} tokens"
     else:
         kind = f"the target's {'greedy' if temperature is None else f'sampled (T = {temperature})'} answers"
+        if meta.get("prompts") not in (None, "templated"):
+            kind += f" to {meta['prompts']} prompts (seed {meta.get('seed')})"
     return (f"| {name} | {kind} | {_number(meta.get('records', 0))} | {_number(meta.get('tokens', 0))} | "
             f"{meta.get('max_new_tokens') if meta.get('kind') != 'corpus' else '-'} | "
             f"{float(meta.get('seconds', 0)) / 60:.1f} |")
@@ -199,7 +205,9 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
         f"target's law of token i + 2 over the draft vocabulary. Training-time test: for {ttt} steps the head then "
         "reads its own output state, as it does when drafting, and predicts one token further; step k weighs "
         f"{_setting(settings, 'decay')} ** k. Positions whose target top token is outside the draft vocabulary are "
-        "not trained. AdamW (betas 0.9, 0.95, no weight decay), constant learning rate, gradient clipping 0.5.",
+        "not trained. AdamW (betas 0.9, 0.95, no weight decay), "
+        + (f"the learning rate annealed by a cosine to {_setting(settings, 'lr_end')} over the last run"
+           if _setting(settings, "lr_end") else "constant learning rate") + ", gradient clipping 0.5.",
         "",
         "## Held-out curve",
         "",
@@ -215,13 +223,17 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
            " The held-out sequences are drawn from the same teacher files as the trained ones: a held-out answer may "
            "be to a prompt that another file answers in training." if len(files) > 1 else ""),
         "",
-        "| step | tokens | minutes | " + " | ".join(f"acceptance {k}" for k in range(1, ttt + 1))
+    ]
+    lines += _held_out_changes(curve)
+    lines += [
+        "| step | tokens | minutes | held-out positions | " + " | ".join(f"acceptance {k}" for k in range(1, ttt + 1))
         + f" | reach {ttt} | accepted per step (g = {ttt}) |",
-        "|---|---|---|" + "---|" * ttt + "---|---|",
+        "|---|---|---|---|" + "---|" * ttt + "---|---|",
     ]
     for point in curve:
         acceptance, reach = point["acceptance"], point["reach"]
         lines.append(f"| {point['step']} | {_number(point['tokens'])} | {point['minutes']} | "
+                     f"{_number(point.get('positions', 0))} | "
                      + " | ".join(f"{a:.3f}" for a in acceptance) + f" | {reach[-1]:.3f} | {sum(reach):.3f} |")
     lines += projection_lines(curve)
     lines += ["", "## Reproduce", "", "```"]
@@ -236,12 +248,32 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
     return "\n".join(lines)
 
 
+def _last_set(curve: list[dict]) -> list[dict]:
+    """The curve's points measured on its last held-out set (as many positions as the last point)."""
+    return [p for p in curve if p.get("positions") == curve[-1].get("positions")] if curve else []
+
+
+def _held_out_changes(curve: list[dict]) -> list[str]:
+    """A paragraph when the held-out set changed along the curve (the data grew on a resumed run)."""
+    same = _last_set(curve)
+    if len(same) == len(curve):
+        return []
+    first = same[0]
+    return [f"The held-out set grew with the data from step {first['step']} on (more prompts, by the same hash): "
+            f"acceptance before and after is measured on different sets, {_number(curve[0].get('positions', 0))} "
+            f"positions at first, {_number(first.get('positions', 0))} since; the projection fits the last set's "
+            "points only.", ""]
+
+
 def projection(curve: list[dict], goals=(0.6, 0.7)) -> dict | None:
     """A least-squares line of the first position's held-out acceptance against ``log10`` of the tokens trained,
-    over the curve's second half (the start is the head leaving its initialisation), and the tokens at which the
-    line reaches each goal: ``{"slope_per_10x", "points", "tokens": {goal: tokens or None}}``; None with fewer than
-    two points. A projection, not a promise: such curves bend down as they near what the head can learn."""
-    points = [(math.log10(p["tokens"]), p["acceptance"][0]) for p in curve[len(curve) // 2:] if p["tokens"] > 0]
+    over the curve's second half (the start is the head leaving its initialisation), or over every point on the
+    last held-out set when the set changed along the curve, and the tokens at which the line reaches each goal:
+    ``{"slope_per_10x", "points", "tokens": {goal: tokens or None}}``; None with fewer than two points. A
+    projection, not a promise: such curves bend down as they near what the head can learn."""
+    same = _last_set(curve)
+    chosen = same if len(same) < len(curve) else curve[len(curve) // 2:]
+    points = [(math.log10(p["tokens"]), p["acceptance"][0]) for p in chosen if p["tokens"] > 0]
     if len(points) < 2 or len({x for x, _ in points}) < 2:
         return None
     mean_x = sum(x for x, _ in points) / len(points)
