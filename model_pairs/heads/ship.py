@@ -290,8 +290,10 @@ def projection_lines(curve: list[dict]) -> list[str]:
         return []
     reach = ", ".join(f"{goal} at about {_number(tokens)} tokens" if tokens else f"{goal} never (the line falls)"
                       for goal, tokens in fit["tokens"].items())
+    where = "the second half of the curve" if len(_last_set(curve)) == len(curve) else \
+        "the points on the last held-out set"
     return ["", "## Projection", "",
-            f"A line through the second half of the curve (first-position acceptance against log10 of the tokens "
+            f"A line through {where} (first-position acceptance against log10 of the tokens "
             f"trained, {fit['points']} points) rises {fit['slope_per_10x']:.3f} per tenfold tokens and reaches {reach}. "
             "Tokens trained count repeats: the line assumes that more of them keep bringing new data, where a curve "
             "over a fixed set of answers flattens as it is read again. A projection, not a promise: such curves "
