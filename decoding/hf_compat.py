@@ -66,9 +66,9 @@ def prepared_mask(model, mask: torch.Tensor, n: int, slots: int | None = None) -
     a token), as the 4D mask ``# [b, 1, n, T + n]`` transformers passes on unchanged (``masking_utils``: "an already
     prepared 4D mask ... is returned as-is"): new token ``i`` reads the valid slots up to its own, ``T + i``, as
     transformers' causal mask over cache slots does. ``slots``: the slots a static cache holds (``>= T + n``); the
-    mask is then ``# [b, 1, n, slots]``, the slots after ``T + n`` masked. In the form the model's attention reads (private
-    ``_attn_implementation``): boolean for ``sdpa``, additive for ``eager``; other implementations get ``mask`` back
-    unchanged. From a 2D mask, transformers builds this with more operations, and its SDPA path reads the mask from
+    mask is then ``# [b, 1, n, slots]``, the slots after ``T + n`` masked. In the form the model's attention reads
+    (private ``_attn_implementation``): boolean for ``sdpa``, additive for ``eager``; other implementations get
+    ``mask`` back unchanged. From a 2D mask, transformers builds this with more operations, and its SDPA path reads the mask from
     the device to decide whether to skip it (``_ignore_causal_mask_sdpa``); a 4D one is never read."""
     implementation = attention_implementation(model)
     if implementation not in ("sdpa", "eager"):
@@ -107,7 +107,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
                                       **kwargs)
     batch, heads, n, dim = query.shape
     packed = query.reshape(batch, heads // groups, groups * n, dim)  # row r * n + i: head kv * g + r, token i
-    mask = attention_mask.repeat(1, 1, groups, 1) if groups > 1 and n > 1 else attention_mask
+    mask = attention_mask.repeat(1, 1, groups, 1) if n > 1 else attention_mask
     out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, dropout_p=dropout,
                                                            scale=scaling)
     return out.reshape(batch, heads, n, out.shape[-1]).transpose(1, 2).contiguous(), None
@@ -269,20 +269,17 @@ def gather_cache_slots(cache: DynamicCache, order: torch.Tensor) -> None:
     """Reorder every layer's slots in place: slot ``j`` of row ``r`` becomes old slot ``order[r, j]``
     (``order  # [b, T']``). Rewrites ``DynamicLayer.keys`` / ``.values`` (``[b, heads, T, head_dim]``); a static
     layer's first ``T'`` slots, in place, and its ``cumulative_length`` becomes ``T'``."""
-    if is_static(cache):
-        for layer in cache.layers:
-            if layer.is_initialized:
-                index = order[:, None, :, None].to(layer.keys.device)
-                for tensor in (layer.keys, layer.values):
-                    tensor[:, :, : order.shape[1]] = tensor.gather(
-                        2, index.expand(-1, tensor.shape[1], -1, tensor.shape[3]))
-                layer.cumulative_length.fill_(order.shape[1])
-        return
+    static, width = is_static(cache), order.shape[1]
     for layer in cache.layers:
-        if layer.is_initialized and layer.keys.numel():
-            index = order[:, None, :, None].to(layer.keys.device)
-            layer.keys = layer.keys.gather(2, index.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3]))
-            layer.values = layer.values.gather(2, index.expand(-1, layer.values.shape[1], -1, layer.values.shape[3]))
+        if not layer.is_initialized or not layer.keys.numel():
+            continue
+        index = order[:, None, :, None].to(layer.keys.device)
+        keys, values = (t.gather(2, index.expand(-1, t.shape[1], -1, t.shape[3])) for t in (layer.keys, layer.values))
+        if static:  # in place: a static layer's tensors keep their address (and shape)
+            layer.keys[:, :, :width], layer.values[:, :, :width] = keys, values
+            layer.cumulative_length.fill_(width)
+        else:
+            layer.keys, layer.values = keys, values
 
 
 def warper_parameters(processor) -> tuple[str, float, float, int] | None:

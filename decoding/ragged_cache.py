@@ -42,6 +42,8 @@ class RaggedCache:
         self._crop: tuple[Deferred, int] | None = None  # (read [used, longest], n): the crop of keep_last
         self._longest: int | Deferred | None = None  # max(num_valid): on the host, asked, or unknown
         self._longest_bound: int | Deferred | None = None  # >= max(num_valid), when rows left since it was known
+        if capacity is not None:
+            hf_compat.check_static_cache(model, "model")
         self.cache = hf_compat.new_cache(model) if capacity is None else hf_compat.new_static_cache(model, capacity)
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
@@ -49,8 +51,6 @@ class RaggedCache:
         self._output_layer = swappable_output_layer(model)  # a CPU output layer: W @ h^T over a few rows
         # Sliding windows are measured in slots: such a model's rows keep their valid slots contiguous.
         self.contiguous = hf_compat.uses_sliding_window(model)
-        if capacity is not None:
-            hf_compat.check_static_cache(model, "model")
         # A sliding window is part of the model's own mask, and a draft head builds its own: 2D masks for those.
         self._plain_masks = not self.contiguous and not getattr(model, "reads_2d_mask", False)
         # With those masks, grouped-query attention without transformers' copy of the cache per forward.
@@ -179,7 +179,6 @@ class RaggedCache:
             kept = keep.sum(dim=1)  # [b]
             self.num_valid = self.num_valid + kept - n
             self.mask = torch.cat([self.mask[:, :-n], keep.to(torch.int64)], dim=1)
-            self._full_tail = 0
             self._crop_shared_holes(n, used=kept.max())
             return
         tail = self.mask[:, -n:] * keep.to(torch.int64)  # [b, n]
@@ -250,15 +249,12 @@ class RaggedCache:
             return 0
         if not at_least or self._longest is not None or self._longest_bound is None:
             return self.mask.shape[1] - self.longest()
-        bound = self._longest_bound
-        return self.mask.shape[1] - (bound.value[0] if isinstance(bound, Deferred) else bound)
+        self._longest_bound = _on_host(self._longest_bound)
+        return self.mask.shape[1] - self._longest_bound
 
     def longest(self) -> int:
         """The most valid slots of any row (read from the device only when the last rollback did not tell)."""
-        if self._longest is None:
-            self._longest = int(self.num_valid.max())
-        elif isinstance(self._longest, Deferred):
-            self._longest = self._longest.value[0]
+        self._longest = int(self.num_valid.max()) if self._longest is None else _on_host(self._longest)
         return self._longest
 
     def compact_if_holes_exceed(self, threshold: float) -> None:
@@ -287,6 +283,11 @@ class RaggedCache:
                 "strategies need DynamicLayer caches, whose slots can be rolled back (full or sliding-window "
                 "attention). Linear-attention and quantized caches are not supported."
             )
+
+
+def _on_host(value: int | Deferred) -> int:
+    """A count known on the host, or asked of the readout (its value read by now, or read here)."""
+    return value.value[0] if isinstance(value, Deferred) else value
 
 
 def _holes_before_valid(valid: torch.Tensor) -> torch.Tensor:

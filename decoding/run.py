@@ -47,6 +47,7 @@ class Run:
         self._lengths: list[int] | Deferred = [self.sequences.prompt_length] * self.prompt_mask.shape[0]
         self._done: list[bool] = [False] * self.prompt_mask.shape[0]  # rows of the batch that finished and stay
         self.live: torch.Tensor | None = None  # [b'] positions of the unfinished rows when some finished row stays
+        self._done_mask: torch.Tensor | None = None  # [b] bool, _done on the device (set with live)
 
     def remaining(self) -> int:
         """Most tokens any unfinished row may still emit (known on the host since the last step's read)."""

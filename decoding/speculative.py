@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .adaptive import AdaptiveLength, AdaptiveMemory, FixedLength, StepFacts, Stopwatch
 from . import hf_compat
+from .adaptive import AdaptiveLength, AdaptiveMemory, FixedLength, StepFacts, Stopwatch
 from .proposers import CrossTokenizerDraft, DraftModel, FeatureDraft, Proposal, Proposer, TargetFeatures
 from .proposers.eagle_head import Eagle3Head
 from .proposers.cross_tokenizer import MODES as CROSS_TOKENIZER_MODES

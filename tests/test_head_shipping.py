@@ -157,7 +157,8 @@ def test_ship_copies_the_head_in_bfloat16_and_writes_its_card(run, tmp_path, cap
     notes.write_text("## End to end\n\nmeasured later\n")
     assert ship.main(["--run", str(run_dir), "--out", str(out), "--notes", str(notes)]) == 0
     card_with_notes = (tmp_path / "package" / "HEAD_CARD.md").read_text()
-    assert card_with_notes.startswith(card.rstrip("\n")) and card_with_notes.endswith("## End to end\n\nmeasured later\n")
+    assert card_with_notes.startswith(card.rstrip("\n"))
+    assert card_with_notes.endswith("## End to end\n\nmeasured later\n")
     with pytest.raises(SystemExit):
         ship.main(["--run", str(run_dir), "--out", str(out), "--notes", str(tmp_path / "missing.md")])
 
@@ -295,7 +296,8 @@ def test_a_curve_whose_held_out_set_grew_says_so_and_projects_from_the_last_set_
     record = {**synthetic_record(), "curve": curve}
     record["settings"] = {**record["settings"], "lr_end": "3e-05"}
     card = ship.head_card(record, folder="head")
-    assert "The held-out set grew with the data from step 120 on" in card and "100 positions at first, 250 since" in card
+    assert "The held-out set grew with the data from step 120 on" in card
+    assert "100 positions at first, 250 since" in card
     assert "annealed by a cosine to 3e-05 over the last run" in card
 
 

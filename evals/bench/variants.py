@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import decoding
 
 __all__ = ["ASSISTED_WITH_HEAD", "HEADLESS", "HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant", "compiled_forwards",
-           "head_skips",
-           "hf_dynamic_settings", "method_count", "parse_variants", "use_draft_config"]
+           "head_skips", "hf_dynamic_settings", "method_count", "parse_variants", "use_draft_config"]
 
 # Variant name -> what it adds; "cascade" is given as cascade:RULE:THRESHOLD.
 VARIANTS = {
