@@ -20,6 +20,7 @@ if not (_HERE / "kernels").is_dir() and (_HERE.parent / "kernels" / "ops.py").is
 from .api import enable, is_enabled
 from .cascade import SpeculativeCascade
 from .contrastive import ContrastiveDecoding, ProxyTuning
+from .few_rows import fast_cpu_linears
 from .mixing import LogitMixing
 from .proposers import CrossTokenizerDraft, DraftModel, FeatureDraft, PromptLookup, Proposer
 from .speculative import SpeculativeDecoding
@@ -43,6 +44,7 @@ __all__ = [
     "SpeculativeDecoding",
     "Strategy",
     "enable",
+    "fast_cpu_linears",
     "is_enabled",
 ]
 __version__ = "0.1.0"

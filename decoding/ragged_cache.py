@@ -18,7 +18,7 @@ import contextlib
 import torch
 
 from . import hf_compat
-from .output_layer import few_rows_layout, swappable_output_layer
+from .few_rows import few_rows_layout, swappable_layers
 from .readout import Deferred, Readout
 
 
@@ -48,7 +48,7 @@ class RaggedCache:
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self._slices_logits = hf_compat.supports_logits_to_keep(model)
-        self._output_layer = swappable_output_layer(model)  # a CPU output layer: W @ h^T over a few rows
+        self._few_rows = swappable_layers(model)  # a CPU model's linear layers: W @ h^T over a few rows
         # Sliding windows are measured in slots: such a model's rows keep their valid slots contiguous.
         self.contiguous = hf_compat.uses_sliding_window(model)
         # A sliding window is part of the model's own mask, and a draft head builds its own: 2D masks for those.
@@ -118,7 +118,7 @@ class RaggedCache:
         # A 4D mask: fewer operations than transformers' own, and never read back from the device.
         attention_mask = hf_compat.prepared_mask(self.model, mask, n, self.capacity) if self._plain_masks else mask
         packed = hf_compat.packed_grouped_queries(self.model) if self._packs else contextlib.nullcontext()
-        with few_rows_layout(self._output_layer), packed:  # a CPU output layer over a few rows: W @ h^T, 2-3x faster
+        with few_rows_layout(self._few_rows), packed:  # a CPU model's layers over a few rows: W @ h^T, up to 3x faster
             out = hf_compat.forward_with_cache(
                 self.model, self.cache, input_ids=tokens, attention_mask=attention_mask, position_ids=positions,
                 use_cache=True, **extra, **inputs,

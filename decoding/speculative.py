@@ -154,7 +154,8 @@ class SpeculativeDecoding(Strategy):
                     run.rows, self.target_scores(logits, drafts), drafts.ids, drafts.probs)  # [b, g+1], [b]
             length.observe(StepFacts(proposal, num_accepted, new_tokens=g + 1 if feed[0].shape[1] == 1 else 0,
                                      rows=run.rows, draft_seconds=watch.seconds.get("draft", 0.0),
-                                     target_seconds=watch.seconds.get("target", 0.0), rest_seconds=watch.rest))
+                                     target_seconds=watch.seconds.get("target", 0.0), rest_seconds=watch.rest,
+                                     live=run.live))
             run.stats.record(run.unfinished(num_accepted), None if drafts.full else run.unfinished(drafts.lengths()), g)
             finished = run.commit(output_ids, scores, logits)
             if g:

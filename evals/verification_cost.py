@@ -2,8 +2,9 @@
 
 For a target (a registry name, a folder or a GGUF file), with a cache of ``--cache`` tokens and one row: the
 seconds of one forward over ``n`` new tokens, ``t(n)``, and ``v(n) = t(n) / t(1)`` (the cost ratio of the
-speculative ceiling), with the output layer as the library runs it (``W @ h^T`` for a few rows on a CPU) and as
-``F.linear`` (``DECODING_OUTPUT_LAYER=linear``); then the output layer alone, both ways. Medians of ``--repeats``.
+speculative ceiling), with the linear layers as the library runs them (``W @ h^T`` for a few rows on a CPU) and as
+``F.linear`` (``DECODING_FEW_ROWS=linear``); then one layer of each shape alone, both ways (its weights stay in
+cache there, unlike in a forward: the forward is the figure that counts). Medians of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from decoding.output_layer import ENV, few_rows_linear
+from decoding.few_rows import ENV, few_rows_linear
 from decoding.ragged_cache import RaggedCache
 
 
@@ -60,13 +61,18 @@ def main(argv=None) -> int:
         os.environ[ENV] = setting
         ms = {n: forward_ms(model, prefix, n, args.repeats) for n in counts}
         ratios = ", ".join(f"t({n}) {ms[n]:.1f} ms v {ms[n] / ms[1]:.2f}" for n in counts)
-        print(f"forward, output layer {'W @ h^T' if setting == 'auto' else 'F.linear'}: {ratios}")
+        print(f"forward, linear layers {'W @ h^T' if setting == 'auto' else 'F.linear'}: {ratios}")
     os.environ.pop(ENV)
-    layer = model.get_output_embeddings()
-    for n in counts:
-        x = torch.randn(1, n, layer.in_features)
-        print(f"output layer alone, {n} row(s): F.linear {layer_ms(lambda: F.linear(x, layer.weight), args.repeats):.1f} ms, "
-              f"W @ h^T {layer_ms(lambda: few_rows_linear(layer, x), args.repeats):.1f} ms")
+    shapes = {}
+    for layer in model.modules():
+        if type(layer) is torch.nn.Linear:
+            shapes.setdefault(tuple(layer.weight.shape), layer)
+    for (out_features, in_features), layer in shapes.items():
+        for n in counts:
+            x = torch.randn(1, n, in_features)
+            print(f"layer {out_features} x {in_features} alone, {n} row(s): "
+                  f"F.linear {layer_ms(lambda: F.linear(x, layer.weight), args.repeats):.3f} ms, "
+                  f"as the library runs it {layer_ms(lambda: few_rows_linear(layer, x), args.repeats):.3f} ms")
     return 0
 
 

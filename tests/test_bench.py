@@ -388,22 +388,24 @@ def test_variants_run_side_by_side_and_lossless_ones_match_the_target(tmp_path, 
     path = tmp_path / "variants.json"
     argv = [*TINY, "--batch-sizes", "1,2", "--draft-lengths", "2", "--prompts-per-category", "1", "--categories",
             "code_completion,math", "--modes", "greedy", "--json", str(path),
-            "--variants", "adaptive,block,lookup,cascade:chow:0.5,hf-lookup"]
+            "--variants", "adaptive,block,lookup,cascade:chow:0.5,hf-lookup,fast-target"]
     if HAS_MATPLOTLIB:
         argv += ["--plot", str(tmp_path / "variants.png")]
     assert bench.main(argv) == 0
     assert "lossy: batch 1, cascade chow:0.5 g=2: greedy output equal to the target's on" in capsys.readouterr().out
     result = json.loads(path.read_text())
-    assert result["meta"]["arguments"]["variants"] == ["adaptive", "block", "lookup", "cascade chow:0.5", "hf-lookup"]
+    assert result["meta"]["arguments"]["variants"] == ["adaptive", "block", "lookup", "cascade chow:0.5", "hf-lookup",
+                                                       "fast-target"]
     cells = {(c["batch_size"], c["name"]): c for c in result["cells"]}
-    lossless = ["speculative g=2", "block g=2", "lookup g=2", "adaptive"]
+    lossless = ["speculative g=2", "block g=2", "lookup g=2", "adaptive", "fast target"]
     batch_1_only = ["assisted g=2", "hf-lookup g=2"]
     assert set(cells) == {(b, n) for b in (1, 2) for n in ["target", *lossless, "cascade chow:0.5 g=2"]} | {
         (1, n) for n in batch_1_only}
     assert [c["method"] for c in result["cells"] if c["batch_size"] == 1] == [
-        "target", "assisted", "speculative", "block", "lookup", "cascade", "hf-lookup", "adaptive"]  # --variants order
+        "target", "assisted", "speculative", "block", "lookup", "cascade", "hf-lookup", "adaptive",
+        "fast-target"]  # --variants order
     checked = {(c["batch_size"], c["name"]) for c in result["checks"]}
-    assert all(c["matches_target"] for c in result["checks"]) and (2, "adaptive") in checked
+    assert all(c["matches_target"] for c in result["checks"]) and {(2, "adaptive"), (2, "fast target")} <= checked
     assert all(cells[b, n]["matches_target"] is True for b in (1, 2) for n in lossless)
     lossy = result["lossy_checks"]  # match rates, never failures
     assert [(c["batch_size"], c["name"], c["lossy"]) for c in lossy] == [(1, "cascade chow:0.5 g=2", True),

@@ -432,6 +432,30 @@ def test_a_rows_chances_follow_how_its_own_drafts_fare():
     assert alone.chance(torch.full((1,), 0.5), torch.arange(1)) == pytest.approx(alone.acceptance.rate, abs=0.1)
 
 
+@given(st.data())
+def test_finished_rows_staying_in_the_batch_teach_the_rule_nothing(data):
+    """With ``cache="static"`` finished rows stay in the batch: what they drafted and had accepted must leave the
+    estimates as if only the unfinished rows had stepped (an oracle: the same steps with those rows alone)."""
+    batch = data.draw(st.integers(2, 5), label="batch")
+    width = data.draw(st.integers(1, 4), label="width")
+    finished = data.draw(st.sets(st.integers(0, batch - 1), min_size=1, max_size=batch - 1), label="finished")
+    live = torch.tensor([r for r in range(batch) if r not in finished])
+    with_finished, alone = AdaptiveLength(8, "cpu", batch_size=batch), AdaptiveLength(8, "cpu", batch_size=batch)
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    for _ in range(data.draw(st.integers(1, 4), label="steps")):
+        ids = torch.randint(-1, 50, (batch, width), generator=generator)  # -1: a row proposed nothing there
+        confidence = torch.rand(batch, width, generator=generator)
+        accepted = torch.randint(0, width + 1, (batch,), generator=generator)
+        proposal = decoding.proposers.Proposal(ids=ids, probs=None, confidence=confidence)
+        with_finished.learn(replace(step_facts(proposal, accepted, width + 1), live=live))
+        kept = decoding.proposers.Proposal(ids=ids[live], probs=None, confidence=confidence[live])
+        alone.learn(StepFacts(kept, accepted[live], new_tokens=width + 1, rows=live))
+    assert with_finished.acceptance == alone.acceptance
+    assert (with_finished.rows is None) == (alone.rows is None)
+    if alone.rows is not None:
+        assert torch.equal(with_finished.rows.ratio, alone.rows.ratio)
+
+
 def test_a_probe_drafts_for_a_few_steps_and_verifies_its_first_draft_whatever_it_costs():
     length = AdaptiveLength(8, "cpu", probe_every=2)
     measured(length, {1: 1.0, 2: 1.5, 3: 2.0})

@@ -269,17 +269,16 @@ class AdaptiveLength:
             return 1.0
         if self.plan.verified and not self.plan.measuring:
             return self.plan.expected
-        return 1.0 + float(facts.num_accepted.float().mean())
+        return 1.0 + float(facts.unfinished()[2].float().mean())
 
     def learn(self, facts: StepFacts) -> None:
-        """Add one step's tested drafts to the decayed acceptance counts, by bin and by row."""
-        proposal, num_accepted = facts.proposal, facts.num_accepted
+        """Add one step's tested drafts of the unfinished rows to the decayed acceptance counts, by bin and by row."""
         if facts.width == 0:  # a plain step
             return
+        ids, confidence, num_accepted, rows = facts.unfinished()
         positions = torch.arange(facts.width, device=num_accepted.device)
-        tested = (positions <= num_accepted[:, None]) & (proposal.ids >= 0)  # up to the first rejection
+        tested = (positions <= num_accepted[:, None]) & (ids >= 0)  # up to the first rejection
         accepted = positions < num_accepted[:, None]
-        confidence = proposal.confidence
         if confidence is None:  # a proposer without confidence: every draft in the last bin
             confidence = torch.ones_like(tested, dtype=torch.float32)
         bins = confidence_bin(confidence.to(tested.device))
@@ -287,9 +286,9 @@ class AdaptiveLength:
                               torch.bincount(bins[tested], minlength=len(self.acceptance.bin_tested))]).tolist()
         if not any(counts[1]):  # no row proposed anything: nothing learned, nothing decays
             return
-        if self.batch_size > 1 and facts.rows is not None:  # one row: its bins are its own record
+        if self.batch_size > 1 and rows is not None:  # one row: its bins are its own record
             expected = (self._bin_chances(bins.device)[bins] * tested).sum(dim=1)
-            self._learn_rows(facts.rows, accepted.sum(dim=1), expected)
+            self._learn_rows(rows, accepted.sum(dim=1), expected)
         self.acceptance = self.acceptance.learned(*counts)
         self._chances = None
 

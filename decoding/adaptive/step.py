@@ -21,7 +21,9 @@ class StepFacts:
     - ``new_tokens``: the tokens per row the target forward read (``g + 1``), 0 when it also read a prompt;
     - ``draft_seconds``: proposing, the draft's forwards included; ``target_seconds``: the target's forward;
       ``rest_seconds``: the previous step after its target forward (verification, commit, rollback), None for a
-      call's first step.
+      call's first step;
+    - ``live  # [b']``: the positions of the unfinished rows when finished ones stay in the batch (their drafts
+      say nothing of the others'), None when every row is unfinished.
     """
 
     proposal: object
@@ -31,6 +33,17 @@ class StepFacts:
     draft_seconds: float = 0.0
     target_seconds: float = 0.0
     rest_seconds: float | None = None
+    live: torch.Tensor | None = None
+
+    def unfinished(self) -> tuple:
+        """``(ids  # [b', w], confidence  # [b', w] or None, num_accepted  # [b'], rows  # [b'] or None)`` of the
+        unfinished rows."""
+        ids, confidence, rows = self.proposal.ids, self.proposal.confidence, self.rows
+        if self.live is None:
+            return ids, confidence, self.num_accepted, rows
+        pick = self.live
+        return (ids[pick], None if confidence is None else confidence[pick], self.num_accepted[pick],
+                None if rows is None else rows[pick])
 
     @property
     def width(self) -> int:

@@ -126,6 +126,8 @@ def _variant(variant: Variant, target, draft, g: int | None, kwargs: dict, token
         return Method(name, variant.kind, g, _assisted(target, draft, None, kwargs, assistant_tokenizers))
     if variant.kind == "static-target":
         return Method("static target", variant.kind, None, _static_target(target, kwargs, cache_length))
+    if variant.kind == "fast-target":
+        return Method("fast target", variant.kind, None, _fast_target(target, kwargs))
     build = functools.partial(bench_variants.strategy, variant, draft, g, tokenizers)
     around = functools.partial(bench_variants.compiled_forwards, (target, draft)) \
         if variant.kind == "static-compiled" else None
@@ -153,6 +155,17 @@ def _static_target(target, kwargs: dict, cache_length: int | None) -> Callable:
     if cache_length is not None:
         static["max_cache_len"] = cache_length
     return _generate(target, kwargs, **static)
+
+
+def _fast_target(target, kwargs: dict) -> Callable:
+    """The target alone inside :func:`decoding.fast_cpu_linears` (a no-op off a CPU)."""
+    plain = _generate(target, kwargs)
+
+    def generate(ids, mask, **overrides):
+        with decoding.fast_cpu_linears(target):
+            return plain(ids, mask, **overrides)
+
+    return generate
 
 
 def _assisted(target, draft, g: int | None, kwargs: dict, tokenizers: tuple | None = None):

@@ -1,7 +1,7 @@
 """``decoding-bench --variants``: further methods measured beside the default columns (adaptive draft length,
 block verification, prompt lookup, transformers' prompt lookup and dynamic assistant, speculative cascades, static
 caches with and without compiled forwards, and the target alone with transformers' static cache and compiled
-forward)."""
+forward or with the strategies' layout of a CPU's linear layers)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ VARIANTS = {
     "hf-lookup": "transformers' prompt_lookup_num_tokens=g per g (batch 1)",
     "hf-dynamic": "transformers' assistant_model= with its default dynamic settings (batch 1)",
     "cascade": "cascade:RULE:THRESHOLD, SpeculativeCascade(draft, RULE, THRESHOLD, g) per g (lossy)",
+    "fast-target": "the target alone inside decoding.fast_cpu_linears: the layout of a CPU's linear layers that "
+                   "the strategies' forwards use, without speculation (a baseline)",
     "static-target": "the target alone, transformers' static cache and compiled forward (a baseline; meant for "
                      "CUDA, slow to compile on a CPU)",
     "static": "SpeculativeDecoding(draft, g, cache='static') per g: fixed shapes every step",

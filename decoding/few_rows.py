@@ -1,0 +1,131 @@
+"""A model's linear layers over a few positions, on a CPU, as ``W @ h^T``.
+
+A verification forward runs every linear layer on ``g + 1`` rows per sequence. On this project's CPU (MKL on an AMD
+EPYC), ``F.linear`` then takes a small-matrix path that costs 1.5 to 3.5 times its one-row cost, while the same
+product laid out as ``W @ h^T`` (the rows contiguous) costs less than one row's; and one row (a matrix-vector
+product, one thread only) is itself faster as two identical rows that way. While a strategy's forward runs (or
+inside :func:`fast_cpu_linears`), every plain ``nn.Linear`` of the model computes 1 to :func:`max_rows` rows so;
+longer blocks keep ``F.linear``. Measured in ``evals/results/cpu-verification-cost-2026-12-06.md``. The swap lasts
+as long as the forward, and forwards running at once in several threads share it. ``DECODING_FEW_ROWS=linear`` keeps
+``F.linear`` everywhere (``auto``, the default, swaps).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import warnings
+import weakref
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+ENV = "DECODING_FEW_ROWS"
+OLD_ENV = "DECODING_OUTPUT_LAYER"  # 0.1.0's name, when only the output layer was swapped
+# The swapped forward is made once per layer and kept on it (a reference cycle the collector frees with the layer):
+# the same object every time, so that a compiled forward, whose guards check the layer's forward, stays valid.
+_SWAP = "_pairdecode_few_rows_forward"
+
+
+def max_rows(layer: torch.nn.Linear) -> int:
+    """The most rows computed as ``W @ h^T``: where it beat ``F.linear`` on this project's CPU (MKL, 1 and 2
+    threads), 8 for a vocabulary-sized layer, 6 for one that keeps or widens its width, 4 for one that narrows."""
+    if layer.out_features >= 16 * layer.in_features:
+        return 8
+    return 6 if layer.out_features >= layer.in_features else 4
+
+
+def few_rows_linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for ``x  # [..., in]``: as ``W @ h^T`` when ``x`` holds 1 to :func:`max_rows` rows."""
+    rows = x.reshape(-1, x.shape[-1])  # [n, in]
+    n = rows.shape[0]
+    if not 1 <= n <= max_rows(layer):
+        return F.linear(x, layer.weight, layer.bias)
+    if n == 1:  # two identical rows: a matrix product, not MKL's one-thread matrix-vector product
+        out = (layer.weight @ rows.expand(2, -1).contiguous().T)[:, :1].T  # [1, out]
+    else:
+        out = (layer.weight @ rows.contiguous().T).T  # [n, out]; rows laid out contiguously: MKL's slow path otherwise
+    if layer.bias is not None:
+        out = out + layer.bias
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class _Layout:
+    """One model's swappable layers, their swapped forwards, and how many forwards are using the swap."""
+
+    def __init__(self, layers: tuple[torch.nn.Linear, ...]):
+        self.layers = layers
+        self.forwards = tuple(_swapped_forward_of(layer) for layer in layers)
+        self.users = 0
+
+
+_lock = threading.Lock()
+_layouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Layout
+
+
+def swappable_layers(model: torch.nn.Module) -> _Layout | None:
+    """``model``'s plain ``nn.Linear`` layers on a CPU, for :func:`few_rows_layout`; None when there are none or
+    ``$DECODING_FEW_ROWS`` is ``linear``. Made once per model, off the hot path."""
+    if _setting() == "linear":
+        return None
+    with _lock:
+        layout = _layouts.get(model)
+        if layout is None:
+            layers = tuple(m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu")
+            layout = _layouts[model] = _Layout(layers)
+    return layout if layout.layers else None
+
+
+@contextmanager
+def fast_cpu_linears(model: torch.nn.Module):
+    """While the block runs, ``model``'s plain linear layers on a CPU compute a few rows as ``W @ h^T``: for the
+    model's own ``generate`` (``with decoding.fast_cpu_linears(model): model.generate(...)``); the strategies do it
+    for their forwards already."""
+    with few_rows_layout(swappable_layers(model)):
+        yield
+
+
+@contextmanager
+def few_rows_layout(layout: _Layout | None):
+    """While the block runs, the layers of ``layout`` (from :func:`swappable_layers`; None: nothing to do) compute
+    2 to :func:`max_rows` rows as ``W @ h^T``."""
+    if layout is None:
+        yield
+        return
+    with _lock:
+        if layout.users == 0:
+            for layer, forward in zip(layout.layers, layout.forwards):
+                layer.__dict__["forward"] = forward  # an instance attribute: the class is untouched
+        layout.users += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            layout.users -= 1
+            if layout.users == 0:
+                for layer in layout.layers:
+                    layer.__dict__.pop("forward", None)  # another layout may share the layer
+
+
+def _setting() -> str:
+    setting = os.environ.get(ENV)
+    if setting is None and OLD_ENV in os.environ:
+        warnings.warn(f"${OLD_ENV} is now ${ENV} (it covers every linear layer): set that instead",
+                      FutureWarning, stacklevel=3)
+        setting = os.environ[OLD_ENV]
+    setting = setting or "auto"
+    if setting not in ("auto", "linear"):
+        raise ValueError(f"${ENV} must be 'auto' or 'linear', got {setting!r}")
+    return setting
+
+
+def _swapped_forward_of(layer: torch.nn.Linear):
+    if _SWAP not in vars(layer):
+        setattr(layer, _SWAP, functools.partial(_swapped_forward, layer))
+    return getattr(layer, _SWAP)
+
+
+def _swapped_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return few_rows_linear(layer, x)  # looked up when called (the swap object is made once per layer)
