@@ -5,9 +5,11 @@ EPYC), ``F.linear`` then takes a small-matrix path that costs 1.5 to 3.5 times i
 product laid out as ``W @ h^T`` (the rows contiguous) costs less than one row's; and one row (a matrix-vector
 product, one thread only) is itself faster as two identical rows that way. While a strategy's forward runs (or
 inside :func:`fast_cpu_linears`), every plain ``nn.Linear`` of the model computes 1 to :func:`max_rows` rows so;
-longer blocks keep ``F.linear``. Measured in ``evals/results/cpu-verification-cost-2026-12-06.md``. The swap lasts
-as long as the forward, and forwards running at once in several threads share it. ``DECODING_FEW_ROWS=linear`` keeps
-``F.linear`` everywhere (``auto``, the default, swaps).
+longer blocks keep ``F.linear``. Only for a model whose linear weights outgrow a CPU's caches (:data:`MIN_BYTES`):
+with its weights in cache, ``F.linear`` is as fast or faster. Measured in
+``evals/results/cpu-verification-cost-2026-12-06.md``. The swap lasts as long as the forward, and forwards running at
+once in several threads share it. ``DECODING_FEW_ROWS`` is ``auto`` (the default), ``linear`` (never swap) or
+``always`` (whatever the model's size).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import torch
 import torch.nn.functional as F
 
 ENV = "DECODING_FEW_ROWS"
+SETTINGS = ("auto", "linear", "always")
+# Linear weights above this are streamed from memory every forward (twice a 32 MiB last-level cache): the regime
+# where W @ h^T pays; below it they stay in cache, where one row through W @ h^T costs up to 2.5x F.linear's.
+MIN_BYTES = 64 * 2**20
 OLD_ENV = "DECODING_OUTPUT_LAYER"  # 0.1.0's name, when only the output layer was swapped
 # The swapped forward is made once per layer and kept on it (a reference cycle the collector frees with the layer):
 # the same object every time, so that a compiled forward, whose guards check the layer's forward, stays valid.
@@ -58,6 +64,7 @@ class _Layout:
     def __init__(self, layers: tuple[torch.nn.Linear, ...]):
         self.layers = layers
         self.forwards = tuple(_swapped_forward_of(layer) for layer in layers)
+        self.bytes = sum(layer.weight.nbytes for layer in layers)
         self.users = 0
 
 
@@ -65,17 +72,28 @@ _lock = threading.Lock()
 _layouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Layout
 
 
-def swappable_layers(model: torch.nn.Module) -> _Layout | None:
-    """``model``'s plain ``nn.Linear`` layers on a CPU, for :func:`few_rows_layout`; None when there are none or
-    ``$DECODING_FEW_ROWS`` is ``linear``. Made once per model, off the hot path."""
-    if _setting() == "linear":
+def swappable_layers(model: torch.nn.Module, beside: torch.nn.Module | None = None) -> _Layout | None:
+    """``model``'s plain ``nn.Linear`` layers on a CPU, for :func:`few_rows_layout`; None when there are none,
+    when ``$DECODING_FEW_ROWS`` is ``linear``, or when it is ``auto`` and their weights, and those of the model it
+    runs ``beside`` (a draft's target, whose every forward evicts the draft's weights from the caches), take less
+    than :data:`MIN_BYTES` each. Made once per model, off the hot path."""
+    setting = _setting()
+    if setting == "linear":
         return None
+    layout = _layout_of(model)
+    streamed = max(layout.bytes, 0 if beside is None else _layout_of(beside).bytes) >= MIN_BYTES
+    if not layout.layers or (setting == "auto" and not streamed):
+        return None
+    return layout
+
+
+def _layout_of(model: torch.nn.Module) -> _Layout:
     with _lock:
         layout = _layouts.get(model)
         if layout is None:
             layers = tuple(m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu")
             layout = _layouts[model] = _Layout(layers)
-    return layout if layout.layers else None
+    return layout
 
 
 @contextmanager
@@ -116,8 +134,8 @@ def _setting() -> str:
                       FutureWarning, stacklevel=3)
         setting = os.environ[OLD_ENV]
     setting = setting or "auto"
-    if setting not in ("auto", "linear"):
-        raise ValueError(f"${ENV} must be 'auto' or 'linear', got {setting!r}")
+    if setting not in SETTINGS:
+        raise ValueError(f"${ENV} must be one of {', '.join(map(repr, SETTINGS))}, got {setting!r}")
     return setting
 
 

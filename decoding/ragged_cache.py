@@ -31,7 +31,7 @@ class RaggedCache:
     """
 
     def __init__(self, model, batch_size: int, device: torch.device, readout: Readout | None = None,
-                 capacity: int | None = None):
+                 capacity: int | None = None, beside=None):
         self.model = model
         # A static cache's slots per row (None: a DynamicCache that grows); it grows only when compaction cannot
         # make room.
@@ -48,7 +48,8 @@ class RaggedCache:
         self.mask = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
         self.num_valid = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self._slices_logits = hf_compat.supports_logits_to_keep(model)
-        self._few_rows = swappable_layers(model)  # a CPU model's linear layers: W @ h^T over a few rows
+        # A CPU model's linear layers: W @ h^T over a few rows (``beside``: a draft's target, see few_rows).
+        self._few_rows = swappable_layers(model, beside)
         # Sliding windows are measured in slots: such a model's rows keep their valid slots contiguous.
         self.contiguous = hf_compat.uses_sliding_window(model)
         # A sliding window is part of the model's own mask, and a draft head builds its own: 2D masks for those.

@@ -420,6 +420,9 @@ def test_variants_run_side_by_side_and_lossless_ones_match_the_target(tmp_path, 
     assert cells[1, "block g=2"]["steps"] > 0 and "acceptance_source" not in cells[1, "block g=2"]
     assert cells[1, "hf-lookup g=2"]["acceptance_source"].startswith("lookup")
     assert cells[1, "hf-lookup g=2"]["steps"] == lookup["steps"]
+    fast, spec = cells[2, "fast target"], cells[2, "speculative g=2"]
+    assert spec["speedup_vs_fast"] == pytest.approx(spec["tokens_per_s"] / fast["tokens_per_s"])
+    assert all(s["fast_target_speedup"] is not None for s in result["summary"])
 
 
 def test_hf_dynamic_uses_transformers_defaults_and_restores_the_draft_config():

@@ -13,9 +13,15 @@ import torch
 import torch.nn.functional as F
 
 import decoding
-from decoding.few_rows import few_rows_layout, few_rows_linear, max_rows, swappable_layers
+from decoding.few_rows import MIN_BYTES, few_rows_layout, few_rows_linear, max_rows, swappable_layers
 from laws import left_pad
 from models import greedy_reference, save_llama, tiny_model, tiny_pair, word_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def always(monkeypatch):
+    """Tiny models' weights stay in cache, where ``auto`` leaves them to ``F.linear``: these tests swap anyway."""
+    monkeypatch.setenv("DECODING_FEW_ROWS", "always")
 
 
 @settings(max_examples=40, deadline=None)
@@ -122,11 +128,24 @@ def test_the_environment_keeps_f_linear_or_refuses_a_bad_value(monkeypatch):
     with few_rows_layout(swappable_layers(model)):
         assert not any("forward" in vars(layer) for layer in _linears(model))
     monkeypatch.setenv("DECODING_FEW_ROWS", "fast")
-    with pytest.raises(ValueError, match="'auto' or 'linear', got 'fast'"):
+    with pytest.raises(ValueError, match="one of 'auto', 'linear', 'always', got 'fast'"):
         swappable_layers(model)
 
 
+def test_auto_swaps_only_weights_that_outgrow_the_caches(monkeypatch):
+    monkeypatch.setenv("DECODING_FEW_ROWS", "auto")
+    assert swappable_layers(tiny_model("llama")) is None
+    side = 2 ** 12  # one 4096 x 4096 float32 layer: 64 MiB
+    big = torch.nn.Sequential(torch.nn.utils.skip_init(torch.nn.Linear, side, side, bias=False), torch.nn.ReLU())
+    assert big[0].weight.nbytes == MIN_BYTES and swappable_layers(big).layers == (big[0],)
+    small = torch.nn.utils.skip_init(torch.nn.Linear, side, side - 1, bias=False)
+    assert swappable_layers(small) is None
+    draft = tiny_model("llama")  # beside a target that big, a draft's weights are evicted every step: swapped
+    assert swappable_layers(draft, beside=big).layers == tuple(_linears(draft))
+
+
 def test_the_old_variable_still_works_with_a_warning(monkeypatch):
+    monkeypatch.delenv("DECODING_FEW_ROWS")
     monkeypatch.setenv("DECODING_OUTPUT_LAYER", "linear")
     with pytest.warns(FutureWarning, match="DECODING_FEW_ROWS"):
         assert swappable_layers(tiny_model("llama")) is None

@@ -85,7 +85,7 @@ class CrossTokenizerDrafter(Drafter):
         batch = run.prompt_mask.shape[0]
         self.model, (self.target_tokenizer, self.draft_tokenizer) = model, tokenizers
         self.mapping, self.mode = mapping, mode
-        self.cache = RaggedCache(model, batch, run.prompt_mask.device)
+        self.cache = RaggedCache(model, batch, run.prompt_mask.device, beside=run.model)
         self.held: list[list[int]] = [[] for _ in range(batch)]  # draft ids in each row's cache
         self.pads = (1 - run.prompt_mask).sum(dim=1).tolist()  # [B] left padding, by original row
         self.filler = next((i for i in (self.draft_tokenizer.bos_token_id, self.draft_tokenizer.eos_token_id)

@@ -44,7 +44,7 @@ class DraftModelDrafter(Drafter):
     def __init__(self, model, run, *, score_bonus: bool = False):
         batch, device = run.prompt_mask.shape[0], run.prompt_mask.device
         self.model, self.score_bonus = model, score_bonus
-        self.cache = RaggedCache(model, batch, device, run.readout, run.cache_capacity)
+        self.cache = RaggedCache(model, batch, device, run.readout, run.cache_capacity, beside=run.model)
         self.unread = torch.full((batch,), run.sequences.prompt_length, dtype=torch.int64, device=device)
         self.width = None  # max(unread), asked of the step's readout (None: read it when needed)
         self.pads = (1 - run.prompt_mask).sum(dim=1)  # [B] left padding of every row, by original row

@@ -68,7 +68,7 @@ class FeatureDrafter(Drafter):
         batch, device = run.prompt_mask.shape[0], run.prompt_mask.device
         self.head, self.target_layers = head, layers
         self.embed = head.embed_tokens if head.embed_tokens is not None else run.model.get_input_embeddings()
-        self.cache = RaggedCache(head, batch, device, run.readout)
+        self.cache = RaggedCache(head, batch, device, run.readout, beside=run.model)
         self.target_ids = head.target_ids()  # [V_draft]
         self.features = None  # [b, n, F]: the last target forward's features, not yet read
         self.kept = None  # [b, n] bool: the columns of those the rows committed

@@ -88,6 +88,11 @@ class _Block:
         """The ``static-target`` baseline's measured figures, when it ran in this block."""
         return self.by_kind.get(("static-target", None))
 
+    @property
+    def fast(self) -> dict | None:
+        """The ``fast-target`` baseline's measured figures (the target alone in the CPU layout), when it ran."""
+        return self.by_kind.get(("fast-target", None))
+
 
 def _block_cells(shares: list[RawShare], index: int, costs: dict[int, Cost], max_new_tokens: int | None) -> list[Cell]:
     """The cells of block ``index``: its methods measured over all processes, the ``prefill`` method's time and
@@ -149,6 +154,9 @@ def _cell(m: dict, block: _Block) -> Cell:
     if block.static is not None:
         cell.speedup_vs_static = _ratio(m["tokens_per_s"], block.static["tokens_per_s"])
         cell.decode_speedup_vs_static = _ratio(m["decode_tokens_per_s"], block.static["decode_tokens_per_s"])
+    if block.fast is not None:
+        cell.speedup_vs_fast = _ratio(m["tokens_per_s"], block.fast["tokens_per_s"])
+        cell.decode_speedup_vs_fast = _ratio(m["decode_tokens_per_s"], block.fast["decode_tokens_per_s"])
     if m["kind"] == "target":
         cell.forwards_per_token = _forwards_per_token(m, block)
     else:
@@ -240,5 +248,5 @@ def summarize(cells: list[Cell]) -> list[Summary]:
                            cell.draft.ceiling, cell.draft.efficiency, cell.draft.ceiling_with_prefill,
                            cell.draft.acceptance.alpha, assisted.speedup if assisted else None,
                            target.forwards_per_token, cell.speedup_vs_static,
-                           cell.draft.efficiency_with_prefill))
+                           cell.draft.efficiency_with_prefill, cell.speedup_vs_fast))
     return out

@@ -95,11 +95,13 @@ class Cell:
     # Below, None leaves the key out of the JSON.
     speedup_vs_static: float | None = None  # over the static-target baseline, when it ran (--variants static-target)
     decode_speedup_vs_static: float | None = None
+    speedup_vs_fast: float | None = None  # over the fast-target baseline, when it ran (--variants fast-target)
+    decode_speedup_vs_fast: float | None = None
     step_split: dict | None = None  # --step-split: per-step figures (decoding.evals.bench.step_split.RawSplit)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)[:11]}
-        for key in ("speedup_vs_static", "decode_speedup_vs_static"):
+        for key in ("speedup_vs_static", "decode_speedup_vs_static", "speedup_vs_fast", "decode_speedup_vs_fast"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.forwards_per_token is not None:
@@ -239,6 +241,7 @@ class Summary:
     target_forwards_per_token: float | None
     static_target_speedup: float | None = None  # the best cell's speedup over the static-target baseline
     efficiency_with_prefill: float | None = None  # the whole-call speedup over the ceiling counting prefill
+    fast_target_speedup: float | None = None  # the best cell's speedup over the fast-target baseline
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,7 +15,7 @@ __all__ = ["COLUMNS", "NOT_MEASURABLE", "SPLIT_COLUMNS", "format_split", "format
 # (header, cell key, format)
 COLUMNS = [("batch", "batch_size", "{}"), ("method", "name", "{}"), ("tok/s", "tokens_per_s", "{:.1f}"),
            ("speedup", "speedup", "{:.2f}x"), ("decode", "decode_speedup", "{:.2f}x"),
-           ("vs static", "speedup_vs_static", "{:.2f}x"), ("acc", "acceptance_rate", "{:.3f}"),
+           ("vs static", "speedup_vs_static", "{:.2f}x"), ("vs fast", "speedup_vs_fast", "{:.2f}x"), ("acc", "acceptance_rate", "{:.3f}"),
            ("alpha", "alpha", "{:.3f}"), ("tau", "mean_accepted_length", "{:.2f}"), ("c", "c", "{:.3f}"),
            ("v", "v", "{:.2f}"), ("ceiling", "ceiling", "{:.2f}x"), ("eff", "efficiency", "{:.2f}"),
            ("= target", "matches_target", "{}"), ("per-position acceptance", "per_position_acceptance", "{}")]
@@ -51,6 +51,8 @@ def _columns(cells: list[dict]) -> list[tuple[str, str, str]]:
         columns = [col for col in columns if col[1] != "matches_target"]  # sampled outputs are not compared
     if all(c.get("speedup_vs_static") is None for c in cells):
         columns = [col for col in columns if col[1] != "speedup_vs_static"]  # no static-target baseline ran
+    if all(c.get("speedup_vs_fast") is None for c in cells):
+        columns = [col for col in columns if col[1] != "speedup_vs_fast"]  # no fast-target baseline ran
     return columns
 
 
@@ -204,6 +206,8 @@ def summary_line(s: dict) -> str:
         f"; target alone: {_figure(s['target_forwards_per_token'], '{:.2f}')} forwards/token"
     if s.get("static_target_speedup") is not None:
         overhead += f"; over the static target: {_figure(s['static_target_speedup'])}"
+    if s.get("fast_target_speedup") is not None:
+        overhead += f"; over the fast target: {_figure(s['fast_target_speedup'])}"
     return (f"best {s['mode']}, batch {s['batch_size']}: speculative g={s['best_draft_length']} "
             f"{_figure(s['speedup'])} (decoding {_figure(s['decode_speedup'])}); ceiling {_figure(s['ceiling'])}"
             f"{prefill}, efficiency {_figure(s['efficiency'], '{:.2f}')}{whole}, alpha {_figure(s['alpha'], '{:.2f}')}"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from decoding import hf_compat
+from decoding.few_rows import few_rows_layout, swappable_layers
 
 __all__ = ["ceiling", "cost_ratios", "efficiency", "forward_timer", "interleaved_medians", "new_token_counts",
            "per_token_acceptance", "prefill_ceiling", "prefill_ratios", "rotated", "synchronize", "time_calls",
@@ -51,13 +52,16 @@ def tokens_per_second(generate: Callable[[], torch.Tensor], prompt_length: int, 
     return ids.shape[0] * (ids.shape[1] - prompt_length) / statistics.median(times)
 
 
-def forward_timer(model, batch_size: int, context_length: int, new_tokens: int, seed: int = 0) -> Callable[[], float]:
+def forward_timer(model, batch_size: int, context_length: int, new_tokens: int, seed: int = 0,
+                  beside=None) -> Callable[[], float]:
     """A callable timing one cached forward of ``model``: ``new_tokens`` tokens after ``context_length`` cached.
 
     The prefix is prefilled once into a ``DynamicCache``; each call runs the forward (attention mask and
-    explicit positions passed, ``logits_to_keep=new_tokens``, as a decoding step does), synchronizes, crops the
-    cache back to the prefix and returns the seconds the forward took.
+    explicit positions passed, ``logits_to_keep=new_tokens``, as a decoding step does; on a CPU, the linear layers
+    as the library's forwards compute them, :mod:`decoding.few_rows`, for a draft ``beside`` its target),
+    synchronizes, crops the cache back to the prefix and returns the seconds the forward took.
     """
+    layout = swappable_layers(model, beside)
     device = model.device
     generator = torch.Generator().manual_seed(seed)
     vocab = model.config.get_text_config().vocab_size
@@ -74,8 +78,9 @@ def forward_timer(model, batch_size: int, context_length: int, new_tokens: int, 
         with torch.no_grad():
             synchronize(device)
             start = time.perf_counter()
-            hf_compat.forward_with_cache(model, cache, input_ids=tokens, attention_mask=mask, position_ids=positions,
-                                         use_cache=True, logits_to_keep=new_tokens)
+            with few_rows_layout(layout):
+                hf_compat.forward_with_cache(model, cache, input_ids=tokens, attention_mask=mask,
+                                             position_ids=positions, use_cache=True, logits_to_keep=new_tokens)
             synchronize(device)
             elapsed = time.perf_counter() - start
         hf_compat.crop_cache(cache, new_tokens)
@@ -111,7 +116,7 @@ def cost_ratios(target, draft, batch_size: int, context_length: int, draft_lengt
     hits all of them alike; each time is the median of ``repeats`` after ``warmup`` rounds. Returns
     ``{"c": float, "v": {g: float}, "seconds": {"draft_1": s, "target_1": s, "target_<g+1>": s, ...}}``.
     """
-    timers = {"draft_1": forward_timer(draft, batch_size, context_length, 1),
+    timers = {"draft_1": forward_timer(draft, batch_size, context_length, 1, beside=target),
               "target_1": forward_timer(target, batch_size, context_length, 1)}
     timers.update({f"target_{g + 1}": forward_timer(target, batch_size, context_length, g + 1) for g in draft_lengths})
     seconds = interleaved_medians(timers, repeats, warmup)
