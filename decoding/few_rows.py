@@ -91,8 +91,7 @@ def _layout_of(model: torch.nn.Module) -> _Layout:
     with _lock:
         layout = _layouts.get(model)
         if layout is None:
-            layers = tuple(m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu")
-            layout = _layouts[model] = _Layout(layers)
+            layout = _layouts[model] = _Layout(tuple(m for m in model.modules() if _swappable(m)))
     return layout
 
 
@@ -115,7 +114,8 @@ def few_rows_layout(layout: _Layout | None):
     with _lock:
         if layout.users == 0:
             for layer, forward in zip(layout.layers, layout.forwards):
-                layer.__dict__["forward"] = forward  # an instance attribute: the class is untouched
+                # an instance attribute: the class is untouched; a forward replaced since (a hook) is kept
+                layer.__dict__.setdefault("forward", forward)
         layout.users += 1
     try:
         yield
@@ -123,8 +123,14 @@ def few_rows_layout(layout: _Layout | None):
         with _lock:
             layout.users -= 1
             if layout.users == 0:
-                for layer in layout.layers:
-                    layer.__dict__.pop("forward", None)  # another layout may share the layer
+                for layer, forward in zip(layout.layers, layout.forwards):
+                    if layer.__dict__.get("forward") is forward:  # ours (another layout may share the layer)
+                        del layer.__dict__["forward"]
+
+
+def _swappable(module: torch.nn.Module) -> bool:
+    """A plain ``nn.Linear`` on a CPU whose forward nobody replaced (accelerate's offload hooks do: left alone)."""
+    return type(module) is torch.nn.Linear and module.weight.device.type == "cpu" and "forward" not in vars(module)
 
 
 def _setting() -> str:

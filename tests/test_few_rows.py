@@ -4,6 +4,8 @@ a model, and greedy output still equal to transformers' own."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import threading
 
 import pytest
@@ -61,6 +63,21 @@ def test_every_linear_layer_is_swapped_only_while_the_forward_runs():
         assert all("forward" in vars(layer) for layer in layers)
     assert not any("forward" in vars(layer) for layer in layers)
     assert all(type(layer).forward is torch.nn.Linear.forward for layer in layers)
+
+
+def test_a_layer_whose_forward_someone_replaced_is_left_alone():
+    """accelerate's hooks (offloading, device maps) replace a layer's forward on the instance: the swap would
+    bypass them, and undo them when it ends."""
+    model = copy.deepcopy(tiny_model("llama"))
+    hooked = model.get_output_embeddings()
+    hooked.forward = hook = functools.partial(torch.nn.Linear.forward, hooked)
+    layout = swappable_layers(model)
+    assert hooked not in layout.layers and len(layout.layers) == len(_linears(model)) - 1
+    later = model.model.layers[0].mlp.down_proj  # hooked after the layout was made
+    later.forward = late_hook = functools.partial(torch.nn.Linear.forward, later)
+    with few_rows_layout(layout):
+        assert vars(hooked)["forward"] is hook and vars(later)["forward"] is late_hook
+    assert vars(hooked)["forward"] is hook and vars(later)["forward"] is late_hook
 
 
 def test_a_models_own_generate_runs_through_it_with_the_same_greedy_output():
