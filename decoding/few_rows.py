@@ -107,7 +107,7 @@ def fast_cpu_linears(model: torch.nn.Module):
 @contextmanager
 def few_rows_layout(layout: _Layout | None):
     """While the block runs, the layers of ``layout`` (from :func:`swappable_layers`; None: nothing to do) compute
-    2 to :func:`max_rows` rows as ``W @ h^T``."""
+    1 to :func:`max_rows` rows as ``W @ h^T``."""
     if layout is None:
         yield
         return
@@ -129,8 +129,10 @@ def few_rows_layout(layout: _Layout | None):
 
 
 def _swappable(module: torch.nn.Module) -> bool:
-    """A plain ``nn.Linear`` on a CPU whose forward nobody replaced (accelerate's offload hooks do: left alone)."""
-    return type(module) is torch.nn.Linear and module.weight.device.type == "cpu" and "forward" not in vars(module)
+    """A plain ``nn.Linear`` on a CPU, in float32 or float64 (MKL's paths, which were measured; other dtypes go to
+    other kernels), whose forward nobody replaced (accelerate's offload hooks do: left alone)."""
+    return (type(module) is torch.nn.Linear and module.weight.device.type == "cpu"
+            and module.weight.dtype in (torch.float32, torch.float64) and "forward" not in vars(module))
 
 
 def _setting() -> str:
