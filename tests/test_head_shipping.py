@@ -290,14 +290,15 @@ def test_a_curve_whose_held_out_set_grew_says_so_and_projects_from_the_last_set_
     """A resumed run on more data holds out more prompts: the card says where the set changed, and the projection
     fits only the points measured on the last set (the earlier ones, on another set, would bend the line)."""
     curve = [{**curve_point(40 * i, [a, 0.5, 0.5]), "tokens": 10 ** e, "positions": n}
-             for i, (e, a, n) in enumerate([(3, 0.9, 100), (4, 0.9, 100), (5, 0.3, 250), (6, 0.4, 250)], 1)]
+             for i, (e, a, n) in enumerate([(3, 0.9, 100), (4, 0.9, 100), (5, 0.3, 250), (6, 0.4, 250),
+                                            (7, 0.45, 1200), (8, 0.55, 1200)], 1)]
     fit = ship.projection(curve)
     assert fit["points"] == 2 and abs(fit["slope_per_10x"] - 0.1) < 1e-9
     record = {**synthetic_record(), "curve": curve}
     record["settings"] = {**record["settings"], "lr_end": "3e-05"}
     card = ship.head_card(record, folder="head")
-    assert "The held-out set grew with the data from step 120 on" in card
-    assert "100 positions at first, 250 since" in card
+    assert ("100 positions at first; from step 120 on, 250 positions; from step 200 on, 1,200 positions. The "
+            "projection fits the last set's points only.") in card
     assert "annealed by a cosine to 3e-05 over the last run" in card
 
 

@@ -254,15 +254,15 @@ def _last_set(curve: list[dict]) -> list[dict]:
 
 
 def _held_out_changes(curve: list[dict]) -> list[str]:
-    """A paragraph when the held-out set changed along the curve (the data grew on a resumed run)."""
-    same = _last_set(curve)
-    if len(same) == len(curve):
+    """A paragraph when the held-out set changed along the curve (the data grew on resumed runs)."""
+    changes = [(p["step"], p.get("positions", 0)) for before, p in zip(curve, curve[1:])
+               if p.get("positions") != before.get("positions")]
+    if not changes:
         return []
-    first = same[0]
-    return [f"The held-out set grew with the data from step {first['step']} on (more prompts, by the same hash): "
-            f"acceptance before and after is measured on different sets, {_number(curve[0].get('positions', 0))} "
-            f"positions at first, {_number(first.get('positions', 0))} since; the projection fits the last set's "
-            "points only.", ""]
+    grew = "; ".join(f"from step {step} on, {_number(positions)} positions" for step, positions in changes)
+    return [f"The held-out set grew with the data (more prompts, by the same hash), so the points are measured on "
+            f"different sets: {_number(curve[0].get('positions', 0))} positions at first; {grew}. The projection "
+            "fits the last set's points only.", ""]
 
 
 def projection(curve: list[dict], goals=(0.6, 0.7)) -> dict | None:
