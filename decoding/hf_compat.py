@@ -68,8 +68,8 @@ def prepared_mask(model, mask: torch.Tensor, n: int, slots: int | None = None) -
     transformers' causal mask over cache slots does. ``slots``: the slots a static cache holds (``>= T + n``); the
     mask is then ``# [b, 1, n, slots]``, the slots after ``T + n`` masked. In the form the model's attention reads
     (private ``_attn_implementation``): boolean for ``sdpa``, additive for ``eager``; other implementations get
-    ``mask`` back unchanged. From a 2D mask, transformers builds this with more operations, and its SDPA path reads the mask from
-    the device to decide whether to skip it (``_ignore_causal_mask_sdpa``); a 4D one is never read."""
+    ``mask`` back unchanged. From a 2D mask, transformers builds this with more operations, and its SDPA path reads
+    the mask from the device to decide whether to skip it (``_ignore_causal_mask_sdpa``); a 4D one is never read."""
     implementation = attention_implementation(model)
     if implementation not in ("sdpa", "eager"):
         return mask

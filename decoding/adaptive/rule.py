@@ -269,7 +269,8 @@ class AdaptiveLength:
             return 1.0
         if self.plan.verified and not self.plan.measuring:
             return self.plan.expected
-        return 1.0 + float(facts.unfinished()[2].float().mean())
+        _, _, num_accepted, _ = facts.unfinished()
+        return 1.0 + float(num_accepted.float().mean())
 
     def learn(self, facts: StepFacts) -> None:
         """Add one step's tested drafts of the unfinished rows to the decayed acceptance counts, by bin and by row."""

@@ -38,12 +38,8 @@ class StepFacts:
     def unfinished(self) -> tuple:
         """``(ids  # [b', w], confidence  # [b', w] or None, num_accepted  # [b'], rows  # [b'] or None)`` of the
         unfinished rows."""
-        ids, confidence, rows = self.proposal.ids, self.proposal.confidence, self.rows
-        if self.live is None:
-            return ids, confidence, self.num_accepted, rows
-        pick = self.live
-        return (ids[pick], None if confidence is None else confidence[pick], self.num_accepted[pick],
-                None if rows is None else rows[pick])
+        values = (self.proposal.ids, self.proposal.confidence, self.num_accepted, self.rows)
+        return tuple(v if self.live is None or v is None else v[self.live] for v in values)
 
     @property
     def width(self) -> int:

@@ -107,13 +107,17 @@ def _strategy_method(name: str, kind: str, g: int | None, target, kwargs: dict, 
     strategy = build()
     generate = _generate(target, kwargs, strategy=strategy)
     if around is not None:
-        plain = generate
-
-        def generate(ids, mask, **overrides):
-            with around():
-                return plain(ids, mask, **overrides)
-
+        generate = _within(generate, around)
     return Method(name, kind, g, generate, strategy, build=build, **flags)
+
+
+def _within(generate: Callable, around: Callable) -> Callable:
+    """``generate`` with every call inside the context ``around()`` makes."""
+    def inside(ids, mask, **overrides):
+        with around():
+            return generate(ids, mask, **overrides)
+
+    return inside
 
 
 def _variant(variant: Variant, target, draft, g: int | None, kwargs: dict, tokenizers, assistant_tokenizers,
@@ -159,13 +163,7 @@ def _static_target(target, kwargs: dict, cache_length: int | None) -> Callable:
 
 def _fast_target(target, kwargs: dict) -> Callable:
     """The target alone inside :func:`decoding.fast_cpu_linears` (a no-op off a CPU)."""
-    plain = _generate(target, kwargs)
-
-    def generate(ids, mask, **overrides):
-        with decoding.fast_cpu_linears(target):
-            return plain(ids, mask, **overrides)
-
-    return generate
+    return _within(_generate(target, kwargs), functools.partial(decoding.fast_cpu_linears, target))
 
 
 def _assisted(target, draft, g: int | None, kwargs: dict, tokenizers: tuple | None = None):

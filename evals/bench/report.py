@@ -15,7 +15,8 @@ __all__ = ["COLUMNS", "NOT_MEASURABLE", "SPLIT_COLUMNS", "format_split", "format
 # (header, cell key, format)
 COLUMNS = [("batch", "batch_size", "{}"), ("method", "name", "{}"), ("tok/s", "tokens_per_s", "{:.1f}"),
            ("speedup", "speedup", "{:.2f}x"), ("decode", "decode_speedup", "{:.2f}x"),
-           ("vs static", "speedup_vs_static", "{:.2f}x"), ("vs fast", "speedup_vs_fast", "{:.2f}x"), ("acc", "acceptance_rate", "{:.3f}"),
+           ("vs static", "speedup_vs_static", "{:.2f}x"), ("vs fast", "speedup_vs_fast", "{:.2f}x"),
+           ("acc", "acceptance_rate", "{:.3f}"),
            ("alpha", "alpha", "{:.3f}"), ("tau", "mean_accepted_length", "{:.2f}"), ("c", "c", "{:.3f}"),
            ("v", "v", "{:.2f}"), ("ceiling", "ceiling", "{:.2f}x"), ("eff", "efficiency", "{:.2f}"),
            ("= target", "matches_target", "{}"), ("per-position acceptance", "per_position_acceptance", "{}")]
