@@ -116,9 +116,15 @@ class RaggedCache:
             mask = torch.cat([self.mask, valid], dim=1)  # [b, T + n]
             added = valid.sum(dim=1)
         extra = {"logits_to_keep": logits_to_keep} if self._slices_logits else {}
-        # A 4D mask: fewer operations than transformers' own, and never read back from the device.
-        attention_mask = hf_compat.prepared_mask(self.model, mask, n, self.capacity) if self._plain_masks else mask
-        packed = hf_compat.packed_grouped_queries(self.model) if self._packs else contextlib.nullcontext()
+        first = self.mask.shape[1] == 0
+        if first and self.capacity is None and self._plain_masks and (valid is None or bool(valid.all())):
+            attention_mask = None  # a prompt without padding: causal attention needs no mask (SDPA's fastest path)
+        elif self._plain_masks:  # a 4D mask: fewer operations than transformers' own, never read from the device
+            attention_mask = hf_compat.prepared_mask(self.model, mask, n, self.capacity)
+        else:
+            attention_mask = mask
+        # Packing saves copying the cached keys; over a prompt (nothing cached) its longer queries cost more.
+        packed = hf_compat.packed_grouped_queries(self.model) if self._packs and not first else contextlib.nullcontext()
         with few_rows_layout(self._few_rows), packed:  # a CPU model's layers over a few rows: W @ h^T, up to 3x faster
             out = hf_compat.forward_with_cache(
                 self.model, self.cache, input_ids=tokens, attention_mask=attention_mask, position_ids=positions,

@@ -277,3 +277,36 @@ def test_the_hole_check_is_skipped_only_after_single_valid_tokens():
         cache.compact_if_holes_exceed(0.0)
         assert spy.call_count == 1 and cache.mask.shape[1] == 6 and cache.holes() == 0
     check_cache_invariants(cache, [[11, 12, 13, 15, 16, 17], [21, 22, 23, 26, 27, 28]])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_prompt_is_read_without_packing_and_without_a_mask_when_unpadded(padded):
+    """The first forward (a prompt: nothing cached) runs transformers' own attention, with no mask at all when no
+    slot is a hole (causal attention then needs none: SDPA's fastest path) and the 4D mask otherwise; later
+    forwards get the 4D mask and packed grouped queries. The logits equal a fresh forward's either way."""
+    model = tiny_model("llama")  # float64, 4 query heads over 2 key/value heads
+    assert decoding.hf_compat.packs_grouped_queries(model)
+    tokens = torch.tensor([[5, 11, 12, 13], [21, 22, 23, 24]])
+    valid = torch.tensor([[0 if padded else 1, 1, 1, 1], [1, 1, 1, 1]])
+    seen = []
+    real_forward, real_packed = decoding.hf_compat.forward_with_cache, decoding.hf_compat.packed_grouped_queries
+
+    def forward(model, cache, **inputs):
+        seen.append([inputs["attention_mask"]])
+        return real_forward(model, cache, **inputs)
+
+    cache = RaggedCache(model, 2, torch.device("cpu"))
+    with torch.no_grad(), mock.patch.object(decoding.hf_compat, "forward_with_cache", forward), \
+            mock.patch.object(decoding.hf_compat, "packed_grouped_queries", side_effect=real_packed) as spy:
+        first = cache.forward(tokens, valid, 1)
+        assert spy.call_count == 0  # no packing over a prompt
+        second = cache.forward(torch.tensor([[14, 15], [25, 26]]), torch.ones(2, 2, dtype=torch.int64), 1)
+        assert spy.call_count == 1
+    assert (seen[0][0] is None) != padded and seen[1][0] is not None and seen[1][0].dim() == 4
+    if padded:
+        assert seen[0][0].dim() == 4
+    for row, sequence in enumerate([[11, 12, 13] if padded else [5, 11, 12, 13], [21, 22, 23, 24]]):
+        with torch.no_grad():
+            fresh = model(torch.tensor([sequence + [14 + 11 * row, 15 + 11 * row]])).logits
+        torch.testing.assert_close(first[row, -1], fresh[0, len(sequence) - 1], rtol=0, atol=1e-10)
+        torch.testing.assert_close(second[row, -1], fresh[0, -1], rtol=0, atol=1e-10)
