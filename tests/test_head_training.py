@@ -11,8 +11,9 @@ import torch
 
 from decoding.model_pairs.eagle import load_head
 from decoding.model_pairs.heads import cli
-from decoding.model_pairs.heads.train import Batch, batch_of, draft_vocabulary, evaluate, new_head, target_pass, \
-    training_step, ttt_losses
+from decoding.model_pairs.heads.train import Batch, batch_of, draft_vocabulary, evaluate, new_head, revocabulary, \
+    target_pass, training_step, ttt_losses
+from hypothesis import given, settings, strategies as st
 from decoding.ragged_cache import RaggedCache
 from models import save_llama, tiny_model, word_tokenizer
 
@@ -91,6 +92,71 @@ def test_training_raises_held_out_acceptance():
     assert after["acceptance"][1] > 0.4 and after["positions"] == before["positions"] > 100
 
 
+def test_held_out_acceptance_counts_undraftable_positions_as_misses():
+    """``acceptance`` is over every answer position; where the target's top token (from a plain forward: the
+    oracle) is outside the draft vocabulary the head misses. So coverage is the share of draftable positions, the
+    first position's acceptance is the in-vocabulary figure times coverage, and a head that drafts every id gets
+    the same figure both ways."""
+    model = target()
+    data = records(model, count=6, length=10)
+    batches = [batch_of(data, 0)]
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        top = model(batches[0].ids, attention_mask=batches[0].mask).logits.argmax(-1)  # [b, T]
+    asked = (batches[0].trained * batches[0].mask)[:, 2:].bool()  # pair i predicts token i + 2
+    everyone = evaluate(new_head(model, torch.arange(96), seed=1), embed, model, batches, 2)
+    assert everyone["coverage"] == 1.0 and everyone["acceptance"] == pytest.approx(everyone["acceptance_in_vocab"])
+    assert everyone["positions"] == int(asked.sum())
+    half = torch.arange(0, 96, 2)
+    partial = evaluate(new_head(model, half, seed=1), embed, model, batches, 2)
+    draftable = torch.isin(top[:, 1:-1], half)[asked]
+    assert partial["coverage"] == pytest.approx(float(draftable.float().mean()))
+    assert 0 < partial["coverage"] < 1
+    assert partial["acceptance"][0] == pytest.approx(partial["acceptance_in_vocab"][0] * partial["coverage"])
+    assert partial["reach"][-1] <= partial["reach_in_vocab"][-1]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), keep=st.integers(0, 12))
+def test_a_head_given_a_new_vocabulary_keeps_its_trained_rows_and_takes_the_targets_for_new_ids(seed, keep):
+    """Choosing the vocabulary again: an id the head kept keeps its trained row (so its logits are unchanged) and
+    its optimizer moments; a new id gets the target's output row and zero moments; the id maps say the new ids."""
+    model = target()
+    rng = torch.Generator().manual_seed(seed)
+    old = torch.randperm(96, generator=rng)[:12].sort().values
+    head = new_head(model, old, seed=1)
+    torch.nn.init.normal_(head.lm_head.weight, generator=rng)  # "trained": no longer the target's rows
+    optimizer = torch.optim.AdamW(head.parameters())
+    head.lm_head.weight.sum().backward()
+    optimizer.step()
+    moments = {k: v.clone() for k, v in optimizer.state[head.lm_head.weight].items() if v.dim() == 2}
+    rows = dict(zip(old.tolist(), head.lm_head.weight.detach().clone()))
+    others = torch.tensor([i for i in range(96) if i not in set(old.tolist())])
+    new_ids = torch.cat([old[torch.randperm(12, generator=rng)[:keep]],
+                         others[torch.randperm(len(others), generator=rng)[:12 - keep]]]).sort().values
+    assert revocabulary(head, model, new_ids, optimizer) == 12 - keep
+    assert head.target_ids().tolist() == new_ids.tolist()
+    assert head.t2d.nonzero().flatten().tolist() == new_ids.tolist()
+    output = model.get_output_embeddings().weight
+    for row, token in enumerate(new_ids.tolist()):
+        expected = rows[token] if token in rows else output[token]
+        assert torch.equal(head.lm_head.weight[row], expected.to(head.lm_head.weight))
+        for name, moment in optimizer.state[head.lm_head.weight].items():
+            if name in moments:
+                was = moments[name][old.tolist().index(token)] if token in rows else torch.zeros_like(moment[row])
+                assert torch.equal(moment[row], was)
+    with pytest.raises(ValueError, match="cannot take 11"):
+        revocabulary(head, model, new_ids[:11])
+
+
+def test_old_curve_points_are_renamed_in_vocabulary_and_new_ones_kept():
+    old = {"step": 5, "acceptance": [0.4], "reach": [0.4], "agreement": [0.4], "positions": 10}
+    assert cli.in_vocab_only(old) == {"step": 5, "acceptance_in_vocab": [0.4], "reach_in_vocab": [0.4],
+                                      "agreement_in_vocab": [0.4], "positions": 10}
+    new = {"acceptance": [0.3], "acceptance_in_vocab": [0.4]}
+    assert cli.in_vocab_only(new) is new
+
+
 def test_the_command_trains_evaluates_saves_and_resumes(tmp_path):
     tokenizer = word_tokenizer()
     folder = save_llama(tmp_path / "target", num_layers=4, seed=0, tokenizer=tokenizer)
@@ -113,6 +179,25 @@ def test_the_command_trains_evaluates_saves_and_resumes(tmp_path):
     assert json.loads((tmp_path / "run" / "record.json").read_text())["steps"] == 6
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # annealed over the resumed run's 2 steps
+    # the vocabulary chosen again from more data: measured before and after, at the same step, then trained on
+    data += [{"ids": torch.cat([r["ids"][:4], r["ids"][4:].flip(0)]), "start": 4} for r in data]
+    torch.save({"meta": {}, "records": data}, tmp_path / "teacher.pt")
+    assert cli.main([*argv[:-8], "--ttt", "2", "--steps", "8", "--eval-every", "2", "--batch-tokens", "256",
+                     "--heldout", "0.2", "--resume", "--reselect-vocab"]) == 0
+    curve = json.loads((tmp_path / "run" / "record.json").read_text())["curve"]
+    assert [p["step"] for p in curve] == [2, 4, 6, 6, 6, 8]
+    assert all("acceptance_in_vocab" in p and 0 < p["coverage"] <= 1 for p in curve)
+    assert curve[3]["note"].startswith("before") and "new ids" in curve[4]["note"]
+    counts = torch.bincount(torch.cat([r["ids"][4:] for r in data if not cli.held_out(r, 0.2)]), minlength=96)
+    head = load_head(tmp_path / "run" / "head")
+    assert counts[head.target_ids()].sum() == counts.sort(descending=True).values[:32].sum()
+
+
+def test_choosing_the_vocabulary_again_needs_a_trained_head(tmp_path, capsys):
+    (tmp_path / "t.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--target", "x", "--data", str(tmp_path / "t.pt"), "--out", str(tmp_path), "--reselect-vocab"])
+    assert "--reselect-vocab changes a trained head: it needs --resume" in capsys.readouterr().err
 
 
 def test_the_learning_rate_anneals_by_a_cosine_and_needs_a_limit(tmp_path, capsys):

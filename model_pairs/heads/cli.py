@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from ..eagle import load_head, save_head
-from .train import batch_of, draft_vocabulary, evaluate, new_head, training_step
+from .train import batch_of, draft_vocabulary, evaluate, new_head, revocabulary, training_step
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", nargs="+", type=Path, required=True, help="teacher files (distill.teacher)")
     parser.add_argument("--out", type=Path, required=True, help="run folder: the head, its state and record")
     parser.add_argument("--resume", action="store_true", help="go on from the head and state in --out")
+    parser.add_argument("--reselect-vocab", action="store_true",
+                        help="with --resume: choose the draft vocabulary again from all the training answers given "
+                             "(same size; kept ids keep their trained rows), measured before and after")
     parser.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary size (default 8192)")
     parser.add_argument("--ttt", type=int, default=3, help="training-time-test steps (default 3)")
     parser.add_argument("--decay", type=float, default=0.8, help="weight of step k: decay ** k (default 0.8)")
@@ -56,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.heldout < 1:
         parser.error(f"--heldout must be in (0, 1), got {args.heldout}")
+    if args.reselect_vocab and not args.resume:
+        parser.error("--reselect-vocab changes a trained head: it needs --resume (a new head chooses its vocabulary)")
     if args.lr_end is not None and (args.time_limit is None and args.steps is None or not 0 <= args.lr_end <= args.lr):
         parser.error(f"--lr-end must be in [0, --lr] and needs --time-limit or --steps, got {args.lr_end}")
     missing = [str(p) for p in args.data if not p.is_file()]
@@ -100,6 +105,15 @@ def batches(records: list[dict], budget: int, pad_id: int, rng: random.Random | 
     return [batch_of([records[i] for i in group], pad_id) for group in groups]
 
 
+def in_vocab_only(point: dict) -> dict:
+    """A curve point of a run before 2026-12-06, whose acceptance counted only the positions the head could draft,
+    under the names that say so (later points have both)."""
+    if "acceptance_in_vocab" in point:
+        return point
+    moved = {"acceptance": "acceptance_in_vocab", "reach": "reach_in_vocab", "agreement": "agreement_in_vocab"}
+    return {moved.get(key, key): value for key, value in point.items()}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -128,11 +142,26 @@ def main(argv=None) -> int:
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     if args.resume:
         optimizer.load_state_dict(state["optimizer"])
+        state["curve"] = [in_vocab_only(point) for point in state["curve"]]
     embed = target.get_input_embeddings()
     to_device = lambda batch: type(batch)(*(t.to(args.device) for t in (batch.ids, batch.mask, batch.trained)))  # noqa: E731
     eval_batches = [to_device(b) for b in batches(heldout, args.batch_tokens, pad_id, None)]
     started, last, first_step = time.time(), None, state["step"]
+
+    def measure(note: str | None = None) -> None:
+        result = evaluate(head, embed, target, eval_batches, args.ttt)
+        state["curve"].append({"step": state["step"], "tokens": state["tokens"],
+                               "minutes": round((state["seconds"] + time.time() - started) / 60, 2), **result,
+                               **({"note": note} if note else {})})
+        progress.write(f"step {state['step']}{f' ({note})' if note else ''}: held-out acceptance by position "
+                       f"{[round(a, 3) for a in result['acceptance']]} (coverage {result['coverage']:.3f})")
+
     progress = tqdm(desc="training the head", unit="step", initial=state["step"], total=args.steps)
+    if args.reselect_vocab:
+        measure("before the vocabulary was chosen again")
+        new = revocabulary(head, target, draft_vocabulary(training, head.d2t.numel(), vocab).to(args.device),
+                           optimizer)
+        measure(f"the vocabulary chosen again: {new} new ids")
     done = False
     while not done:
         for batch in batches(training, args.batch_tokens, pad_id, rng):
@@ -150,11 +179,7 @@ def main(argv=None) -> int:
                 for group in optimizer.param_groups:
                     group["lr"] = annealed(args.lr, args.lr_end, share)
             if state["step"] % args.eval_every == 0 or done:
-                result = evaluate(head, embed, target, eval_batches, args.ttt)
-                state["curve"].append({"step": state["step"], "tokens": state["tokens"],
-                                       "minutes": round((state["seconds"] + elapsed) / 60, 2), **result})
-                progress.write(f"step {state['step']}: held-out acceptance by position "
-                               f"{[round(a, 3) for a in result['acceptance']]}")
+                measure()
             if done:
                 break
     progress.close()

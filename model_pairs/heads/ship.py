@@ -135,7 +135,7 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
     files = data_files(record)
     teachers = teachers or {}
     curve = record.get("curve", [])
-    ttt = int(_setting(settings, "ttt") or (len(curve[-1]["acceptance"]) if curve else 1))
+    ttt = int(_setting(settings, "ttt") or (len(_in_vocab(curve[-1])) if curve else 1))
     draft_vocab = model["draft_vocab_size"] if model else _setting(settings, "draft_vocab")
     lines = [f"# An EAGLE-3 draft head for {target}", ""]
     use = f"`head = decoding.model_pairs.eagle.load_head({folder!r}, dtype=target.dtype)`"
@@ -215,7 +215,11 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
         + (f" ({_number(curve[-1]['positions'])} positions)" if curve else "")
         + ", teacher-forced on the target's answers. Acceptance at position k: the share of positions where the "
         "head's top token equals the target's at drafted position k, given that positions 1 to k - 1 did (greedy "
-        "acceptance of the k-th drafted token). Reach: the share where all of the first k drafted tokens match. "
+        "acceptance of the k-th drafted token), over every answer position: where the target's top token lies "
+        "outside the draft vocabulary the head misses, as it does when drafting. Coverage: the share of positions "
+        "whose target top token the head can draft. In vocabulary: the first position's acceptance over those "
+        "positions only, the only figure measured before 2026-12-06 (those rows show no other). Reach: the share "
+        "where all of the first k drafted tokens match. "
         f"Accepted per step: the expected number of accepted drafted tokens per step of greedy speculative "
         f"decoding with g = {ttt} (the sum of the reaches; tokens per target forward are one more)."
         + (" Held out by prompt (a hash of the prompt's ids): every answer to a held-out prompt, in every file, is "
@@ -227,14 +231,12 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
     lines += _held_out_changes(curve)
     lines += [
         "| step | tokens | minutes | held-out positions | " + " | ".join(f"acceptance {k}" for k in range(1, ttt + 1))
-        + f" | reach {ttt} | accepted per step (g = {ttt}) |",
-        "|---|---|---|---|" + "---|" * ttt + "---|---|",
+        + f" | reach {ttt} | accepted per step (g = {ttt}) | coverage | in vocabulary, 1 |",
+        "|---|---|---|---|" + "---|" * ttt + "---|---|---|---|",
     ]
-    for point in curve:
-        acceptance, reach = point["acceptance"], point["reach"]
-        lines.append(f"| {point['step']} | {_number(point['tokens'])} | {point['minutes']} | "
-                     f"{_number(point.get('positions', 0))} | "
-                     + " | ".join(f"{a:.3f}" for a in acceptance) + f" | {reach[-1]:.3f} | {sum(reach):.3f} |")
+    lines += [_curve_row(point, ttt) for point in curve]
+    notes = [f"step {p['step']}: {p['note']}" for p in curve if p.get("note")]
+    lines += ["", "Notes on the rows: " + "; ".join(notes) + "."] if notes else []
     lines += projection_lines(curve)
     lines += ["", "## Reproduce", "", "```"]
     lines += [_teacher_command(teachers[path]) for path in files if teachers.get(path)]
@@ -248,6 +250,34 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
     return "\n".join(lines)
 
 
+def _whole(point: dict) -> bool:
+    """Whether a curve point's acceptance counts every position (measured since 2026-12-06, beside the
+    in-vocabulary figure); before, ``acceptance`` (or, in resumed runs, ``acceptance_in_vocab``) was its only one."""
+    return "acceptance" in point and "acceptance_in_vocab" in point
+
+
+def _in_vocab(point: dict) -> list[float]:
+    """A curve point's acceptance over the positions its head could draft (runs before 2026-12-06: its only one)."""
+    return point.get("acceptance_in_vocab", point.get("acceptance", []))
+
+
+def _curve_row(point: dict, ttt: int) -> str:
+    """One row of the card's curve: every-position figures where measured, dashes before 2026-12-06."""
+    whole = _whole(point)
+    cells = [f"{a:.3f}" for a in point["acceptance"]] + [f"{point['reach'][-1]:.3f}", f"{sum(point['reach']):.3f}",
+                                                         f"{point['coverage']:.3f}"] if whole else ["—"] * (ttt + 3)
+    return (f"| {point['step']} | {_number(point['tokens'])} | {point['minutes']} | "
+            f"{_number(point.get('positions', 0))} | " + " | ".join(cells) + f" | {_in_vocab(point)[0]:.3f} |")
+
+
+def _measured(curve: list[dict]) -> list[dict]:
+    """The points the projection reads: those over every position when there are any, else every point; of two
+    measured at one step (a head changed before it went on, its vocabulary chosen again), the later."""
+    whole = [p for p in curve if _whole(p)] or curve
+    return [p for p, after in zip(whole, whole[1:] + [None])
+            if after is None or "step" not in p or after.get("step") != p["step"]]
+
+
 def _last_set(curve: list[dict]) -> list[dict]:
     """The curve's points measured on its last held-out set (as many positions as the last point)."""
     return [p for p in curve if p.get("positions") == curve[-1].get("positions")] if curve else []
@@ -256,13 +286,18 @@ def _last_set(curve: list[dict]) -> list[dict]:
 def _held_out_changes(curve: list[dict]) -> list[str]:
     """A paragraph when the held-out set changed along the curve (the data grew on resumed runs)."""
     changes = [(p["step"], p.get("positions", 0)) for before, p in zip(curve, curve[1:])
-               if p.get("positions") != before.get("positions")]
-    if not changes:
-        return []
-    grew = "; ".join(f"from step {step} on, {_number(positions)} positions" for step, positions in changes)
-    return [f"The held-out set grew with the data (more prompts, by the same hash), so the points are measured on "
-            f"different sets: {_number(curve[0].get('positions', 0))} positions at first; {grew}. The projection "
-            "fits the last set's points only.", ""]
+               if p.get("positions") != before.get("positions") and _whole(p) == _whole(before)]
+    counted = next((p["step"] for before, p in zip(curve, curve[1:]) if _whole(p) and not _whole(before)), None)
+    lines = []
+    if changes:
+        grew = "; ".join(f"from step {step} on, {_number(positions)} positions" for step, positions in changes)
+        lines += [f"The held-out set grew with the data (more prompts, by the same hash), so the points are measured "
+                  f"on different sets: {_number(curve[0].get('positions', 0))} positions at first; {grew}. The "
+                  "projection fits the last set's points only."]
+    if counted is not None:
+        lines += [f"From step {counted} on, held-out positions count every answer position, the undraftable too "
+                  "(before: the draftable ones only)."]
+    return [" ".join(lines), ""] if lines else []
 
 
 def projection(curve: list[dict], goals=(0.6, 0.7)) -> dict | None:
@@ -271,6 +306,7 @@ def projection(curve: list[dict], goals=(0.6, 0.7)) -> dict | None:
     last held-out set when the set changed along the curve, and the tokens at which the line reaches each goal:
     ``{"slope_per_10x", "points", "tokens": {goal: tokens or None}}``; None with fewer than two points. A
     projection, not a promise: such curves bend down as they near what the head can learn."""
+    curve = _measured(curve)
     same = _last_set(curve)
     chosen = same if len(same) < len(curve) else curve[len(curve) // 2:]
     points = [(math.log10(p["tokens"]), p["acceptance"][0]) for p in chosen if p["tokens"] > 0]
@@ -290,8 +326,11 @@ def projection_lines(curve: list[dict]) -> list[str]:
         return []
     reach = ", ".join(f"{goal} at about {_number(tokens)} tokens" if tokens else f"{goal} never (the line falls)"
                       for goal, tokens in fit["tokens"].items())
-    where = "the second half of the curve" if len(_last_set(curve)) == len(curve) else \
+    measured = _measured(curve)
+    where = "the second half of the curve" if len(_last_set(measured)) == len(measured) else \
         "the points on the last held-out set"
+    if len(measured) < len(curve):
+        where += " measured over every position"
     return ["", "## Projection", "",
             f"A line through {where} (first-position acceptance against log10 of the tokens "
             f"trained, {fit['points']} points) rises {fit['slope_per_10x']:.3f} per tenfold tokens and reaches {reach}. "

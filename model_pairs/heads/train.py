@@ -103,8 +103,9 @@ def target_pass(target, head: Eagle3Head, batch: Batch):
 def ttt_losses(head: Eagle3Head, embed, batch: Batch, features, law, usable, steps: int):
     """Per training-time-test step ``k``: the mean soft cross-entropy and the agreement of the head's top token with
     the target's, where the pair at position ``i`` reads token ``i + 1 + k`` and predicts token ``i + 2 + k``.
-    Returns ``(losses [steps], agreement [steps], counted [steps], chained [steps])``, ``chained`` counting the
-    positions whose steps ``0..k`` all agreed."""
+    Returns ``(losses, agreement, counted, chained, answered)``, each ``[steps]``: ``counted`` the positions trained
+    (the target's top token in the draft vocabulary), ``chained`` those whose steps ``0..k`` all agreed, and
+    ``answered`` every answer position, the draftable or not (where the head can only miss)."""
     layer, attention = head.midlayer, head.midlayer.self_attn
     n = batch.ids.shape[1] - 1  # pairs (features of i, token i + 1) for i < T - 1
     positions = torch.arange(n, device=batch.ids.device).expand(batch.ids.shape[0], n)
@@ -112,7 +113,7 @@ def ttt_losses(head: Eagle3Head, embed, batch: Batch, features, law, usable, ste
     allowed = causal & batch.mask[:, None, None, 1:].bool()
     hidden = head.fc(features[:, :n])
     keys, values, agreed = [], [], None
-    losses, agreement, counted, chained = [], [], [], []
+    losses, agreement, counted, chained, answered = [], [], [], [], []
     for k in range(steps):
         tokens = batch.ids[:, 1 + k:].clone()
         tokens = F.pad(tokens, (0, n - tokens.shape[1]), value=0)  # beyond the end: masked below
@@ -130,16 +131,17 @@ def ttt_losses(head: Eagle3Head, embed, batch: Batch, features, law, usable, ste
         valid = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
         span = max(0, n - 1 - k)  # pair i predicts token i + 2 + k < T
         target[:, :span] = law[:, 1 + k:1 + k + span]
-        valid[:, :span] = (batch.trained[:, 2 + k:2 + k + span] * batch.mask[:, 2 + k:2 + k + span]).bool() \
-            & usable[:, 1 + k:1 + k + span]
+        asked = (batch.trained[:, 2 + k:2 + k + span] * batch.mask[:, 2 + k:2 + k + span]).bool()
+        valid[:, :span] = asked & usable[:, 1 + k:1 + k + span]
         loss = -(target * torch.log_softmax(logits, dim=-1)).sum(-1)
         count = valid.sum().clamp_min(1)
         losses.append((loss * valid).sum() / count)
         hit = (logits.argmax(-1) == target.argmax(-1)) & valid
         agreed = hit if agreed is None else agreed & hit
         agreement.append(hit.sum()), counted.append(valid.sum()), chained.append(agreed.sum())
+        answered.append(asked.sum())
         hidden = out  # the next step reads the head's own state at the same position
-    return torch.stack(losses), torch.stack(agreement), torch.stack(counted), torch.stack(chained)
+    return tuple(torch.stack(x) for x in (losses, agreement, counted, chained, answered))
 
 
 def _ttt_attention(attention, q, key, value, keys, values, allowed):
@@ -163,7 +165,7 @@ def _ttt_attention(attention, q, key, value, keys, values, allowed):
 def training_step(head, embed, target, batch: Batch, optimizer, steps: int, decay: float, clip: float) -> dict:
     """One optimizer step on ``batch``; returns its losses and agreements per step."""
     features, law, usable = target_pass(target, head, batch)
-    losses, agreement, counted, chained = ttt_losses(head, embed, batch, features, law, usable, steps)
+    losses, agreement, counted, chained, _ = ttt_losses(head, embed, batch, features, law, usable, steps)
     weights = decay ** torch.arange(steps, dtype=losses.dtype, device=losses.device)
     optimizer.zero_grad(set_to_none=True)
     (losses * weights).sum().backward()
@@ -175,16 +177,53 @@ def training_step(head, embed, target, batch: Batch, optimizer, steps: int, deca
 
 @torch.no_grad()
 def evaluate(head, embed, target, batches: list[Batch], steps: int) -> dict:
-    """Held-out agreement of the head's top token with the target's, per step and chained (every step so far):
-    ``acceptance[k]`` estimates greedy acceptance at drafted position ``k + 1`` given the earlier ones."""
-    sums = torch.zeros(3, steps)
+    """Held-out agreement of the head's top token with the target's, per step and chained (every step so far).
+
+    ``acceptance[k]`` estimates greedy acceptance at drafted position ``k + 1`` given the earlier ones, over every
+    answer position: where the target's top token lies outside the draft vocabulary the head misses, as it does
+    when drafting. ``acceptance_in_vocab`` counts only the positions it could draft (the figure of runs before
+    2026-12-06), ``coverage`` their share; ``positions``: the first step's answer positions."""
+    sums = torch.zeros(4, steps)
     for batch in batches:
         features, law, usable = target_pass(target, head, batch)
-        _, agreement, counted, chained = ttt_losses(head, embed, batch, features, law, usable, steps)
-        sums += torch.stack([agreement, counted, chained]).float().cpu()
-    agreement, counted, chained = sums
-    reach = chained / counted.clamp_min(1)
-    conditional = [float(reach[0])] + [float(reach[k] / reach[k - 1]) if reach[k - 1] > 0 else 0.0
-                                       for k in range(1, steps)]
-    return {"agreement": (agreement / counted.clamp_min(1)).tolist(), "reach": reach.tolist(),
-            "acceptance": conditional, "positions": int(counted[0])}
+        _, agreement, counted, chained, answered = ttt_losses(head, embed, batch, features, law, usable, steps)
+        sums += torch.stack([agreement, counted, chained, answered]).float().cpu()
+    agreement, counted, chained, answered = sums
+    reach, reach_in_vocab = chained / answered.clamp_min(1), chained / counted.clamp_min(1)
+    return {"agreement": (agreement / answered.clamp_min(1)).tolist(), "reach": reach.tolist(),
+            "acceptance": _conditional(reach), "reach_in_vocab": reach_in_vocab.tolist(),
+            "acceptance_in_vocab": _conditional(reach_in_vocab), "coverage": float(counted[0] / answered[0].clamp_min(1)),
+            "positions": int(answered[0])}
+
+
+def _conditional(reach: torch.Tensor) -> list[float]:
+    """Acceptance at each drafted position given the earlier ones, from the reach (all of the first k agreed)."""
+    return [float(reach[0])] + [float(reach[k] / reach[k - 1]) if reach[k - 1] > 0 else 0.0
+                                for k in range(1, len(reach))]
+
+
+@torch.no_grad()
+def revocabulary(head: Eagle3Head, target, draft_ids: torch.Tensor, optimizer=None) -> int:
+    """Give ``head`` the draft vocabulary ``draft_ids`` (ascending target ids, as many as it has): the output rows
+    of the ids it keeps move with them, trained; a new id's row is the target's own (as :func:`new_head` starts);
+    ``optimizer``'s moments for ``lm_head`` move with their rows (zero for the new ones). Returns how many ids are
+    new."""
+    old_ids = head.target_ids()
+    if draft_ids.shape != old_ids.shape:
+        raise ValueError(f"a head of {old_ids.numel()} draft ids cannot take {draft_ids.numel()}: the sizes must agree")
+    where = torch.full((head.t2d.numel(),), -1, dtype=torch.int64, device=old_ids.device)
+    where[old_ids] = torch.arange(old_ids.numel(), device=old_ids.device)
+    draft_ids = draft_ids.to(old_ids.device)
+    source = where[draft_ids]  # [V_draft]: each new row's old row, -1 for a new id
+    kept = source >= 0
+    rows = target.get_output_embeddings().weight[draft_ids].to(head.lm_head.weight)
+    rows[kept] = head.lm_head.weight[source[kept]]
+    state = optimizer.state.get(head.lm_head.weight, {}) if optimizer is not None else {}
+    for name, moment in state.items():
+        if torch.is_tensor(moment) and moment.shape == rows.shape:
+            state[name] = torch.where(kept[:, None], moment[source.clamp_min(0)], torch.zeros_like(moment))
+    head.lm_head.weight.copy_(rows)
+    head.d2t.copy_(draft_ids - torch.arange(draft_ids.numel(), device=draft_ids.device))
+    head.t2d.zero_()
+    head.t2d[draft_ids] = True
+    return int((~kept).sum())
