@@ -343,3 +343,4 @@ def test_a_varied_teacher_file_and_a_resumed_run_are_reproduced_as_run():
     settings = {**synthetic_record()["settings"], "resume": "True", "lr_end": "3e-05"}
     command = ship._train_command(settings)
     assert command.endswith("--resume") and "--lr 0.0003 --lr-end 3e-05" in command
+    assert ship._train_command({**settings, "reselect_vocab": "True"}).endswith("--resume --reselect-vocab")

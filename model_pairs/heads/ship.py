@@ -59,8 +59,8 @@ def _train_command(settings: dict) -> str:
         value = _setting(settings, name)
         if value is not None:
             parts += [f"--{name.replace('_', '-')}", str(value)]
-    if settings.get("resume") == "True":
-        parts.append("--resume")
+    parts += [flag for flag, name in (("--resume", "resume"), ("--reselect-vocab", "reselect_vocab"))
+              if settings.get(name) == "True"]
     return " ".join([_TRAIN, *(shlex.quote(p) for p in parts)])
 
 
