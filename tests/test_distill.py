@@ -192,3 +192,48 @@ def test_varied_prompts_are_deterministic_cover_every_category_and_miss_the_held
     assert len(texts & other) < 150, "different seeds should give mostly different messages"
     held = {p.text.strip().lower() for p in load_prompt_set(CHAT_PROMPTS_DIR)}
     assert not {t.strip().lower() for t in texts} & held
+
+
+def test_prose_passages_keep_whole_sentences_of_prose_and_drop_code():
+    from decoding.model_pairs.distill.prompt_bank import prose_passages
+
+    prose = "Rivers carry water to the sea. " * 10 + "And then"
+    code = "Here is the code:\n```python\ndef f(x):\n    return x\n```\n" + "It returns x. " * 20
+    kept = prose_passages([prose, code, "Too short.", prose, "A" * 1300 + "."])
+    assert kept == ["Rivers carry water to the sea. " * 9 + "Rivers carry water to the sea."]
+
+
+def test_varied_prompts_read_prose_passages_for_half_the_summaries_and_retrievals():
+    """With passages, summarization and retrieval prompts read them about half the time (the rest: docstrings),
+    retrieval asking a question any prose answers; without, none do; other categories are drawn as before."""
+    from decoding.model_pairs.distill import prompt_bank
+
+    sources = (["def f(a):\n    return a"], ["f: " + "Return the thing. " * 20])
+    passages = [f"Passage {i} says the river is long. " * 8 for i in range(30)]
+    plain, read = prompt_bank.varied_prompts(5, 800, sources), prompt_bank.varied_prompts(5, 800, sources, passages)
+    both = [p for p in read if p["category"] in ("summarization", "retrieval")]
+    with_prose = [p for p in both if "the river is long" in p["prompt"]]
+    assert 0.3 < len(with_prose) / len(both) < 0.7
+    assert not any("the river is long" in p["prompt"] for p in plain)
+    questions = [p["prompt"].rsplit("Question: ", 1)[1] for p in with_prose if p["category"] == "retrieval"]
+    assert questions and set(questions) <= set(prompt_bank._PROSE_RETRIEVAL)
+    assert [p["category"] for p in plain] == [p["category"] for p in read]
+
+
+def test_the_teacher_reads_passages_from_earlier_answers_and_refuses_them_without_varied_prompts(tmp_path, capsys):
+    from decoding.model_pairs.distill import teacher
+
+    class Characters:  # ids are code points: decoding needs no vocabulary
+        def batch_decode(self, rows, skip_special_tokens):
+            return ["".join(map(chr, row.tolist())) for row in rows]
+
+    answer = "Clouds form when warm air rises and cools. " * 8
+    records = [{"ids": torch.tensor([ord(c) for c in "Q?" + text]), "start": 2} for text in (answer, "def f(): pass")]
+    torch.save({"meta": {}, "records": records}, tmp_path / "a.pt")
+    assert teacher.answer_passages([tmp_path / "a.pt"], Characters()) == [answer.strip()]
+    with pytest.raises(SystemExit, match="no prose answer"):
+        teacher.answer_passages([tmp_path / "a.pt"], type("Code", (), {"batch_decode": lambda *a, **k: ["x = 1"]})())
+    with pytest.raises(SystemExit):
+        teacher.main(["--target", "x", "--kind", "on-policy", "--out", str(tmp_path / "o.pt"), "--passages",
+                      str(tmp_path / "a.pt")])
+    assert "--passages are read by varied prompts only" in capsys.readouterr().err

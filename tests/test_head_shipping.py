@@ -340,6 +340,10 @@ def test_a_varied_teacher_file_and_a_resumed_run_are_reproduced_as_run():
     meta = {**GREEDY_META, "prompts": "varied", "count": "1000", "seed": "10", "limit": "None"}
     assert "answers to varied prompts (seed 10)" in ship._teacher_row("/data/varied10.pt", meta)
     assert "--prompts varied --count 1000" in ship._teacher_command(meta)
+    read = {**meta, "passages": "[PosixPath('/data/greedy.pt'), PosixPath('/data/varied10.pt')]"}
+    assert "--passages /data/greedy.pt /data/varied10.pt --out" in ship._teacher_command(read)
+    assert "(seed 10), passages from `greedy.pt`, `varied10.pt` |" in ship._teacher_row("/data/varied13.pt", read)
+    assert "--passages" not in ship._teacher_command({**meta, "passages": "None"})
     settings = {**synthetic_record()["settings"], "resume": "True", "lr_end": "3e-05"}
     command = ship._train_command(settings)
     assert command.endswith("--resume") and "--lr 0.0003 --lr-end 3e-05" in command

@@ -1,6 +1,6 @@
 """A wider set of training prompts: user messages composed from banks of subjects, situations, forms, tasks and
-styles, and snippets and docstrings of the standard library's functions, so that the data cover far more of what
-chat users ask than :func:`~decoding.model_pairs.distill.prompts.training_prompts`' fixed templates.
+styles, snippets and docstrings of the standard library's functions, and prose passages (the target's own earlier
+answers), so that the data cover far more of what chat users ask than :func:`~decoding.model_pairs.distill.prompts.training_prompts`' fixed templates.
 
 :func:`varied_prompts` is deterministic for a seed; different seeds give mostly different messages. The held-out
 chat prompts (``evals/prompts_chat/``) are written by hand and never composed here (``tests/test_distill.py``).
@@ -14,7 +14,7 @@ import re
 
 from ..corpus import list_files, stdlib_root
 
-__all__ = ["function_sources", "varied_prompts"]
+__all__ = ["function_sources", "prose_passages", "varied_prompts"]
 
 _SUBJECTS = """photosynthesis|the water cycle|black holes|inflation|the French Revolution|vaccines|machine learning|
 the stock market|plate tectonics|the immune system|climate change|the Roman Empire|electricity|gravity|the internet|
@@ -100,6 +100,12 @@ _STYLES = ["", "", "", "", " Answer briefly.", " Use bullet points.", " Explain 
 _SUMMARY = ["Summarize this text:\n\n{p}", "{p}\n\nWhat is the main point of the text above?",
             "Explain this documentation in plain English:\n\n{p}", "Give three key points from this text:\n\n{p}",
             "Rewrite this passage for a beginner:\n\n{p}", "TL;DR:\n\n{p}"]
+# Questions any prose passage answers (the target's own earlier answers: see prose_passages).
+_PROSE_RETRIEVAL = ["What is the passage mainly about?", "According to the passage, why does this matter?",
+                    "Which example does the passage give?", "What are two facts the passage states?",
+                    "Answer in one sentence: what does the passage explain?", "What advice does the passage give?",
+                    "Which numbers, names or dates does the passage mention?", "What does the passage say first?",
+                    "Is there anything the passage warns about? What?", "What is the last point of the passage?"]
 _RETRIEVAL = ["What does the passage say the function returns?", "Which arguments are mentioned?",
               "What is the purpose of this function, according to the passage?", "Does the passage mention any "
               "exceptions? Which?", "What happens by default, according to the passage?"]
@@ -149,15 +155,38 @@ def _math(rng: random.Random) -> str:
     ])
 
 
-def varied_prompts(seed: int = 0, count: int = 1000, sources: tuple[list[str], list[str]] | None = None) -> list[dict]:
+def prose_passages(texts: list[str], low: int = 200, high: int = 1200) -> list[str]:
+    """The prose among ``texts`` (a target's earlier answers): ``low`` to ``high`` characters, without code or
+    chat markup, cut after the last full sentence; in order, without repeats."""
+    out = []
+    for text in texts:
+        text = text.strip()
+        cut = max(text.rfind(". "), text.rfind(".\n"), text.rfind(".") if text.endswith(".") else -1)
+        text = text[:cut + 1] if cut > 0 else text
+        if low <= len(text) <= high and not re.search(r"```|\bdef |[{};]\s*$|<\||^\s*(import|#include)", text, re.M):
+            out.append(text)
+    return list(dict.fromkeys(out))
+
+
+def _retrieval(text: str, questions: list[str], rng: random.Random) -> str:
+    return f"Read the passage and answer the question.\n\nPassage:\n{text}\n\nQuestion: {rng.choice(questions)}"
+
+
+def varied_prompts(seed: int = 0, count: int = 1000, sources: tuple[list[str], list[str]] | None = None,
+                   passages: list[str] | None = None) -> list[dict]:
     """``count`` user messages ``{"id", "category", "prompt"}`` over the six categories of
     :data:`~decoding.model_pairs.distill.prompts.CATEGORIES`, deterministic for ``seed``.
 
-    ``sources`` is ``(function sources, docstrings)`` (default: :func:`function_sources`).
+    ``sources`` is ``(function sources, docstrings)`` (default: :func:`function_sources`). ``passages``: prose (see
+    :func:`prose_passages`) that half of the summarization and retrieval messages read instead of docstrings, with
+    questions any prose answers: what chat users paste is more often prose than documentation.
     """
     rng = random.Random(seed)
     subjects, situations, tasks = _bank(_SUBJECTS), _bank(_SITUATIONS), _bank(_CODE_TASKS)
     snippets, docs = function_sources() if sources is None else sources
+    prose = passages or []
+    passage = lambda: (rng.choice(prose), _PROSE_RETRIEVAL) if prose and rng.random() < 0.5 else \
+        (rng.choice(docs), _RETRIEVAL)  # noqa: E731
     makers = {
         "conversation": lambda: rng.choice([
             f"{rng.choice(situations)}. {rng.choice(_ASKS)}",
@@ -167,9 +196,8 @@ def varied_prompts(seed: int = 0, count: int = 1000, sources: tuple[list[str], l
         "code": lambda: rng.choice(_CODE_TEMPLATES).format(l=rng.choice(_LANGUAGES), t=rng.choice(tasks))
         if not snippets or rng.random() < 0.6 else f"{rng.choice(_CODE_ASKS)}\n\n{rng.choice(snippets)}",
         "math": lambda: _math(rng) + rng.choice(["", "", " Show your work.", " Explain your reasoning."]),
-        "summarization": lambda: rng.choice(_SUMMARY).format(p=rng.choice(docs)) if docs else _math(rng),
-        "retrieval": lambda: f"Read the passage and answer the question.\n\nPassage:\n{rng.choice(docs)}\n\n"
-                             f"Question: {rng.choice(_RETRIEVAL)}" if docs else _math(rng),
+        "summarization": lambda: rng.choice(_SUMMARY).format(p=passage()[0]) if docs else _math(rng),
+        "retrieval": lambda: _retrieval(*passage(), rng) if docs else _math(rng),
     }
     weights = {"conversation": 3, "question_answering": 3, "code": 2, "math": 1, "summarization": 1, "retrieval": 1}
     names = rng.choices(list(weights), weights=list(weights.values()), k=count)

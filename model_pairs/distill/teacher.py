@@ -120,6 +120,18 @@ def corpus_windows(tokenizer, num_windows: int, length: int, seed: int = 0) -> t
     return torch.stack([stream_t[s: s + length] for s in starts.tolist()])
 
 
+def answer_passages(paths: list[Path], tokenizer) -> list[str]:
+    """The prose among the answers of teacher files (:func:`~.prompt_bank.prose_passages`), as text."""
+    from .prompt_bank import prose_passages
+
+    answers = [r["ids"][int(r["start"]):] for path in paths for r in torch.load(path)["records"]]
+    passages = prose_passages(tokenizer.batch_decode(answers, skip_special_tokens=True))
+    if not passages:
+        raise SystemExit(f"no prose answer of 200 to 1,200 characters in {', '.join(map(str, paths))}: pass files of "
+                         "answers to conversation or question prompts")
+    return passages
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m decoding.model_pairs.distill.teacher",
                                      description=__doc__.split("\n")[0])
@@ -136,11 +148,19 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", choices=("templated", "varied"), default="templated",
                         help="templated: about 600 fixed-template messages; varied: --count composed ones")
     parser.add_argument("--count", type=int, default=1000, help="how many varied prompts (default 1000)")
+    parser.add_argument("--passages", nargs="+", type=Path, default=None,
+                        help="with --prompts varied: teacher files whose answers (their prose) half of the "
+                             "summarization and retrieval prompts read")
     parser.add_argument("--limit", type=int, default=None, help="only the first prompts (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="where the models run, for example cuda (default cpu)")
     args = parser.parse_args(argv)
+    if args.passages and args.prompts != "varied":
+        parser.error("--passages are read by varied prompts only: add --prompts varied")
+    missing = [str(p) for p in args.passages or [] if not p.is_file()]
+    if missing:
+        parser.error(f"no teacher file {', '.join(missing)} for --passages: make one with --kind on-policy first")
     torch.set_num_threads(args.threads)
     from ..gguf import load_model_and_tokenizer
 
@@ -154,7 +174,9 @@ def main(argv=None) -> int:
         from .prompt_bank import varied_prompts
         from .prompts import training_prompts
 
-        chosen = varied_prompts(args.seed, args.count) if args.prompts == "varied" else training_prompts(args.seed)
+        passages = answer_passages(args.passages, tokenizer) if args.passages else None
+        chosen = varied_prompts(args.seed, args.count, passages=passages) if args.prompts == "varied" else \
+            training_prompts(args.seed)
         prompts = [p["prompt"] for p in chosen][: args.limit]
         model, scorer = target, None
         if args.draft is not None:

@@ -39,6 +39,11 @@ def data_files(record: dict) -> list[str]:
     return quoted or ([data] if data else [])
 
 
+def _passage_files(meta: dict) -> list[str]:
+    """The teacher files whose answers a teacher file's prompts read as passages (``--passages``)."""
+    return data_files({"settings": {"data": meta["passages"]}})
+
+
 def _setting(settings: dict, name: str):
     """A recorded setting as a value: ``None`` for ``"None"``, else the string."""
     value = settings.get(name)
@@ -75,6 +80,8 @@ def _teacher_command(meta: dict) -> str:
         value = _setting(meta, name)
         if value is not None:
             parts += [f"--{name.replace('_', '-')}", str(value)]
+    if _setting(meta, "passages") is not None:
+        parts += ["--passages", *_passage_files(meta)]
     parts += ["--out", str(meta.get("out"))]
     return " ".join([_TEACHER, *(shlex.quote(p) for p in parts)])
 
@@ -90,6 +97,8 @@ def _teacher_row(path: str, meta: dict | None) -> str:
         kind = f"the target's {'greedy' if temperature is None else f'sampled (T = {temperature})'} answers"
         if meta.get("prompts") not in (None, "templated"):
             kind += f" to {meta['prompts']} prompts (seed {meta.get('seed')})"
+        if _setting(meta, "passages") is not None:
+            kind += ", passages from " + ", ".join(f"`{Path(f).name}`" for f in _passage_files(meta))
     return (f"| {name} | {kind} | {_number(meta.get('records', 0))} | {_number(meta.get('tokens', 0))} | "
             f"{meta.get('max_new_tokens') if meta.get('kind') != 'corpus' else '-'} | "
             f"{float(meta.get('seconds', 0)) / 60:.1f} |")
