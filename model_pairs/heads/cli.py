@@ -132,17 +132,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--heldout {args.heldout} leaves {len(heldout)} held-out and {len(training)} training "
                          "sequences: both need some (more data, or another share)")
     vocab = target.config.get_text_config().vocab_size
-    state_path, record_path = args.out / "state.pt", args.out / "record.json"
-    if args.resume:
-        head = load_head(args.out / "head").to(args.device)
-        state = torch.load(state_path, weights_only=False)
-    else:
-        head = new_head(target, draft_vocabulary(training, args.draft_vocab, vocab), args.seed).to(args.device)
-        state = {"step": 0, "tokens": 0, "seconds": 0.0, "curve": []}
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    if args.resume:
-        optimizer.load_state_dict(state["optimizer"])
-        state["curve"] = [in_vocab_only(point) for point in state["curve"]]
+    head, state, optimizer = start(args, target, training, vocab)
     embed = target.get_input_embeddings()
     to_device = lambda batch: type(batch)(*(t.to(args.device) for t in (batch.ids, batch.mask, batch.trained)))  # noqa: E731
     eval_batches = [to_device(b) for b in batches(heldout, args.batch_tokens, pad_id, None)]
@@ -184,12 +174,33 @@ def main(argv=None) -> int:
                 break
     progress.close()
     state["seconds"] += time.time() - started
-    save_head(head, args.out / "head")
-    torch.save({**state, "optimizer": optimizer.state_dict()}, state_path)
-    settings = {k: str(v) for k, v in vars(args).items()}
-    record_path.write_text(json.dumps({"settings": settings, "split": "prompt-hash", "training_sequences": len(training),
-                                       "heldout_sequences": len(heldout), "steps": state["step"],
-                                       "tokens": state["tokens"], "minutes": round(state["seconds"] / 60, 2),
-                                       "curve": state["curve"]}, indent=1) + "\n")
+    save_run(args, head, state, optimizer, len(training), len(heldout))
     print(f"wrote {args.out / 'head'}; held-out acceptance {state['curve'][-1]['acceptance']}")
     return 0
+
+
+def start(args: argparse.Namespace, target, training: list[dict], vocab: int):
+    """``(head, state, optimizer)``: a new head over the training answers' most frequent ids, or (``--resume``) the
+    run's head, state and optimizer, older curve points renamed (:func:`in_vocab_only`)."""
+    if args.resume:
+        head = load_head(args.out / "head").to(args.device)
+        state = torch.load(args.out / "state.pt", weights_only=False)
+    else:
+        head = new_head(target, draft_vocabulary(training, args.draft_vocab, vocab), args.seed).to(args.device)
+        state = {"step": 0, "tokens": 0, "seconds": 0.0, "curve": []}
+    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if args.resume:
+        optimizer.load_state_dict(state["optimizer"])
+        state["curve"] = [in_vocab_only(point) for point in state["curve"]]
+    return head, state, optimizer
+
+
+def save_run(args: argparse.Namespace, head, state: dict, optimizer, training: int, heldout: int) -> None:
+    """The run folder: the head (published layout), the state for ``--resume`` and ``record.json``."""
+    save_head(head, args.out / "head")
+    torch.save({**state, "optimizer": optimizer.state_dict()}, args.out / "state.pt")
+    settings = {k: str(v) for k, v in vars(args).items()}
+    (args.out / "record.json").write_text(json.dumps(
+        {"settings": settings, "split": "prompt-hash", "training_sequences": training, "heldout_sequences": heldout,
+         "steps": state["step"], "tokens": state["tokens"], "minutes": round(state["seconds"] / 60, 2),
+         "curve": state["curve"]}, indent=1) + "\n")
