@@ -199,7 +199,8 @@ def test_prose_passages_keep_whole_sentences_of_prose_and_drop_code():
 
     prose = "Rivers carry water to the sea. " * 10 + "And then"
     code = "Here is the code:\n```python\ndef f(x):\n    return x\n```\n" + "It returns x. " * 20
-    kept = prose_passages([prose, code, "Too short.", prose, "A" * 1300 + "."])
+    inline = "The `get` method returns a value. " * 10
+    kept = prose_passages([prose, code, "Too short.", prose, "A" * 1300 + ".", inline])
     assert kept == ["Rivers carry water to the sea. " * 9 + "Rivers carry water to the sea."]
 
 

@@ -156,14 +156,14 @@ def _math(rng: random.Random) -> str:
 
 
 def prose_passages(texts: list[str], low: int = 200, high: int = 1200) -> list[str]:
-    """The prose among ``texts`` (a target's earlier answers): ``low`` to ``high`` characters, without code or
-    chat markup, cut after the last full sentence; in order, without repeats."""
+    """The prose among ``texts`` (a target's earlier answers): ``low`` to ``high`` characters, without code, inline
+    code or chat markup, cut after the last full sentence; in order, without repeats."""
     out = []
     for text in texts:
         text = text.strip()
         cut = max(text.rfind(". "), text.rfind(".\n"), text.rfind(".") if text.endswith(".") else -1)
         text = text[:cut + 1] if cut > 0 else text
-        if low <= len(text) <= high and not re.search(r"```|\bdef |[{};]\s*$|<\||^\s*(import|#include)", text, re.M):
+        if low <= len(text) <= high and not re.search(r"`|\bdef |[{};]\s*$|<\||^\s*(import|#include)", text, re.M):
             out.append(text)
     return list(dict.fromkeys(out))
 
