@@ -1,6 +1,7 @@
 """A wider set of training prompts: user messages composed from banks of subjects, situations, forms, tasks and
 styles, snippets and docstrings of the standard library's functions, and prose passages (the target's own earlier
-answers), so that the data cover far more of what chat users ask than :func:`~decoding.model_pairs.distill.prompts.training_prompts`' fixed templates.
+answers), so that the data cover far more of what chat users ask than
+:func:`~decoding.model_pairs.distill.prompts.training_prompts`' fixed templates.
 
 :func:`varied_prompts` is deterministic for a seed; different seeds give mostly different messages. The held-out
 chat prompts (``evals/prompts_chat/``) are written by hand and never composed here (``tests/test_distill.py``).

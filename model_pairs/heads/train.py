@@ -77,10 +77,15 @@ def new_head(target, draft_ids: torch.Tensor, seed: int = 0) -> Eagle3Head:
         head.norm.weight.copy_(target.get_decoder().norm.weight)
         head.fc.weight.zero_()
         head.fc.weight[:, 2 * hidden:] = torch.eye(hidden)
-        head.d2t.copy_(draft_ids - torch.arange(len(draft_ids)))
-        head.t2d.zero_()
-        head.t2d[draft_ids] = True
+        _map_ids(head, draft_ids)
     return head
+
+
+def _map_ids(head: Eagle3Head, draft_ids: torch.Tensor) -> None:
+    """The head's id maps for ``draft_ids`` (ascending target ids): ``d2t`` offsets, ``t2d`` membership."""
+    head.d2t.copy_(draft_ids - torch.arange(draft_ids.numel(), device=draft_ids.device))
+    head.t2d.zero_()
+    head.t2d[draft_ids] = True
 
 
 def _copy_matching(into: torch.nn.Module, source: torch.nn.Module) -> None:
@@ -192,8 +197,8 @@ def evaluate(head, embed, target, batches: list[Batch], steps: int) -> dict:
     reach, reach_in_vocab = chained / answered.clamp_min(1), chained / counted.clamp_min(1)
     return {"agreement": (agreement / answered.clamp_min(1)).tolist(), "reach": reach.tolist(),
             "acceptance": _conditional(reach), "reach_in_vocab": reach_in_vocab.tolist(),
-            "acceptance_in_vocab": _conditional(reach_in_vocab), "coverage": float(counted[0] / answered[0].clamp_min(1)),
-            "positions": int(answered[0])}
+            "acceptance_in_vocab": _conditional(reach_in_vocab),
+            "coverage": float(counted[0] / answered[0].clamp_min(1)), "positions": int(answered[0])}
 
 
 def _conditional(reach: torch.Tensor) -> list[float]:
@@ -227,7 +232,5 @@ def revocabulary(head: Eagle3Head, target, draft_ids: torch.Tensor, optimizer=No
         if torch.is_tensor(moment) and moment.shape == rows.shape:
             state[name] = torch.where(kept[:, None], moment[source.clamp_min(0)], torch.zeros_like(moment))
     head.lm_head.weight.copy_(rows)
-    head.d2t.copy_(draft_ids - torch.arange(draft_ids.numel(), device=draft_ids.device))
-    head.t2d.zero_()
-    head.t2d[draft_ids] = True
+    _map_ids(head, draft_ids)
     return int((~kept).sum())
