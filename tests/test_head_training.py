@@ -5,11 +5,13 @@ and the command trains, evaluates, saves in the published layout and resumes."""
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from decoding.model_pairs.eagle import load_head
+from decoding.model_pairs.eagle import load_head, save_head
 from decoding.model_pairs.heads import cli
 from decoding.model_pairs.heads.train import Batch, batch_of, draft_vocabulary, evaluate, new_head, revocabulary, \
     target_pass, training_step, ttt_losses
@@ -117,11 +119,12 @@ def test_held_out_acceptance_counts_undraftable_positions_as_misses():
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**16), keep=st.integers(0, 12))
-def test_a_head_given_a_new_vocabulary_keeps_its_trained_rows_and_starts_new_ids_from_the_targets(seed, keep):
-    """Choosing the vocabulary again: an id the head kept keeps its trained row (so its logits are unchanged) and
-    its optimizer moments; a new id gets half the target's output row and zero moments; the id maps say the new
-    ids."""
+@given(seed=st.integers(0, 2**16), size=st.integers(4, 24), data=st.data())
+def test_a_head_given_a_new_vocabulary_keeps_its_trained_rows_and_starts_new_ids_from_the_targets(seed, size, data):
+    """Choosing the vocabulary again, of 12 ids or of another size: an id the head kept keeps its trained row (so
+    its logits are unchanged) and its optimizer moments; a new id gets half the target's output row and zero
+    moments; the id maps say the new ids; the optimizer goes on stepping the resized output layer."""
+    keep = data.draw(st.integers(0, min(12, size)), label="keep")
     model = target()
     rng = torch.Generator().manual_seed(seed)
     old = torch.randperm(96, generator=rng)[:12].sort().values
@@ -134,9 +137,9 @@ def test_a_head_given_a_new_vocabulary_keeps_its_trained_rows_and_starts_new_ids
     rows = dict(zip(old.tolist(), head.lm_head.weight.detach().clone()))
     others = torch.tensor([i for i in range(96) if i not in set(old.tolist())])
     new_ids = torch.cat([old[torch.randperm(12, generator=rng)[:keep]],
-                         others[torch.randperm(len(others), generator=rng)[:12 - keep]]]).sort().values
-    assert revocabulary(head, model, new_ids, optimizer) == 12 - keep
-    assert head.target_ids().tolist() == new_ids.tolist()
+                         others[torch.randperm(len(others), generator=rng)[:size - keep]]]).sort().values
+    assert revocabulary(head, model, new_ids, optimizer) == size - keep
+    assert head.target_ids().tolist() == new_ids.tolist() and head.lm_head.out_features == size
     assert head.t2d.nonzero().flatten().tolist() == new_ids.tolist()
     output = model.get_output_embeddings().weight
     for row, token in enumerate(new_ids.tolist()):
@@ -146,8 +149,15 @@ def test_a_head_given_a_new_vocabulary_keeps_its_trained_rows_and_starts_new_ids
             if name in moments:
                 was = moments[name][old.tolist().index(token)] if token in rows else torch.zeros_like(moment[row])
                 assert torch.equal(moment[row], was)
-    with pytest.raises(ValueError, match="cannot take 11"):
-        revocabulary(head, model, new_ids[:11])
+    optimizer.zero_grad()
+    head.lm_head.weight.sum().backward()
+    optimizer.step()  # moments and parameter agree in shape
+    with tempfile.TemporaryDirectory() as folder:
+        save_head(head, Path(folder))
+        saved = load_head(Path(folder))
+    assert saved.lm_head.out_features == size and saved.target_ids().tolist() == new_ids.tolist()
+    with pytest.raises(ValueError, match="ascending distinct"):
+        revocabulary(head, model, new_ids.flip(0) if size > 1 else new_ids.repeat(2))
 
 
 def test_old_curve_points_are_renamed_in_vocabulary_and_new_ones_kept():
@@ -192,6 +202,16 @@ def test_the_command_trains_evaluates_saves_and_resumes(tmp_path):
     counts = torch.bincount(torch.cat([r["ids"][4:] for r in data if not cli.held_out(r, 0.2)]), minlength=96)
     head = load_head(tmp_path / "run" / "head")
     assert counts[head.target_ids()].sum() == counts.sort(descending=True).values[:32].sum()
+    # a larger vocabulary: asked without --reselect-vocab it is refused, with it the head grows and trains on
+    resized = [*argv[:-8], "--ttt", "2", "--eval-every", "2", "--batch-tokens", "256", "--heldout", "0.2", "--resume",
+               "--draft-vocab", "48", "--steps", "10"]
+    with pytest.raises(SystemExit, match="has 32 draft ids; add --reselect-vocab"):
+        cli.main(resized)
+    assert cli.main([*resized, "--reselect-vocab"]) == 0
+    head = load_head(tmp_path / "run" / "head")
+    assert head.lm_head.out_features == 48
+    assert counts[head.target_ids()].sum() == counts.sort(descending=True).values[:48].sum()
+    assert json.loads((tmp_path / "run" / "record.json").read_text())["steps"] == 10
 
 
 def test_choosing_the_vocabulary_again_needs_a_trained_head(tmp_path, capsys):

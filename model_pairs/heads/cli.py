@@ -37,8 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="go on from the head and state in --out")
     parser.add_argument("--reselect-vocab", action="store_true",
                         help="with --resume: choose the draft vocabulary again from all the training answers given "
-                             "(same size; kept ids keep their trained rows), measured before and after")
-    parser.add_argument("--draft-vocab", type=int, default=8192, help="draft vocabulary size (default 8192)")
+                             "(kept ids keep their trained rows; --draft-vocab grows or shrinks it), measured before "
+                             "and after")
+    parser.add_argument("--draft-vocab", type=int, default=None,
+                        help="draft vocabulary size (default 8192; with --resume the head's own)")
     parser.add_argument("--ttt", type=int, default=3, help="training-time-test steps (default 3)")
     parser.add_argument("--decay", type=float, default=0.8, help="weight of step k: decay ** k (default 0.8)")
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -55,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("draft_vocab", "ttt", "batch_tokens", "eval_every"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 < args.heldout < 1:
         parser.error(f"--heldout must be in (0, 1), got {args.heldout}")
@@ -149,8 +151,8 @@ def main(argv=None) -> int:
     progress = tqdm(desc="training the head", unit="step", initial=state["step"], total=args.steps)
     if args.reselect_vocab:
         measure("before the vocabulary was chosen again")
-        new = revocabulary(head, target, draft_vocabulary(training, head.d2t.numel(), vocab).to(args.device),
-                           optimizer)
+        size = args.draft_vocab or head.d2t.numel()
+        new = revocabulary(head, target, draft_vocabulary(training, size, vocab).to(args.device), optimizer)
         measure(f"the vocabulary chosen again: {new} new ids")
     done = False
     while not done:
@@ -185,8 +187,12 @@ def start(args: argparse.Namespace, target, training: list[dict], vocab: int):
     if args.resume:
         head = load_head(args.out / "head").to(args.device)
         state = torch.load(args.out / "state.pt", weights_only=False)
+        if args.draft_vocab not in (None, head.d2t.numel()) and not args.reselect_vocab:
+            raise SystemExit(f"--draft-vocab {args.draft_vocab}: the head in {args.out} has {head.d2t.numel()} draft "
+                             "ids; add --reselect-vocab to resize it, or leave --draft-vocab out")
     else:
-        head = new_head(target, draft_vocabulary(training, args.draft_vocab, vocab), args.seed).to(args.device)
+        head = new_head(target, draft_vocabulary(training, args.draft_vocab or 8192, vocab), args.seed)
+        head = head.to(args.device)
         state = {"step": 0, "tokens": 0, "seconds": 0.0, "curve": []}
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     if args.resume:

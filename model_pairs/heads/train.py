@@ -209,28 +209,30 @@ def _conditional(reach: torch.Tensor) -> list[float]:
 
 @torch.no_grad()
 def revocabulary(head: Eagle3Head, target, draft_ids: torch.Tensor, optimizer=None, new_scale: float = 0.5) -> int:
-    """Give ``head`` the draft vocabulary ``draft_ids`` (ascending target ids, as many as it has): the output rows
-    of the ids it keeps move with them, trained; a new id's row is the target's own times ``new_scale``;
-    ``optimizer``'s moments for ``lm_head`` move with their rows (zero for the new ones). Returns how many ids are
-    new.
+    """Give ``head`` the draft vocabulary ``draft_ids`` (ascending target ids; as many as it has, or more or fewer:
+    the output layer grows or shrinks): the output rows of the ids it keeps move with them, trained; a new id's row
+    is the target's own times ``new_scale``; ``optimizer``'s moments for ``lm_head`` move with their rows (zero for
+    the new ones). Returns how many ids are new.
 
     Why half the target's row: on the SmolLM2 head (2,348 new ids of 8,192) the target's rows at full scale
     outscored the trained ones on the head's states (held-out acceptance 0.52 -> 0.30); at half (or zero) they do
     not (0.52), and they keep the target's direction to learn from."""
-    old_ids = head.target_ids()
-    if draft_ids.shape != old_ids.shape:
-        raise ValueError(f"a head of {old_ids.numel()} draft ids cannot take {draft_ids.numel()}: the sizes must agree")
+    if draft_ids.dim() != 1 or draft_ids.numel() == 0 or bool((draft_ids[1:] <= draft_ids[:-1]).any()):
+        raise ValueError(f"draft ids must be ascending distinct target ids, got shape {tuple(draft_ids.shape)}")
+    old_ids, weight = head.target_ids(), head.lm_head.weight
     where = torch.full((head.t2d.numel(),), -1, dtype=torch.int64, device=old_ids.device)
     where[old_ids] = torch.arange(old_ids.numel(), device=old_ids.device)
     draft_ids = draft_ids.to(old_ids.device)
-    source = where[draft_ids]  # [V_draft]: each new row's old row, -1 for a new id
+    source = where[draft_ids]  # [V_draft_new]: each new row's old row, -1 for a new id
     kept = source >= 0
-    rows = new_scale * target.get_output_embeddings().weight[draft_ids].to(head.lm_head.weight)
-    rows[kept] = head.lm_head.weight[source[kept]]
-    state = optimizer.state.get(head.lm_head.weight, {}) if optimizer is not None else {}
+    rows = new_scale * target.get_output_embeddings().weight[draft_ids].to(weight)
+    rows[kept] = weight[source[kept]]
+    state = optimizer.state.get(weight, {}) if optimizer is not None else {}
     for name, moment in state.items():
-        if torch.is_tensor(moment) and moment.shape == rows.shape:
-            state[name] = torch.where(kept[:, None], moment[source.clamp_min(0)], torch.zeros_like(moment))
-    head.lm_head.weight.copy_(rows)
+        if torch.is_tensor(moment) and moment.shape == weight.shape:
+            state[name] = torch.where(kept[:, None], moment[source.clamp_min(0)], moment.new_zeros(()))
+    weight.data = rows  # the same parameter, so the optimizer keeps it, at the new size
+    head.lm_head.out_features = head.config.draft_vocab_size = draft_ids.numel()
+    head.d2t = head.d2t.new_zeros(draft_ids.numel())
     _map_ids(head, draft_ids)
     return int((~kept).sum())
