@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM
 
 import decoding
 from decoding.model_pairs.eagle import load_head, save_head
-from decoding.model_pairs.heads import ship
+from decoding.model_pairs.heads import curve as curve_module, ship
 from decoding.model_pairs.loading import load_pair
 from decoding.model_pairs.registry import SMOLLM2, from_name, smollm2_head_path, with_heads
 from decoding.proposers.eagle_head import Eagle3Head
@@ -283,7 +283,7 @@ def test_the_gpu_head_script_runs_end_to_end_on_the_cpu(tmp_path):
 
 
 def test_the_projection_fits_a_line_in_log_tokens_and_solves_for_the_goals():
-    from decoding.model_pairs.heads.ship import projection, projection_lines
+    from decoding.model_pairs.heads.curve import projection, projection_lines
 
     # acceptance = 0.1 * log10(tokens) - 0.2: 0.3 at 1e5, 0.4 at 1e6; the goals 0.6 and 0.7 at 1e8 and 1e9
     curve = [{"tokens": 10 ** e, "acceptance": [0.1 * e - 0.2]} for e in (3, 4, 5, 6)]
@@ -303,7 +303,7 @@ def test_a_curve_whose_held_out_set_grew_says_so_and_projects_from_the_last_set_
     curve = [{**curve_point(40 * i, [a, 0.5, 0.5]), "tokens": 10 ** e, "positions": n}
              for i, (e, a, n) in enumerate([(3, 0.9, 100), (4, 0.9, 100), (5, 0.3, 250), (6, 0.4, 250),
                                             (7, 0.45, 1200), (8, 0.55, 1200)], 1)]
-    fit = ship.projection(curve)
+    fit = curve_module.projection(curve)
     assert fit["points"] == 2 and abs(fit["slope_per_10x"] - 0.1) < 1e-9
     record = {**synthetic_record(), "curve": curve}
     record["settings"] = {**record["settings"], "lr_end": "3e-05"}
@@ -323,8 +323,8 @@ def test_points_before_every_position_counted_show_their_one_figure_and_are_not_
              {**curve_point(80, [0.9, 0.5, 0.5]), "tokens": 10 ** 4, "note": "the vocabulary chosen again: 7 new ids"},
              {**curve_point(120, [0.3, 0.5, 0.5]), "tokens": 10 ** 5},
              {**curve_point(160, [0.4, 0.5, 0.5]), "tokens": 10 ** 6}]
-    assert [p["acceptance"][0] for p in ship._measured(curve)] == [0.9, 0.3, 0.4]
-    fit = ship.projection(curve)
+    assert [p["acceptance"][0] for p in curve_module.measured(curve)] == [0.9, 0.3, 0.4]
+    fit = curve_module.projection(curve)
     assert fit["points"] == 2 and abs(fit["slope_per_10x"] - 0.1) < 1e-9
     card = ship.head_card({**synthetic_record(), "curve": curve}, folder="head")
     assert "| 40 | 20,000 | 4.0 | 1,000 | — | — | — | — | — | — | 0.900 |" in card

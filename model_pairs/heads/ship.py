@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shlex
 from pathlib import Path
 
 import torch
+
+from .curve import curve_row, held_out_changes, in_vocab, number, projection_lines
 
 __all__ = ["data_files", "describe_head", "head_card", "main", "ship"]
 
@@ -48,12 +49,6 @@ def _setting(settings: dict, name: str):
     """A recorded setting as a value: ``None`` for ``"None"``, else the string."""
     value = settings.get(name)
     return None if value in (None, "None", "") else value
-
-
-def _number(value) -> str:
-    """``1234567`` as ``1,234,567``; floats that are whole as integers."""
-    value = float(value)
-    return f"{int(value):,}" if value == int(value) else f"{value:,}"
 
 
 def _train_command(settings: dict) -> str:
@@ -99,7 +94,7 @@ def _teacher_row(path: str, meta: dict | None) -> str:
             kind += f" to {meta['prompts']} prompts (seed {meta.get('seed')})"
         if _setting(meta, "passages") is not None:
             kind += ", passages from " + ", ".join(f"`{Path(f).name}`" for f in _passage_files(meta))
-    return (f"| {name} | {kind} | {_number(meta.get('records', 0))} | {_number(meta.get('tokens', 0))} | "
+    return (f"| {name} | {kind} | {number(meta.get('records', 0))} | {number(meta.get('tokens', 0))} | "
             f"{meta.get('max_new_tokens') if meta.get('kind') != 'corpus' else '-'} | "
             f"{float(meta.get('seconds', 0)) / 60:.1f} |")
 
@@ -144,7 +139,7 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
     files = data_files(record)
     teachers = teachers or {}
     curve = record.get("curve", [])
-    ttt = int(_setting(settings, "ttt") or (len(_in_vocab(curve[-1])) if curve else 1))
+    ttt = int(_setting(settings, "ttt") or (len(in_vocab(curve[-1])) if curve else 1))
     draft_vocab = model["draft_vocab_size"] if model else _setting(settings, "draft_vocab")
     lines = [f"# An EAGLE-3 draft head for {target}", ""]
     use = f"`head = decoding.model_pairs.eagle.load_head({folder!r}, dtype=target.dtype)`"
@@ -166,8 +161,8 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
             f"`Eagle3Head`: one Llama decoder layer (hidden {model['hidden_size']}, MLP {model['intermediate_size']}, "
             f"{model['heads']} heads of {model['head_dim']}, {model['kv_heads']} KV heads) whose attention reads "
             f"the target's hidden states at layers {tuple(model['target_layers'])} (fused by `fc`) and the embedding "
-            f"of the next token ({embedding}); an output layer over {_number(model['draft_vocab_size'])} "
-            f"draft ids mapped to the target's {_number(model['vocab_size'])} (`d2t`, `t2d`). "
+            f"of the next token ({embedding}); an output layer over {number(model['draft_vocab_size'])} "
+            f"draft ids mapped to the target's {number(model['vocab_size'])} (`d2t`, `t2d`). "
             f"{model['parameters'] / 1e6:.2f}M parameters{size}, stored in {model['dtype']}"
             + (f" (trained in {model['trained_dtype']})" if model.get("trained_dtype", model["dtype"]) != model["dtype"]
                else "")
@@ -186,13 +181,13 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
     steps, tokens = int(record.get("steps", 0)), int(record.get("tokens", 0))
     lines += [
         "",
-        f"Sequences: {_number(record.get('training_sequences', 0))} trained on, "
-        f"{_number(record.get('heldout_sequences', 0))} held out"
+        f"Sequences: {number(record.get('training_sequences', 0))} trained on, "
+        f"{number(record.get('heldout_sequences', 0))} held out"
         + ((f" (a share of {heldout_share} of the prompts, by a hash of each prompt's ids)"
             if record.get("split") == "prompt-hash" else
             f" (a share of {heldout_share}, drawn with seed {settings.get('seed', 0)})") if heldout_share else "")
-        + f". Trained: {_number(tokens)} answer tokens in all (the training sequences are read again on each pass: "
-        f"a token read twice counts twice) in {_number(steps)} optimizer steps"
+        + f". Trained: {number(tokens)} answer tokens in all (the training sequences are read again on each pass: "
+        f"a token read twice counts twice) in {number(steps)} optimizer steps"
         + (f", about {tokens // steps:,} per step" if steps else "") + f", {record.get('minutes')} minutes.",
         "",
         "## Training",
@@ -220,8 +215,8 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
         "",
         "## Held-out curve",
         "",
-        f"On the {_number(record.get('heldout_sequences', 0))} held-out sequences"
-        + (f" ({_number(curve[-1]['positions'])} positions)" if curve else "")
+        f"On the {number(record.get('heldout_sequences', 0))} held-out sequences"
+        + (f" ({number(curve[-1]['positions'])} positions)" if curve else "")
         + ", teacher-forced on the target's answers. Acceptance at position k: the share of positions where the "
         "head's top token equals the target's at drafted position k, given that positions 1 to k - 1 did (greedy "
         "acceptance of the k-th drafted token), over every answer position: where the target's top token lies "
@@ -237,13 +232,13 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
            "be to a prompt that another file answers in training." if len(files) > 1 else ""),
         "",
     ]
-    lines += _held_out_changes(curve)
+    lines += held_out_changes(curve)
     lines += [
         "| step | tokens | minutes | held-out positions | " + " | ".join(f"acceptance {k}" for k in range(1, ttt + 1))
         + f" | reach {ttt} | accepted per step (g = {ttt}) | coverage | in vocabulary, 1 |",
         "|---|---|---|---|" + "---|" * ttt + "---|---|---|---|",
     ]
-    lines += [_curve_row(point, ttt) for point in curve]
+    lines += [curve_row(point, ttt) for point in curve]
     notes = [f"step {p['step']}: {p['note']}" for p in curve if p.get("note")]
     lines += ["", "Notes on the rows: " + "; ".join(notes) + "."] if notes else []
     lines += projection_lines(curve)
@@ -257,95 +252,6 @@ def head_card(record: dict, *, teachers: dict[str, dict | None] | None = None, m
     lines += [f"The run's record (settings and the full curve: agreement, reach and acceptance per position) is "
               f"`{Path(folder).name}/record.json`.", ""]
     return "\n".join(lines)
-
-
-def _whole(point: dict) -> bool:
-    """Whether a curve point's acceptance counts every position (measured since 2026-12-06, beside the
-    in-vocabulary figure); before, ``acceptance`` (or, in resumed runs, ``acceptance_in_vocab``) was its only one."""
-    return "acceptance" in point and "acceptance_in_vocab" in point
-
-
-def _in_vocab(point: dict) -> list[float]:
-    """A curve point's acceptance over the positions its head could draft (runs before 2026-12-06: its only one)."""
-    return point.get("acceptance_in_vocab", point.get("acceptance", []))
-
-
-def _curve_row(point: dict, ttt: int) -> str:
-    """One row of the card's curve: every-position figures where measured, dashes before 2026-12-06."""
-    whole = _whole(point)
-    cells = [f"{a:.3f}" for a in point["acceptance"]] + [f"{point['reach'][-1]:.3f}", f"{sum(point['reach']):.3f}",
-                                                         f"{point['coverage']:.3f}"] if whole else ["—"] * (ttt + 3)
-    return (f"| {point['step']} | {_number(point['tokens'])} | {point['minutes']} | "
-            f"{_number(point.get('positions', 0))} | " + " | ".join(cells) + f" | {_in_vocab(point)[0]:.3f} |")
-
-
-def _measured(curve: list[dict]) -> list[dict]:
-    """The points the projection reads: those over every position when there are any, else every point; of two
-    measured at one step (a head changed before it went on, its vocabulary chosen again), the later."""
-    whole = [p for p in curve if _whole(p)] or curve
-    return [p for p, after in zip(whole, whole[1:] + [None])
-            if after is None or "step" not in p or after.get("step") != p["step"]]
-
-
-def _last_set(curve: list[dict]) -> list[dict]:
-    """The curve's points measured on its last held-out set (as many positions as the last point)."""
-    return [p for p in curve if p.get("positions") == curve[-1].get("positions")] if curve else []
-
-
-def _held_out_changes(curve: list[dict]) -> list[str]:
-    """A paragraph when the held-out set changed along the curve (the data grew on resumed runs)."""
-    changes = [(p["step"], p.get("positions", 0)) for before, p in zip(curve, curve[1:])
-               if p.get("positions") != before.get("positions") and _whole(p) == _whole(before)]
-    counted = next((p["step"] for before, p in zip(curve, curve[1:]) if _whole(p) and not _whole(before)), None)
-    lines = []
-    if changes:
-        grew = "; ".join(f"from step {step} on, {_number(positions)} positions" for step, positions in changes)
-        lines += [f"The held-out set grew with the data (more prompts, by the same hash), so the points are measured "
-                  f"on different sets: {_number(curve[0].get('positions', 0))} positions at first; {grew}. The "
-                  "projection fits the last set's points only."]
-    if counted is not None:
-        lines += [f"From step {counted} on, held-out positions count every answer position, the undraftable too "
-                  "(before: the draftable ones only)."]
-    return [" ".join(lines), ""] if lines else []
-
-
-def projection(curve: list[dict], goals=(0.6, 0.7)) -> dict | None:
-    """A least-squares line of the first position's held-out acceptance against ``log10`` of the tokens trained,
-    over the curve's second half (the start is the head leaving its initialisation), or over every point on the
-    last held-out set when the set changed along the curve, and the tokens at which the line reaches each goal:
-    ``{"slope_per_10x", "points", "tokens": {goal: tokens or None}}``; None with fewer than two points. A
-    projection, not a promise: such curves bend down as they near what the head can learn."""
-    curve = _measured(curve)
-    same = _last_set(curve)
-    chosen = same if len(same) < len(curve) else curve[len(curve) // 2:]
-    points = [(math.log10(p["tokens"]), p["acceptance"][0]) for p in chosen if p["tokens"] > 0]
-    if len(points) < 2 or len({x for x, _ in points}) < 2:
-        return None
-    mean_x = sum(x for x, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
-    reach = {goal: (round(10 ** (mean_x + (goal - mean_y) / slope)) if slope > 0 else None) for goal in goals}
-    return {"slope_per_10x": slope, "points": len(points), "tokens": reach}
-
-
-def projection_lines(curve: list[dict]) -> list[str]:
-    """The card's projection paragraph (nothing when the curve is too short)."""
-    fit = projection(curve)
-    if fit is None:
-        return []
-    reach = ", ".join(f"{goal} at about {_number(tokens)} tokens" if tokens else f"{goal} never (the line falls)"
-                      for goal, tokens in fit["tokens"].items())
-    measured = _measured(curve)
-    where = "the second half of the curve" if len(_last_set(measured)) == len(measured) else \
-        "the points on the last held-out set"
-    if len(measured) < len(curve):
-        where += " measured over every position"
-    return ["", "## Projection", "",
-            f"A line through {where} (first-position acceptance against log10 of the tokens "
-            f"trained, {fit['points']} points) rises {fit['slope_per_10x']:.3f} per tenfold tokens and reaches {reach}. "
-            "Tokens trained count repeats: the line assumes that more of them keep bringing new data, where a curve "
-            "over a fixed set of answers flattens as it is read again. A projection, not a promise: such curves "
-            "also bend down as they near what one layer can learn."]
 
 
 def _read_meta(path: str) -> dict | None:
