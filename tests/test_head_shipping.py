@@ -309,8 +309,25 @@ def test_a_curve_whose_held_out_set_grew_says_so_and_projects_from_the_last_set_
     record["settings"] = {**record["settings"], "lr_end": "3e-05"}
     card = ship.head_card(record, folder="head")
     assert ("100 positions at first; from step 120 on, 250 positions; from step 200 on, 1,200 positions. The "
-            "projection fits the last set's points only.") in card
+            "projection fits the last set's points only, where they span a doubling of tokens or more.") in card
     assert "annealed by a cosine to 3e-05 over the last run" in card
+
+
+def test_a_last_held_out_set_spanning_less_than_a_doubling_of_tokens_is_not_fitted_alone():
+    """Four points on the last set within 1.5x of tokens, noisy: the line goes through every point instead (here
+    exactly 0.1 per tenfold), and the card says why."""
+    tokens = [10 ** 5, 10 ** 6, 10 ** 6.1, 10 ** 6.12, 10 ** 6.15, 10 ** 6.17]
+    acceptance = [0.1 * math.log10(t) - 0.2 for t in tokens]
+    acceptance[3] += 0.05  # noise on the narrow set: alone it would fit a line far off the trend
+    curve = [{**curve_point(40 * i, [a, 0.5, 0.5]), "tokens": t, "positions": 100 if i < 3 else 300}
+             for i, (t, a) in enumerate(zip(tokens, acceptance), 1)]
+    fit = curve_module.projection(curve)
+    assert fit["over"] == "every point" and fit["points"] == 6
+    exact = curve_module.projection([p for i, p in enumerate(curve) if i != 3])
+    assert exact["over"] == "every point" and abs(exact["slope_per_10x"] - 0.1) < 1e-9
+    wide = [{**p, "tokens": p["tokens"] * (10 if i >= 3 else 1)} for i, p in enumerate(curve)]
+    assert curve_module.projection(wide)["over"] == "last set"
+    assert "too narrow a range for a line" in "\n".join(curve_module.projection_lines(curve))
 
 
 def test_points_before_every_position_counted_show_their_one_figure_and_are_not_projected():
