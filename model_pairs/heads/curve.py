@@ -109,12 +109,11 @@ def projection_lines(curve: list[dict]) -> list[str]:
              "every point": "every point of the curve"}[fit["over"]]
     if len(measured(curve)) < len(curve):
         where += " measured over every position"
-    if fit["over"] == "every point":
-        where += (" (the last held-out set's points span less than a doubling of tokens, too narrow a range for a "
-                  "line; the other sets hold like prompts)")
+    why = (" The last held-out set's points span less than a doubling of tokens, too narrow a range for a line; the "
+           "other sets hold like prompts.") if fit["over"] == "every point" else ""
     return ["", "## Projection", "",
             f"A line through {where} (first-position acceptance against log10 of the tokens "
-            f"trained, {fit['points']} points) rises {fit['slope_per_10x']:.3f} per tenfold tokens and reaches {reach}. "
-            "Tokens trained count repeats: the line assumes that more of them keep bringing new data, where a curve "
+            f"trained, {fit['points']} points) rises {fit['slope_per_10x']:.3f} per tenfold tokens and reaches {reach}."
+            f"{why} Tokens trained count repeats: the line assumes that more of them keep bringing new data, where a curve "
             "over a fixed set of answers flattens as it is read again. A projection, not a promise: such curves "
             "also bend down as they near what one layer can learn."]
