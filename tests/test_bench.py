@@ -120,8 +120,8 @@ def test_batches_wrap_and_new_token_counts():
     (["--modes", "beam"], "unknown mode 'beam'"),
     (["--synthetic", "depth=3"], "bad --synthetic item"),
     (["--load-in-4bit", "--load-in-8bit"], "not allowed with argument"),
-    (["--variants", "adaptive,turbo"], "unknown variant 'turbo'; known variants: adaptive, block, lookup, lookup-first, "
-                                       "hf-lookup, hf-dynamic, cascade:RULE:THRESHOLD"),
+    (["--variants", "adaptive,turbo"], "unknown variant 'turbo'; known variants: adaptive, block, lookup, "
+                                       "lookup-first, hf-lookup, hf-dynamic, cascade:RULE:THRESHOLD"),
     (["--variants", "cascade:best:0.3"], "use cascade:RULE:THRESHOLD with RULE one of chow, diff, opt"),
     (["--variants", "cascade:chow:high"], "THRESHOLD must be a finite number"),
     (["--no-such-option"], "unrecognized arguments"),

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import decoding
 
-__all__ = ["ASSISTED_WITH_HEAD", "HEADLESS", "HEAD_ONLY", "HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant", "compiled_forwards",
-           "head_skips", "hf_dynamic_settings", "method_count", "parse_variants", "use_draft_config"]
+__all__ = ["ASSISTED_WITH_HEAD", "HEADLESS", "HEAD_ONLY", "HF_DYNAMIC_KEYS", "PER_G", "VARIANTS", "Variant",
+           "compiled_forwards", "head_skips", "hf_dynamic_settings", "method_count", "parse_variants",
+           "use_draft_config"]
 
 # Variant name -> what it adds; "cascade" is given as cascade:RULE:THRESHOLD.
 VARIANTS = {

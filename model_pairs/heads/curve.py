@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["curve_row", "held_out_changes", "in_vocab", "last_set", "measured", "number", "projection", "projection_lines",
-           "whole_positions"]
+__all__ = ["curve_row", "held_out_changes", "in_vocab", "last_set", "measured", "number", "projection",
+           "projection_lines", "whole_positions"]
 
 
 def number(value) -> str:
@@ -114,6 +114,6 @@ def projection_lines(curve: list[dict]) -> list[str]:
     return ["", "## Projection", "",
             f"A line through {where} (first-position acceptance against log10 of the tokens "
             f"trained, {fit['points']} points) rises {fit['slope_per_10x']:.3f} per tenfold tokens and reaches {reach}."
-            f"{why} Tokens trained count repeats: the line assumes that more of them keep bringing new data, where a curve "
-            "over a fixed set of answers flattens as it is read again. A projection, not a promise: such curves "
+            f"{why} Tokens trained count repeats: the line assumes that more of them keep bringing new data, where a "
+            "curve over a fixed set of answers flattens as it is read again. A projection, not a promise: such curves "
             "also bend down as they near what one layer can learn."]
