@@ -28,6 +28,8 @@ from tqdm import tqdm
 from ..eagle import load_head, save_head
 from .train import batch_of, draft_vocabulary, evaluate, new_head, revocabulary, training_step
 
+DRAFT_VOCAB = 8192  # a new head's draft vocabulary unless --draft-vocab says otherwise
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m decoding.model_pairs.heads", description=__doc__.split("\n")[0])
@@ -40,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(kept ids keep their trained rows; --draft-vocab grows or shrinks it), measured before "
                              "and after")
     parser.add_argument("--draft-vocab", type=int, default=None,
-                        help="draft vocabulary size (default 8192; with --resume the head's own)")
+                        help=f"draft vocabulary size (default {DRAFT_VOCAB}; with --resume the head's own)")
     parser.add_argument("--ttt", type=int, default=3, help="training-time-test steps (default 3)")
     parser.add_argument("--decay", type=float, default=0.8, help="weight of step k: decay ** k (default 0.8)")
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -191,7 +193,7 @@ def start(args: argparse.Namespace, target, training: list[dict], vocab: int):
             raise SystemExit(f"--draft-vocab {args.draft_vocab}: the head in {args.out} has {head.d2t.numel()} draft "
                              "ids; add --reselect-vocab to resize it, or leave --draft-vocab out")
     else:
-        head = new_head(target, draft_vocabulary(training, args.draft_vocab or 8192, vocab), args.seed)
+        head = new_head(target, draft_vocabulary(training, args.draft_vocab or DRAFT_VOCAB, vocab), args.seed)
         head = head.to(args.device)
         state = {"step": 0, "tokens": 0, "seconds": 0.0, "curve": []}
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
